@@ -1,0 +1,3 @@
+"""vlaprune: how much of a VLA policy do you need?"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,51 @@
+"""Adapters: find the vision / language / action stacks of a loaded model and how they are coupled.
+
+`layout(model, stacks=None)` picks the adapter: an explicit `stacks` spec (generic, path-named) wins;
+lerobot policies go by `config.type`; other transformers models are scanned automatically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from vlaprune.adapters import hf, paths, pi, smolvla
+from vlaprune.adapters.stack import Counter, Coupling, Layout, Stack
+from vlaprune.errors import VlapruneError
+
+ADAPTERS: dict[str, Callable[[nn.Module], Layout]] = {
+    "smolvla": smolvla.layout,
+    "pi0": pi.layout,
+    "pi05": pi.layout,
+    "hf": hf.layout,
+}
+
+__all__ = ["ADAPTERS", "Coupling", "Counter", "Layout", "Stack", "family", "layout"]
+
+
+def family(model: nn.Module) -> str | None:
+    """The adapter name for `model`, or None when no adapter recognizes it."""
+    cfg_type = getattr(getattr(model, "config", None), "type", None)
+    if isinstance(cfg_type, str) and cfg_type in ADAPTERS:
+        return cfg_type
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(model, PreTrainedModel) and hf.find_stack_paths(model):
+        return "hf"
+    return None
+
+
+def layout(model: nn.Module, stacks: str | None = None) -> Layout:
+    """The Layout of `model`. `stacks`: a path spec ('language=model.layers,...') or preset ('openvla')."""
+    if stacks:
+        return paths.layout(model, stacks)
+    name = family(model)
+    if name is None:
+        raise VlapruneError(
+            f"no adapter knows {type(model).__name__} (supported: lerobot smolvla / pi0 / pi05 and "
+            f"transformers models with layer lists); {paths.HOW}"
+        )
+    return ADAPTERS[name](model)

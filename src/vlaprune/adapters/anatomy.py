@@ -1,0 +1,182 @@
+"""The anatomy of a model: its stacks, each block's parameters and share of a forward pass's FLOPs, and
+the coupling rules between stacks. `run(cfg)` is `vlaprune inspect`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from vlaprune.adapters import layout as find_layout
+from vlaprune.adapters.load import load_model
+from vlaprune.adapters.stack import Layout
+from vlaprune.atomic import write_json_atomic
+from vlaprune.configs import InspectConfig
+from vlaprune.evaluate.cost import count_flops, unique_params
+
+OTHER = "other"
+
+
+def _parts(layout: Layout) -> dict[str, list[tuple[str, nn.Module]]]:
+    out: dict[str, list[tuple[str, nn.Module]]] = {}
+    for comp, paths in layout.parts.items():
+        for p in paths:
+            try:
+                mod = layout.model.get_submodule(p)
+            except AttributeError:
+                continue  # e.g. pi0.5 has no state_proj
+            if mod is not None and any(True for _ in mod.parameters()):
+                out.setdefault(comp, []).append((p, mod))
+    return out
+
+
+def anatomy(layout: Layout, flops: bool = True) -> dict[str, Any]:
+    """Parameters and FLOPs per block of every stack, per non-block part, and the rest ("other").
+
+    Parameters are counted once each (tied weights once), so stacks + parts + other = sum(p.numel()).
+    FLOPs: see `vlaprune.evaluate.cost.count_flops` for how ops are attributed to blocks."""
+    model = layout.model
+    seen: set[int] = set()
+    block_params = {n: [unique_params(b, seen) for b in s.blocks] for n, s in layout.stacks.items()}
+    parts = _parts(layout)
+    part_params = {c: sum(unique_params(m, seen) for _, m in mods) for c, mods in parts.items()}
+    total = unique_params(model)
+    other_params = total - sum(map(sum, block_params.values())) - sum(part_params.values())
+
+    fl: dict[Any, int] | None = None
+    if flops and layout.forward is not None:
+        regions: dict[nn.Module, Any] = {}
+        for c, mods in parts.items():
+            regions.update({m: ("part", c) for _, m in mods})
+        for n, s in layout.stacks.items():
+            regions.update({b: (n, i) for i, b in enumerate(s.blocks)})
+        was_training = model.training
+        model.eval()
+        try:
+            fl = count_flops(model, layout.forward, regions)
+        finally:
+            model.train(was_training)
+    total_flops = sum(fl.values()) if fl else None
+
+    def pct(x: float | None, of: float | None) -> float | None:
+        return None if x is None or not of else round(100.0 * x / of, 3)
+
+    couplings: dict[str, list[str]] = {}
+    for c in layout.couplings:
+        couplings.setdefault(c.a, []).append(f"{c.kind} with {c.b}")
+        couplings.setdefault(c.b, []).append(f"{c.kind} with {c.a}")
+    stacks = []
+    for n, s in layout.stacks.items():
+        bf = [fl.get((n, i), 0) for i in range(len(s))] if fl is not None else None
+        stacks.append(
+            {
+                "name": n,
+                "component": s.component,
+                "path": s.path,
+                "blocks": len(s),
+                "params": sum(block_params[n]),
+                "params_pct": pct(sum(block_params[n]), total),
+                "flops": sum(bf) if bf is not None else None,
+                "flops_pct": pct(sum(bf), total_flops) if bf is not None else None,
+                "block_params": block_params[n],
+                "block_flops": bf,
+                "block_notes": s.notes,
+                "counters": [c.where + "." + c.attr for c in s.counters],
+                "coupling": "; ".join(couplings.get(n, [])),
+            }
+        )
+    part_rows = []
+    for c, mods in parts.items():
+        f = fl.get(("part", c), 0) if fl is not None else None
+        part_rows.append(
+            {
+                "component": c,
+                "modules": [p for p, _ in mods],
+                "params": part_params[c],
+                "params_pct": pct(part_params[c], total),
+                "flops": f,
+                "flops_pct": pct(f, total_flops),
+            }
+        )
+    other_flops = fl.get(None, 0) if fl is not None else None
+    return {
+        "family": layout.family,
+        "model_class": type(model).__name__,
+        "total_params": total,
+        "total_flops": total_flops,
+        "flops_pass": layout.forward_desc if fl is not None else None,
+        "stacks": stacks,
+        "parts": part_rows,
+        OTHER: {
+            "params": other_params,
+            "params_pct": pct(other_params, total),
+            "flops": other_flops,
+            "flops_pct": pct(other_flops, total_flops),
+        },
+        "couplings": [
+            {"kind": c.kind, "a": c.a, "b": c.b, "pairs": c.pairs, "rule": c.rule} for c in layout.couplings
+        ],
+    }
+
+
+def table(anat: dict[str, Any]):
+    """A rich Table: component, blocks, params, % params, % FLOPs, coupling."""
+    from rich.table import Table
+
+    def num(x: int | None) -> str:
+        if x is None:
+            return "-"
+        for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if abs(x) >= div:
+                return f"{x / div:.2f}{unit}"
+        return str(x)
+
+    def p(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f}"
+
+    title = f"{anat['model_class']} ({anat['family']}): {num(anat['total_params'])} params"
+    if anat["total_flops"]:
+        title += f", {num(anat['total_flops'])} FLOPs per {anat['flops_pass']}"
+    t = Table(title=title, title_justify="left")
+    for col, just in [
+        ("stack", "left"),
+        ("blocks", "right"),
+        ("params", "right"),
+        ("% params", "right"),
+        ("% FLOPs", "right"),
+        ("coupling", "left"),
+    ]:
+        t.add_column(col, justify=just, overflow="fold")
+    for s in anat["stacks"]:
+        t.add_row(
+            s["name"],
+            str(s["blocks"]),
+            num(s["params"]),
+            p(s["params_pct"]),
+            p(s["flops_pct"]),
+            s["coupling"],
+        )
+    for r in anat["parts"]:
+        t.add_row(
+            f"{r['component']} (non-block)", "-", num(r["params"]), p(r["params_pct"]), p(r["flops_pct"]), ""
+        )
+    o = anat[OTHER]
+    t.add_row("other", "-", num(o["params"]), p(o["params_pct"]), p(o["flops_pct"]), "")
+    return t
+
+
+def run(cfg: InspectConfig) -> dict[str, Any]:
+    """`vlaprune inspect`: load, find the stacks, measure, print the table and write the JSON."""
+    from rich.console import Console
+
+    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code)
+    anat = anatomy(find_layout(model, cfg.stacks or None), flops=cfg.flops)
+    anat["source"] = cfg.policy.path
+    console = Console(width=max(Console().width, 110))
+    console.print(table(anat))
+    for c in anat["couplings"]:
+        console.print(f"coupling {c['a']} / {c['b']}: {c['rule']}")
+    write_json_atomic(cfg.output, anat)
+    print(f"wrote {cfg.output}")
+    return anat

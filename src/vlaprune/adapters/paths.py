@@ -1,0 +1,76 @@
+"""Generic adapter: the user names the stacks by module path, e.g.
+`--stacks language=model.layers,vision=vision_tower.blocks,action=action_head.blocks`.
+
+Keys are a component (vision / language / action / projector) or `component.label` when a component has
+several stacks. This is also the route for OpenVLA / OpenVLA-OFT (Prismatic), preset as `--stacks openvla`:
+LLM `language_model.model.layers`, DINOv2 `vision_backbone.featurizer.blocks`, SigLIP
+`vision_backbone.fused_featurizer.blocks`. OFT's action head is not a submodule of the VLA (it is saved and
+loaded separately); put the VLA and the head in one nn.Module (e.g. `nn.ModuleDict(vla=vla, head=head)`)
+and name `action=head.model.mlp_resnet_blocks` to include it.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from vlaprune.adapters.hf import example_forward, stacks_from_paths
+from vlaprune.adapters.lerobot_batch import inference_pass
+from vlaprune.adapters.stack import COMPONENTS, Layout
+from vlaprune.errors import VlapruneError
+
+PRESETS = {
+    "openvla": "language=language_model.model.layers,"
+    "vision.dino=vision_backbone.featurizer.blocks,"
+    "vision.siglip=vision_backbone.fused_featurizer.blocks",
+}
+HOW = (
+    "name the stacks by module path, e.g. --stacks=language=model.layers,vision=vision_tower.blocks "
+    "(keys: vision, language, action, projector, optionally with .label)"
+)
+
+
+def parse_stacks(spec: str) -> dict[str, str]:
+    """'language=model.layers,vision.a=x.blocks' (or a preset name) -> {"language": "model.layers", ...}."""
+    spec = PRESETS.get(spec.strip(), spec)
+    names: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        key, eq, path = item.partition("=")
+        key, path = key.strip(), path.strip()
+        if not eq or not key or not path:
+            raise VlapruneError(f"--stacks item {item!r} is not NAME=PATH; {HOW}")
+        if key.split(".")[0] not in COMPONENTS:
+            raise VlapruneError(f"--stacks key {key!r} is not a component {COMPONENTS}; {HOW}")
+        if key in names:
+            raise VlapruneError(f"--stacks names {key!r} twice; give the second one a label, e.g. {key}.b")
+        names[key] = path
+    if not names:
+        raise VlapruneError(f"--stacks is empty; {HOW}")
+    return names
+
+
+def layout(model: nn.Module, spec: str) -> Layout:
+    names = parse_stacks(spec)
+    for key, path in names.items():
+        try:
+            mod = model.get_submodule(path)
+        except AttributeError:
+            raise VlapruneError(
+                f"--stacks {key}={path}: the model has no module at {path!r}; "
+                f"list candidates with `python -c 'print(model)'` and {HOW}"
+            ) from None
+        if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
+            raise VlapruneError(
+                f"--stacks {key}={path} names a {type(mod).__name__}, not a non-empty ModuleList of blocks; "
+                f"point it at the list of layers itself"
+            )
+    if hasattr(getattr(model, "config", None), "input_features"):  # a lerobot policy
+        forward, desc = inference_pass(model), "predict_action_chunk (batch 1)"
+    else:
+        forward, desc = example_forward(model)
+    return Layout(
+        family="paths",
+        model=model,
+        stacks=stacks_from_paths(model, names),
+        forward=forward,
+        forward_desc=desc,
+    )

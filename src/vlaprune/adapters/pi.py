@@ -1,0 +1,90 @@
+"""Adapter for lerobot's pi0 and pi0.5 (`PI0Policy`, `PI05Policy`).
+
+Stacks (lerobot 0.6.1):
+  vision    model.paligemma_with_expert.paligemma.model.vision_tower.vision_model.encoder.layers (SigLIP)
+  language  model.paligemma_with_expert.paligemma.model.language_model.layers                 (Gemma)
+  action    model.paligemma_with_expert.gemma_expert.model.layers                             (Gemma expert)
+Coupling: lockstep. The VLM and expert stacks are zipped with strict=True and every layer is one joint
+attention over [prefix; suffix], so both stacks keep the same depth: removing block i removes it from both.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from vlaprune.adapters.lerobot_batch import inference_pass
+from vlaprune.adapters.stack import Counter, Coupling, Layout, make_stack
+
+ROOT = "model.paligemma_with_expert"
+PALI = f"{ROOT}.paligemma.model"
+PATHS = {
+    "vision": f"{PALI}.vision_tower.vision_model.encoder.layers",
+    "language": f"{PALI}.language_model.layers",
+    "action": f"{ROOT}.gemma_expert.model.layers",
+}
+PARTS = {
+    "vision": [
+        f"{PALI}.vision_tower.vision_model.embeddings",
+        f"{PALI}.vision_tower.vision_model.post_layernorm",
+    ],
+    "projector": [f"{PALI}.multi_modal_projector"],
+    "language": [f"{PALI}.language_model.embed_tokens", f"{PALI}.language_model.norm"],
+    "action": [
+        f"{ROOT}.gemma_expert.model.norm",
+        "model.state_proj",
+        "model.action_in_proj",
+        "model.action_out_proj",
+        "model.action_time_mlp_in",
+        "model.action_time_mlp_out",
+        "model.time_mlp_in",
+        "model.time_mlp_out",
+    ],
+}
+
+
+def layout(policy: nn.Module) -> Layout:
+    pwe = policy.model.paligemma_with_expert
+    pali_cfg = pwe.paligemma.config
+    n = len(pwe.paligemma.model.language_model.layers)
+    stacks = {
+        "vision": make_stack(
+            policy,
+            "vision",
+            PATHS["vision"],
+            counters=[Counter(pali_cfg.vision_config, "num_hidden_layers", "paligemma.config.vision_config")],
+        ),
+        "language": make_stack(
+            policy,
+            "language",
+            PATHS["language"],
+            counters=[Counter(pali_cfg.text_config, "num_hidden_layers", "paligemma.config.text_config")],
+            layer_idx_attr="self_attn.layer_idx",
+        ),
+        "action": make_stack(
+            policy,
+            "action",
+            PATHS["action"],
+            counters=[Counter(pwe.gemma_expert.config, "num_hidden_layers", "gemma_expert.config")],
+            layer_idx_attr="self_attn.layer_idx",
+        ),
+    }
+    cfg = policy.config
+    return Layout(
+        family=cfg.type,
+        model=policy,
+        stacks=stacks,
+        couplings=[
+            Coupling(
+                "lockstep",
+                "language",
+                "action",
+                list(range(n)),
+                "lockstep: language and action have the same depth; block i runs as one joint attention "
+                "with action block i, so both are removed together",
+            )
+        ],
+        parts=PARTS,
+        forward=inference_pass(policy),
+        forward_desc=f"predict_action_chunk (batch 1, {cfg.tokenizer_max_length} text tokens, "
+        f"{cfg.num_inference_steps} denoising steps)",
+    )

@@ -1,0 +1,101 @@
+"""Adapter for lerobot's SmolVLA (`SmolVLAPolicy`).
+
+Stacks (lerobot 0.6.1):
+  vision    model.vlm_with_expert.vlm.model.vision_model.encoder.layers   (SigLIP encoder layers)
+  language  model.vlm_with_expert.vlm.model.text_model.layers             (first num_vlm_layers kept)
+  action    model.vlm_with_expert.lm_expert.layers                        (action expert)
+Coupling: the expert advances with the VLM. With m = num_vlm_layers // num_expert_layers, expert block j
+runs with VLM block j*m; the other VLM blocks run alone. VLM block i is joint self-attention over
+[prefix; actions] when i % self_attn_every_n_layers == 0, otherwise cross-attention in which the expert
+attends to that VLM block's keys/values (those expert blocks' k/v projections take the VLM's KV width).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from vlaprune.adapters.lerobot_batch import inference_pass
+from vlaprune.adapters.stack import Counter, Coupling, Layout, make_stack
+
+ROOT = "model.vlm_with_expert"
+PATHS = {
+    "vision": f"{ROOT}.vlm.model.vision_model.encoder.layers",
+    "language": f"{ROOT}.vlm.model.text_model.layers",
+    "action": f"{ROOT}.lm_expert.layers",
+}
+PARTS = {
+    "vision": [f"{ROOT}.vlm.model.vision_model.embeddings", f"{ROOT}.vlm.model.vision_model.post_layernorm"],
+    "projector": [f"{ROOT}.vlm.model.connector"],
+    "language": [f"{ROOT}.vlm.model.text_model.embed_tokens", f"{ROOT}.vlm.model.text_model.norm"],
+    "action": [
+        f"{ROOT}.lm_expert.norm",
+        "model.state_proj",
+        "model.action_in_proj",
+        "model.action_out_proj",
+        "model.action_time_mlp_in",
+        "model.action_time_mlp_out",
+    ],
+}
+
+
+def attention_kinds(n_blocks: int, every_n: int, mode: str) -> list[str]:
+    """Per VLM block: "self-attn" (joint over prefix and actions) or "cross-attn" (expert reads VLM k/v)."""
+    if "cross" not in mode:
+        return ["self-attn"] * n_blocks
+    return ["self-attn" if every_n > 0 and i % every_n == 0 else "cross-attn" for i in range(n_blocks)]
+
+
+def layout(policy: nn.Module) -> Layout:
+    vwe = policy.model.vlm_with_expert
+    vlm = vwe.vlm
+    cfg = policy.config
+    n_vlm, n_exp = len(vwe.get_vlm_model().text_model.layers), len(vwe.lm_expert.layers)
+    kinds = attention_kinds(n_vlm, vwe.self_attn_every_n_layers, vwe.attention_mode)
+    m = n_vlm // n_exp
+    pairs = [j * m for j in range(n_exp)]
+    stacks = {
+        "vision": make_stack(
+            policy,
+            "vision",
+            PATHS["vision"],
+            counters=[Counter(vlm.config.vision_config, "num_hidden_layers", "vlm.config.vision_config")],
+        ),
+        "language": make_stack(
+            policy,
+            "language",
+            PATHS["language"],
+            counters=[
+                Counter(cfg, "num_vlm_layers", "config.num_vlm_layers"),
+                Counter(vwe, "num_vlm_layers", "model.vlm_with_expert.num_vlm_layers"),
+                Counter(vlm.config.text_config, "num_hidden_layers", "vlm.config.text_config"),
+            ],
+            layer_idx_attr="self_attn.layer_idx",
+            notes=kinds,
+        ),
+        "action": make_stack(
+            policy,
+            "action",
+            PATHS["action"],
+            counters=[
+                Counter(cfg, "num_expert_layers", "config.num_expert_layers"),
+                Counter(vwe, "num_expert_layers", "model.vlm_with_expert.num_expert_layers"),
+                Counter(vwe.lm_expert.config, "num_hidden_layers", "lm_expert.config"),
+            ],
+            layer_idx_attr="self_attn.layer_idx",
+            notes=[f"with language {p} ({kinds[p]})" for p in pairs],
+        ),
+    }
+    rule = (
+        f"action block j runs with language block {m}*j ({n_exp} of {n_vlm} language blocks have a partner); "
+        f"language block i is self-attn if i % {vwe.self_attn_every_n_layers} == 0, else cross-attn"
+    )
+    return Layout(
+        family="smolvla",
+        model=policy,
+        stacks=stacks,
+        couplings=[Coupling("paired", "language", "action", pairs, rule)],
+        parts=PARTS,
+        forward=inference_pass(policy),
+        forward_desc=f"predict_action_chunk (batch 1, {cfg.tokenizer_max_length} text tokens, "
+        f"{cfg.num_steps} denoising steps)",
+    )

@@ -1,0 +1,109 @@
+"""What an adapter returns: where the blocks of each component live and how the stacks are coupled.
+
+A *stack* is a ModuleList of *blocks* (0-based). Every later stage (scoring, surgery, evaluation) reads
+architecture knowledge from these records and never tests the policy's class itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+COMPONENTS = ("vision", "language", "action", "projector")
+
+
+@dataclass
+class Counter:
+    """A config attribute that must equal the stack's block count after surgery, e.g.
+    `Counter(policy.config, "num_vlm_layers")`. `where` is the dotted path shown to users."""
+
+    owner: Any
+    attr: str
+    where: str
+
+
+@dataclass
+class Stack:
+    """One stack of blocks.
+
+    name: unique key, the component or `component.label` ("vision", "vision.fused", "language").
+    component: one of COMPONENTS.
+    path: dotted path of the ModuleList from the model root, e.g. "model.layers".
+    blocks: the ModuleList itself (surgery replaces it on `parent.<attr>`).
+    counters: config attributes that count the blocks (updated by surgery).
+    layer_idx_attr: dotted attribute inside each block holding its KV-cache index ("self_attn.layer_idx"),
+        renumbered by surgery; None when the blocks keep no such index.
+    notes: one short string per block (e.g. "self-attn" / "cross-attn"), or empty.
+    """
+
+    name: str
+    component: str
+    path: str
+    parent: nn.Module
+    attr: str
+    counters: list[Counter] = field(default_factory=list)
+    layer_idx_attr: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return getattr(self.parent, self.attr)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+
+@dataclass
+class Coupling:
+    """A rule that ties two stacks together.
+
+    kind: "lockstep" (same depth, block i of `a` runs with block i of `b`: dropping one drops both) or
+        "paired" (block j of `b` runs with block pairs[j] of `a`; blocks of `a` without a partner run alone).
+    pairs: for each block of `b`, the index of its partner block in `a`.
+    rule: the rule in words, as shown in the anatomy table.
+    """
+
+    kind: str
+    a: str
+    b: str
+    pairs: list[int]
+    rule: str
+
+
+@dataclass
+class Layout:
+    """The anatomy an adapter finds in a loaded model.
+
+    family: adapter name ("smolvla", "pi0", "pi05", "hf", "paths").
+    stacks: by name, in forward order.
+    couplings: the rules surgery must respect.
+    parts: per component, dotted paths of the modules outside the stacks that belong to it (embeddings,
+        final norms, the vision-language projector, action projections); missing paths are skipped.
+    forward: runs one representative forward pass (used to count FLOPs), or None if none is known.
+    forward_desc: what that pass is, e.g. "predict_action_chunk, batch 1".
+    """
+
+    family: str
+    model: nn.Module
+    stacks: dict[str, Stack]
+    couplings: list[Coupling] = field(default_factory=list)
+    parts: dict[str, list[str]] = field(default_factory=dict)
+    forward: Callable[[], Any] | None = None
+    forward_desc: str = ""
+
+
+def resolve(model: nn.Module, path: str) -> tuple[nn.Module, str, nn.Module]:
+    """(parent, attribute, module) for a dotted path; raises KeyError/AttributeError if absent."""
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    return parent, attr, getattr(parent, attr)
+
+
+def make_stack(model: nn.Module, name: str, path: str, **kw: Any) -> Stack:
+    """A Stack for the ModuleList at `path` in `model`."""
+    parent, attr, _ = resolve(model, path)
+    component = name.split(".")[0]
+    return Stack(name=name, component=component, path=path, parent=parent, attr=attr, **kw)

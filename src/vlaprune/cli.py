@@ -1,0 +1,67 @@
+"""The `vlaprune` command: one subcommand per stage, flags parsed by draccus from each stage's config.
+
+vlaprune inspect --policy.path=PATH_OR_HUB_ID [--stacks=language=model.layers,...] [--output=anatomy.json]
+vlaprune demo
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from vlaprune.errors import VlapruneError
+
+
+def _inspect(args: list[str]) -> Any:
+    import draccus
+
+    from vlaprune.adapters import anatomy
+    from vlaprune.configs import InspectConfig
+
+    return anatomy.run(draccus.parse(InspectConfig, args=args))
+
+
+def _demo(args: list[str]) -> Any:
+    from vlaprune.experiments import demo
+
+    return demo.run(demo.parse(args))
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], Any], str]] = {
+    "inspect": (_inspect, "print a policy's anatomy (stacks, params, FLOPs, coupling) and write it as JSON"),
+    "demo": (_demo, "the main job on its embedded default (see README)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: vlaprune COMMAND [--flag=value ...]   (vlaprune COMMAND --help for its flags)", ""]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(usage())
+        return 0
+    cmd, args = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"vlaprune: error: unknown command {cmd!r}\n{usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=os.environ.get("VLAPRUNE_LOG", "WARNING"))
+    try:
+        COMMANDS[cmd][0](args)
+    except VlapruneError as e:
+        print(f"vlaprune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vlaprune: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

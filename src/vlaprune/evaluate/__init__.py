@@ -1,0 +1,1 @@
+"""Evaluation: what a (pruned) policy costs and how well it still acts."""

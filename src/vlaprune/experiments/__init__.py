@@ -1,0 +1,1 @@
+"""Experiments: protocols, sweeps, the results store, reports and the demo."""
