@@ -24,6 +24,14 @@ def _inspect(args: list[str]) -> Any:
     return anatomy.run(draccus.parse(InspectConfig, args=args))
 
 
+def _score(args: list[str]) -> Any:
+    import draccus
+
+    from vlaprune.scoring import score
+
+    return score.run(draccus.parse(score.ScoreConfig, args=args))
+
+
 def _demo(args: list[str]) -> Any:
     from vlaprune.experiments import demo
 
@@ -32,6 +40,7 @@ def _demo(args: list[str]) -> Any:
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], Any], str]] = {
     "inspect": (_inspect, "print a policy's anatomy (stacks, params, FLOPs, coupling) and write it as JSON"),
+    "score": (_score, "rank blocks by importance (GateProbe and baselines) on calibration batches"),
     "demo": (_demo, "the main job on its embedded default (see README)"),
 }
 

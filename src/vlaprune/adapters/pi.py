@@ -52,6 +52,7 @@ def layout(policy: nn.Module) -> Layout:
             "vision",
             PATHS["vision"],
             counters=[Counter(pali_cfg.vision_config, "num_hidden_layers", "paligemma.config.vision_config")],
+            exit=f"{PALI}.vision_tower.vision_model.post_layernorm",
         ),
         "language": make_stack(
             policy,
@@ -59,6 +60,7 @@ def layout(policy: nn.Module) -> Layout:
             PATHS["language"],
             counters=[Counter(pali_cfg.text_config, "num_hidden_layers", "paligemma.config.text_config")],
             layer_idx_attr="self_attn.layer_idx",
+            exit=f"{PALI}.language_model.norm",
         ),
         "action": make_stack(
             policy,
@@ -66,6 +68,7 @@ def layout(policy: nn.Module) -> Layout:
             PATHS["action"],
             counters=[Counter(pwe.gemma_expert.config, "num_hidden_layers", "gemma_expert.config")],
             layer_idx_attr="self_attn.layer_idx",
+            exit=f"{ROOT}.gemma_expert.model.norm",
         ),
     }
     cfg = policy.config

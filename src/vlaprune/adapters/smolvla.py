@@ -59,6 +59,7 @@ def layout(policy: nn.Module) -> Layout:
             "vision",
             PATHS["vision"],
             counters=[Counter(vlm.config.vision_config, "num_hidden_layers", "vlm.config.vision_config")],
+            exit=f"{ROOT}.vlm.model.vision_model.post_layernorm",
         ),
         "language": make_stack(
             policy,
@@ -71,6 +72,7 @@ def layout(policy: nn.Module) -> Layout:
             ],
             layer_idx_attr="self_attn.layer_idx",
             notes=kinds,
+            exit=f"{ROOT}.vlm.model.text_model.norm",
         ),
         "action": make_stack(
             policy,
@@ -83,6 +85,7 @@ def layout(policy: nn.Module) -> Layout:
             ],
             layer_idx_attr="self_attn.layer_idx",
             notes=[f"with language {p} ({kinds[p]})" for p in pairs],
+            exit=f"{ROOT}.lm_expert.norm",
         ),
     }
     rule = (

@@ -37,6 +37,8 @@ class Stack:
     layer_idx_attr: dotted attribute inside each block holding its KV-cache index ("self_attn.layer_idx"),
         renumbered by surgery; None when the blocks keep no such index.
     notes: one short string per block (e.g. "self-attn" / "cross-attn"), or empty.
+    exit: dotted path (from the model root) of the module that receives the last block's output (the final
+        norm), so that block outputs can be observed where the policy never calls a block's forward.
     """
 
     name: str
@@ -47,6 +49,7 @@ class Stack:
     counters: list[Counter] = field(default_factory=list)
     layer_idx_attr: str | None = None
     notes: list[str] = field(default_factory=list)
+    exit: str | None = None
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -107,3 +110,40 @@ def make_stack(model: nn.Module, name: str, path: str, **kw: Any) -> Stack:
     parent, attr, _ = resolve(model, path)
     component = name.split(".")[0]
     return Stack(name=name, component=component, path=path, parent=parent, attr=attr, **kw)
+
+
+ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
+ATTN_OUT_NAMES = ("o_proj", "out_proj", "dense", "proj", "c_proj")
+MLP_NAMES = ("mlp", "feed_forward", "ffn", "ffwd")
+ENTRY_NAMES = ("input_layernorm", "layer_norm1", "ln_1", "norm1", "layernorm_before")
+
+
+@dataclass
+class Branches:
+    """Where a pre-norm residual block's two branches end, as paths inside the block.
+
+    attn: the attention output projection (its output is the branch added to the residual stream).
+    mlp: the MLP (its output is the second branch).
+    entry: the first norm, whose input is the block's input h_in.
+    A VLA may call these directly instead of the block's forward (lerobot SmolVLA / pi0 / pi0.5 do), so
+    gates and probes hook them rather than the block."""
+
+    attn: str
+    mlp: str
+    entry: str | None
+
+
+def find_branches(block: nn.Module) -> Branches | None:
+    """The residual branches of a transformer block (Llama, Gemma, Qwen2, SigLIP, ViT, GPT-2 naming)."""
+    children = dict(block.named_children())
+    attn = next((children[n] for n in ATTN_NAMES if n in children), None)
+    attn_name = next((n for n in ATTN_NAMES if n in children), None)
+    mlp = next((n for n in MLP_NAMES if n in children), None)
+    if attn is None or mlp is None:
+        return None
+    sub = dict(attn.named_children())
+    out = next((n for n in ATTN_OUT_NAMES if n in sub), None)
+    if out is None:
+        return None
+    entry = next((n for n in ENTRY_NAMES if n in children), None)
+    return Branches(attn=f"{attn_name}.{out}", mlp=mlp, entry=entry)

@@ -1,0 +1,186 @@
+"""`vlaprune score`: rank blocks by importance with one or more methods, and compare them with leave-one-out.
+
+    vlaprune score --policy.path=lerobot/smolvla_base --dataset.repo_id=lerobot/libero_spatial \
+        --method=gateprobe --components=vision,language,action --batches=8 --compare=block_influence,magnitude
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from vlaprune import __version__
+from vlaprune.adapters import layout as find_layout
+from vlaprune.adapters.load import load_model
+from vlaprune.atomic import write_json_atomic
+from vlaprune.configs import PolicyConfig
+from vlaprune.errors import VlapruneError
+from vlaprune.scoring import METHODS, NEEDS_DATA
+from vlaprune.scoring.calibration import DatasetConfig, calibration_batches, policy_loss
+from vlaprune.scoring.gates import GRANULARITIES
+from vlaprune.scoring.probe import Probe, Scores
+
+
+@dataclass
+class ScoreConfig:
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # Scoring method (a key of vlaprune.scoring.METHODS).
+    method: str = "gateprobe"
+    # Extra methods to run; all are then compared with leave-one-out (Spearman, Kendall).
+    compare: str = ""
+    # Stacks to score, by component or stack name, comma-separated (empty: all).
+    components: str = ""
+    # Name the stacks yourself (see `vlaprune inspect --help`).
+    stacks: str = ""
+    # Calibration: number of batches, frames per batch, seed (batches, noise and time samples).
+    batches: int = 4
+    batch_size: int = 8
+    seed: int = 0
+    # One gate per block, or one per residual branch (attention, MLP).
+    granularity: str = "block"
+    output: str = "scores.json"
+
+    def __post_init__(self) -> None:
+        for m in self.methods():
+            if m not in METHODS:
+                raise VlapruneError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        if self.batches < 1:
+            raise VlapruneError(f"--batches={self.batches}: need at least one calibration batch")
+        if self.batch_size < 1:
+            raise VlapruneError(f"--batch_size={self.batch_size}: need at least one frame per batch")
+        if self.granularity not in GRANULARITIES:
+            raise VlapruneError(f"--granularity={self.granularity!r}; choose one of {GRANULARITIES}")
+
+    def methods(self) -> list[str]:
+        extra = [m.strip() for m in self.compare.split(",") if m.strip()]
+        return list(dict.fromkeys([self.method, *extra, *(["loo"] if extra else [])]))
+
+
+def select_stacks(available: dict, components: str) -> list[str]:
+    """Stack names for a comma list of components or names; all stacks when empty."""
+    if not components.strip():
+        return list(available)
+    chosen: list[str] = []
+    for c in (x.strip() for x in components.split(",") if x.strip()):
+        match = [n for n, s in available.items() if n == c or s.component == c]
+        if not match:
+            raise VlapruneError(f"unknown component {c!r}; this model has {', '.join(available)}")
+        chosen += [m for m in match if m not in chosen]
+    return chosen
+
+
+def ranking(scores: dict[str, list[float]]) -> list[tuple[str, int]]:
+    """All blocks, least important first (ascending score), ties by stack order then index."""
+    items = [(v, s, i) for s, vals in scores.items() for i, v in enumerate(vals)]
+    return [(s, i) for v, s, i in sorted(items, key=lambda t: t[0])]
+
+
+def agreement(a: dict[str, list[float]], b: dict[str, list[float]]) -> dict[str, Any]:
+    """Spearman and Kendall rank correlation of two score sets, per stack and over all blocks."""
+    from scipy.stats import kendalltau, spearmanr
+
+    def pair(x: list[float], y: list[float]) -> dict[str, float | None]:
+        if len(x) < 2:
+            return {"spearman": None, "kendall": None}
+        rs, rk = spearmanr(x, y).statistic, kendalltau(x, y).statistic
+        clean = lambda v: None if v != v else round(float(v), 4)  # noqa: E731  (NaN for constant input)
+        return {"spearman": clean(rs), "kendall": clean(rk)}
+
+    out = {s: pair(a[s], b[s]) for s in a}
+    out["all"] = pair([v for s in a for v in a[s]], [v for s in a for v in b[s]])
+    return out
+
+
+def score(probe: Probe, method: str) -> tuple[Scores, float]:
+    t0 = time.perf_counter()
+    result = METHODS[method](probe)
+    return result, time.perf_counter() - t0
+
+
+def run(cfg: ScoreConfig) -> dict[str, Any]:
+    """Load, calibrate, score with every requested method, print ranked tables, write scores.json."""
+    from rich.console import Console
+
+    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code)
+    lay = find_layout(model, cfg.stacks or None)
+    stacks = select_stacks(lay.stacks, cfg.components)
+    batches, loss = [], None
+    if any(m in NEEDS_DATA for m in cfg.methods()):
+        if not hasattr(getattr(model, "config", None), "input_features"):
+            raise VlapruneError(
+                "data-driven scoring needs a lerobot policy; use --method=magnitude for others"
+            )
+        path = cfg.policy.path if not cfg.policy.path.startswith("tiny:") else None
+        batches = calibration_batches(model, cfg.dataset, cfg.batches, cfg.batch_size, cfg.seed, path)
+        loss = policy_loss(model, cfg.seed)
+    probe = Probe(lay, stacks, batches, loss, cfg.seed, cfg.granularity)
+    base = probe.mean_loss() if batches else None
+    results: dict[str, Any] = {}
+    console = Console(width=max(Console().width, 100))
+    for m in cfg.methods():
+        console.print(f"[bold]{m}[/]: scoring {sum(len(lay.stacks[s]) for s in stacks)} blocks ...")
+        sc, secs = score(probe, m)
+        results[m] = {
+            "scores": sc.blocks,
+            "rank": [f"{s}/{i}" for s, i in ranking(sc.blocks)],
+            "seconds": round(secs, 4),
+            "detail": sc.detail,
+        }
+        console.print(table(m, sc.blocks))
+    out: dict[str, Any] = {
+        "method": cfg.method,
+        "policy": cfg.policy.path,
+        "family": lay.family,
+        "stacks": stacks,
+        "blocks": {s: len(lay.stacks[s]) for s in stacks},
+        "dataset": {
+            "repo_id": cfg.dataset.repo_id,
+            "root": cfg.dataset.root,
+            "episodes": cfg.dataset.episodes,
+        },
+        "batches": cfg.batches,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "granularity": cfg.granularity,
+        "loss": base,
+        "direction": "higher score = more important (keep)",
+        "vlaprune_version": __version__,
+        "results": results,
+    }
+    if cfg.compare:
+        out["agreement_with_loo"] = {
+            m: agreement(results[m]["scores"], results["loo"]["scores"]) for m in results if m != "loo"
+        }
+        console.print(agreement_table(out["agreement_with_loo"]))
+    write_json_atomic(cfg.output, out)
+    console.print(f"wrote {cfg.output}")
+    return out
+
+
+def table(method: str, scores: dict[str, list[float]]):
+    from rich.table import Table
+
+    t = Table(title=f"{method}: blocks ranked per stack (higher = keep)", title_justify="left")
+    for col in ("stack", "rank", "block", "score"):
+        t.add_column(col, justify="left" if col == "stack" else "right")
+    for s, vals in scores.items():
+        order = sorted(range(len(vals)), key=lambda i: -vals[i])
+        for r, i in enumerate(order):
+            t.add_row(s if r == 0 else "", str(r + 1), str(i), f"{vals[i]:.5g}")
+    return t
+
+
+def agreement_table(agree: dict[str, Any]):
+    from rich.table import Table
+
+    t = Table(title="rank agreement with leave-one-out (Spearman / Kendall)", title_justify="left")
+    t.add_column("method")
+    cols = list(next(iter(agree.values())))
+    for c in cols:
+        t.add_column(c, justify="right")
+    fmt = lambda v: "-" if v is None else f"{v:+.2f}"  # noqa: E731
+    for m, per in agree.items():
+        t.add_row(m, *[f"{fmt(per[c]['spearman'])} / {fmt(per[c]['kendall'])}" for c in cols])
+    return t

@@ -1,0 +1,92 @@
+"""Representation-similarity baselines: how much a block changes the residual stream.
+
+  block_influence  ShortGPT's BI = 1 - mean_rows cos(h_in, h_out)
+  angular          Gromov et al.'s angular distance arccos(cos(h_in, h_out)) / pi, averaged over rows (a VLA
+                   runs several token streams, so there is no single "last token"; we average all rows)
+Both are computed row-wise (per token, over the hidden dimension), higher = the block changes more = keep.
+
+h_in is the input of the block's first norm. h_out is the block's output where its forward is called
+(transformers models, vision towers); where the policy calls the submodules directly (lerobot VLAs) it is
+the next block's h_in, and for the last block the input of the stack's final norm (`Stack.exit`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+
+from vlaprune.errors import VlapruneError
+from vlaprune.scoring.gates import branch_modules
+from vlaprune.scoring.probe import Probe, Scores
+
+
+def _first(args, kwargs):
+    x = args[0] if args else kwargs.get("hidden_states")
+    return x[0] if isinstance(x, tuple) else x
+
+
+def _cosines(probe: Probe) -> dict[str, list[torch.Tensor]]:
+    """Per stack and block, all row-wise cosines between h_in and h_out (1-D, float32)."""
+    model = probe.layout.model
+    cos: dict[str, list[list[torch.Tensor]]] = {
+        s: [[] for _ in range(len(probe.layout.stacks[s]))] for s in probe.stacks
+    }
+    for i, batch in enumerate(probe.batches):
+        ins, outs, exits = defaultdict(list), defaultdict(list), defaultdict(list)
+        handles = []
+        try:
+            for s in probe.stacks:
+                stack = probe.layout.stacks[s]
+                for li, (block, mods) in enumerate(zip(stack.blocks, branch_modules(probe.layout, s))):
+                    if mods["entry"] is None:
+                        raise VlapruneError(f"stack {s!r}: blocks have no first norm to observe h_in at")
+                    handles.append(
+                        mods["entry"].register_forward_pre_hook(
+                            lambda m, a, k, key=(s, li): ins[key].append(_first(a, k).detach()),
+                            with_kwargs=True,
+                        )
+                    )
+                    handles.append(
+                        block.register_forward_hook(
+                            lambda m, a, o, key=(s, li): outs[key].append(_first((o,), {}).detach())
+                        )
+                    )
+                if stack.exit:
+                    handles.append(
+                        model.get_submodule(stack.exit).register_forward_pre_hook(
+                            lambda m, a, k, s=s: exits[s].append(_first(a, k).detach()), with_kwargs=True
+                        )
+                    )
+            with torch.no_grad():
+                probe.loss(i, batch)
+        finally:
+            for h in handles:
+                h.remove()
+        for s in probe.stacks:
+            n = len(probe.layout.stacks[s])
+            for li in range(n):
+                h_in = ins[(s, li)]
+                h_out = outs[(s, li)] or (ins[(s, li + 1)] if li + 1 < n else exits[s])
+                if not h_in or len(h_out) != len(h_in):
+                    raise VlapruneError(
+                        f"stack {s!r} block {li}: could not observe its input and output "
+                        f"({len(h_in)} inputs, {len(h_out)} outputs); similarity scores need both"
+                    )
+                for a, b in zip(h_in, h_out):
+                    c = torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
+                    cos[s][li].append(c.flatten())
+    return {s: [torch.cat(c) for c in per] for s, per in cos.items()}
+
+
+def block_influence(probe: Probe) -> Scores:
+    cos = _cosines(probe)
+    return Scores({s: [1.0 - float(c.mean()) for c in per] for s, per in cos.items()})
+
+
+def angular(probe: Probe) -> Scores:
+    cos = _cosines(probe)
+    return Scores(
+        {s: [float(torch.arccos(c.clamp(-1, 1)).mean()) / math.pi for c in per] for s, per in cos.items()}
+    )
