@@ -44,3 +44,26 @@ def llama():
     from vlaprune.tiny.hf import tiny_decoder_lm
 
     return tiny_decoder_lm("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A LeRobotDataset (3 episodes x 20 frames, one 64x64 camera, 4-D state and action) on disk."""
+    from vlaprune.tiny.dataset import write_tiny_dataset
+
+    return write_tiny_dataset(tmp_path_factory.mktemp("datasets") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def probe_for(tiny_dataset):
+    """probe_for(policy, batches=2, seed=0): a Probe over all stacks with calibration from tiny_dataset."""
+    from vlaprune.adapters import layout
+    from vlaprune.scoring import Probe
+    from vlaprune.scoring.calibration import DatasetConfig, calibration_batches, policy_loss
+
+    def make(policy, batches: int = 2, seed: int = 0, granularity: str = "block"):
+        lay = layout(policy)
+        data = calibration_batches(policy, DatasetConfig(root=str(tiny_dataset)), batches, 4, seed)
+        return Probe(lay, list(lay.stacks), data, policy_loss(policy, seed), seed, granularity)
+
+    return make

@@ -77,6 +77,13 @@ def processors(policy: nn.Module, dataset, policy_path: str | None = None):
     """The policy's preprocessor: its saved pipeline if `policy_path` has one, else a fresh one."""
     from lerobot.policies.factory import make_pre_post_processors
 
+    from vlaprune.tiny.hub import redirect_tokenizers
+
+    with redirect_tokenizers(policy):
+        return _processors(policy, dataset, policy_path, make_pre_post_processors)
+
+
+def _processors(policy, dataset, policy_path, make_pre_post_processors):
     if policy_path and (Path(policy_path) / "policy_preprocessor.json").is_file():
         pre, _ = make_pre_post_processors(policy.config, pretrained_path=policy_path)
     else:

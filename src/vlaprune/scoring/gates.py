@@ -27,7 +27,7 @@ Key = tuple  # (stack, block) or (stack, block, "attn" | "mlp")
 
 
 def branch_modules(layout: Layout, stack: str) -> list[dict[str, nn.Module]]:
-    """Per block of `stack`: {"attn": attention output projection, "mlp": MLP, "entry": first norm or None}."""
+    """Per block of `stack`: {"attn": attention output projection, "mlp": MLP, "entry": first norm}."""
     s = layout.stacks[stack]
     out = []
     for i, block in enumerate(s.blocks):

@@ -27,43 +27,44 @@ def _first(args, kwargs):
     return x[0] if isinstance(x, tuple) else x
 
 
+def _record(store: list, output: bool = False):
+    """A hook that appends the hidden state it sees (a pre-hook's input, or a forward hook's output)."""
+    if output:
+        return lambda m, a, o: store.append(_first((o,), {}).detach())
+    return lambda m, a, k: store.append(_first(a, k).detach())
+
+
+def _observe(probe: Probe, i: int, batch: dict):
+    """One calibration pass recording, per (stack, block): inputs h_in, block outputs, and stack exits."""
+    model = probe.layout.model
+    ins, outs, exits = defaultdict(list), defaultdict(list), defaultdict(list)
+    handles = []
+    try:
+        for s in probe.stacks:
+            stack = probe.layout.stacks[s]
+            for li, (block, mods) in enumerate(zip(stack.blocks, branch_modules(probe.layout, s))):
+                if mods["entry"] is None:
+                    raise VlapruneError(f"stack {s!r}: blocks have no first norm to observe h_in at")
+                handles.append(
+                    mods["entry"].register_forward_pre_hook(_record(ins[(s, li)]), with_kwargs=True)
+                )
+                handles.append(block.register_forward_hook(_record(outs[(s, li)], output=True)))
+            if stack.exit:
+                exit_mod = model.get_submodule(stack.exit)
+                handles.append(exit_mod.register_forward_pre_hook(_record(exits[s]), with_kwargs=True))
+        with torch.no_grad():
+            probe.loss(i, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return ins, outs, exits
+
+
 def _cosines(probe: Probe) -> dict[str, list[torch.Tensor]]:
     """Per stack and block, all row-wise cosines between h_in and h_out (1-D, float32)."""
-    model = probe.layout.model
-    cos: dict[str, list[list[torch.Tensor]]] = {
-        s: [[] for _ in range(len(probe.layout.stacks[s]))] for s in probe.stacks
-    }
+    cos = {s: [[] for _ in range(len(probe.layout.stacks[s]))] for s in probe.stacks}
     for i, batch in enumerate(probe.batches):
-        ins, outs, exits = defaultdict(list), defaultdict(list), defaultdict(list)
-        handles = []
-        try:
-            for s in probe.stacks:
-                stack = probe.layout.stacks[s]
-                for li, (block, mods) in enumerate(zip(stack.blocks, branch_modules(probe.layout, s))):
-                    if mods["entry"] is None:
-                        raise VlapruneError(f"stack {s!r}: blocks have no first norm to observe h_in at")
-                    handles.append(
-                        mods["entry"].register_forward_pre_hook(
-                            lambda m, a, k, key=(s, li): ins[key].append(_first(a, k).detach()),
-                            with_kwargs=True,
-                        )
-                    )
-                    handles.append(
-                        block.register_forward_hook(
-                            lambda m, a, o, key=(s, li): outs[key].append(_first((o,), {}).detach())
-                        )
-                    )
-                if stack.exit:
-                    handles.append(
-                        model.get_submodule(stack.exit).register_forward_pre_hook(
-                            lambda m, a, k, s=s: exits[s].append(_first(a, k).detach()), with_kwargs=True
-                        )
-                    )
-            with torch.no_grad():
-                probe.loss(i, batch)
-        finally:
-            for h in handles:
-                h.remove()
+        ins, outs, exits = _observe(probe, i, batch)
         for s in probe.stacks:
             n = len(probe.layout.stacks[s])
             for li in range(n):

@@ -20,7 +20,7 @@ def write_tiny_dataset(
     seed: int = 0,
     tasks: tuple[str, ...] = ("open the drawer", "press the button from the top"),
 ) -> Path:
-    """Random-walk states, actions that depend on the state (learnable), random images, one task per episode."""
+    """Random-walk states, actions that depend on the state (learnable), random images, a task per episode."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     features = {

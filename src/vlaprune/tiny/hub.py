@@ -1,31 +1,44 @@
-"""Put a tiny tokenizer into the Hugging Face cache under a hub id, so code that hard-codes that id
-(lerobot's pi0 / pi0.5 processors use google/paligemma-3b-pt-224) resolves offline (HF_HUB_OFFLINE=1)."""
+"""Resolve hard-coded hub tokenizer ids to a local tiny tokenizer, without touching the user's hub cache.
+
+lerobot's pi0 / pi0.5 processors load `google/paligemma-3b-pt-224`'s tokenizer by id. Tiny pi policies
+carry `vlaprune_tokenizer_dir` (a local tiny tokenizer); while `redirect_tokenizers(policy)` is active,
+`AutoTokenizer.from_pretrained(<that id>)` loads the local folder instead. Real policies are unaffected.
+"""
 
 from __future__ import annotations
 
-import os
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+
+from torch import nn
 
 from vlaprune.tiny.tokenizer import build_tokenizer
 
 PALIGEMMA_TOKENIZER = "google/paligemma-3b-pt-224"
 
 
-def cache_tiny_tokenizer(repo_id: str = PALIGEMMA_TOKENIZER, hub_cache: str | Path | None = None) -> Path:
-    """Write the tokenizer as snapshot 000...0 of `repo_id` in the hub cache (default: HF_HUB_CACHE)."""
-    from huggingface_hub import constants
+def write_paligemma_like_tokenizer(out_dir: str | Path) -> Path:
+    build_tokenizer(out_dir, bos="<bos>", eos="<eos>", specials=("<image>",), vocab_size=512)
+    return Path(out_dir)
 
-    cache = Path(hub_cache or os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
-    rev = "0" * 40
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    snap = repo / "snapshots" / rev
-    if (snap / "tokenizer.json").is_file():
-        return snap
-    snap.mkdir(parents=True, exist_ok=True)
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(rev)
-    build_tokenizer(snap, bos="<bos>", eos="<eos>", specials=("<image>",), vocab_size=512)
-    (snap / "config.json").write_text(
-        '{"model_type": "paligemma"}'
-    )  # transformers 5 wants a config beside it
-    return snap
+
+@contextlib.contextmanager
+def redirect_tokenizers(policy: nn.Module) -> Iterator[None]:
+    """While active, the policy's hard-coded tokenizer id loads its local tiny tokenizer (if it has one)."""
+    local = getattr(policy, "vlaprune_tokenizer_dir", None)
+    if local is None:
+        yield
+        return
+    from transformers import AutoTokenizer
+
+    original = AutoTokenizer.from_pretrained.__func__
+
+    def from_pretrained(cls, name, *args, **kwargs):
+        return original(cls, str(local) if name == PALIGEMMA_TOKENIZER else name, *args, **kwargs)
+
+    AutoTokenizer.from_pretrained = classmethod(from_pretrained)
+    try:
+        yield
+    finally:
+        AutoTokenizer.from_pretrained = classmethod(original)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import tempfile
 from collections.abc import Iterator
 
 import torch
@@ -81,6 +82,7 @@ def tiny_pi_config(kind: str = "pi0", *, state_dim: int = 4, action_dim: int = 4
 
 def tiny_pi(kind: str = "pi0", seed: int = 0, depth: int = 4, **config_kw):
     """A tiny random-weight `PI0Policy` or `PI05Policy` (~0.4 M parameters), in eval mode."""
+    from vlaprune.tiny.hub import write_paligemma_like_tokenizer
     from vlaprune.tiny.weights import make_nontrivial
 
     pkg, policy_name, _ = KINDS[kind]
@@ -88,4 +90,6 @@ def tiny_pi(kind: str = "pi0", seed: int = 0, depth: int = 4, **config_kw):
     torch.manual_seed(seed)
     with tiny_pi_factories(kind, depth):
         policy = policy_cls(tiny_pi_config(kind, **config_kw))
+    # the processors hard-code google/paligemma-3b-pt-224's tokenizer: point them at a local tiny one
+    policy.vlaprune_tokenizer_dir = write_paligemma_like_tokenizer(tempfile.mkdtemp(prefix="vlaprune-tok-"))
     return make_nontrivial(policy, seed).eval()
