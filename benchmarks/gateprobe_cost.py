@@ -1,0 +1,104 @@
+"""What GateProbe costs next to a plain forward+backward, and how well it agrees with leave-one-out.
+
+    .venv/bin/python benchmarks/gateprobe_cost.py [--text-layers 8 --text-hidden 256 --batches 4]
+
+One run, one model (a random-weight lerobot SmolVLA of the given size, all three stacks scored), the same
+calibration batches for every method. Reports, as ratios measured in this run:
+  GateProbe wall time / one plain forward+backward (weights requiring grad, as in training) over the batches
+  leave-one-out wall time / the same
+  rank agreement (Spearman, Kendall) of GateProbe with leave-one-out, per stack and over all blocks
+Writes benchmarks/results/gateprobe_cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from vlaprune.adapters import layout  # noqa: E402
+from vlaprune.scoring import METHODS, Probe  # noqa: E402
+from vlaprune.scoring.calibration import DatasetConfig, calibration_batches, policy_loss  # noqa: E402
+from vlaprune.scoring.score import agreement  # noqa: E402
+from vlaprune.tiny.dataset import write_tiny_dataset  # noqa: E402
+from vlaprune.tiny.smolvla import tiny_smolvla, write_tiny_smolvlm  # noqa: E402
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--text-layers", type=int, default=8)
+    ap.add_argument("--text-hidden", type=int, default=256)
+    ap.add_argument("--vision-layers", type=int, default=4)
+    ap.add_argument("--vision-hidden", type=int, default=128)
+    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default="benchmarks/results/gateprobe_cost.json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    tmp = Path(tempfile.mkdtemp(prefix="vlaprune-bench-"))
+    vlm = write_tiny_smolvlm(tmp / "vlm", text_layers=args.text_layers, text_hidden=args.text_hidden,
+                             vision_layers=args.vision_layers, vision_hidden=args.vision_hidden)
+    policy = tiny_smolvla(vlm, num_vlm_layers=args.text_layers)
+    data = write_tiny_dataset(tmp / "data", episodes=4, frames=25)
+    batches = calibration_batches(policy, DatasetConfig(root=str(data)), args.batches, args.batch_size, 0)
+    loss = policy_loss(policy, 0)
+    lay = layout(policy)
+    probe = Probe(lay, list(lay.stacks), batches, loss)
+    n_blocks = sum(len(s) for s in lay.stacks.values())
+
+    def plain():
+        for p in policy.parameters():
+            p.requires_grad_(True)
+            p.grad = None
+        for i, b in enumerate(batches):
+            (loss(i, b) / len(batches)).backward()
+        for p in policy.parameters():
+            p.grad = None
+
+    plain()  # warm-up
+    t_plain = timed(plain, args.repeats)
+    t_gp = timed(lambda: METHODS["gateprobe"](probe), args.repeats)
+    t0 = time.perf_counter()
+    loo = METHODS["loo"](probe)
+    t_loo = time.perf_counter() - t0
+    gp = METHODS["gateprobe"](probe)
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        "model": f"SmolVLA random weights, {sum(p.numel() for p in policy.parameters()) / 1e6:.2f} M params, "
+        f"{n_blocks} blocks ({', '.join(f'{k} {len(s)}' for k, s in lay.stacks.items())})",
+        "calibration": f"{args.batches} batches x {args.batch_size} frames",
+        "plain_fwd_bwd_s": round(t_plain, 4),
+        "gateprobe_s": round(t_gp, 4),
+        "loo_s": round(t_loo, 4),
+        "gateprobe_over_plain": round(t_gp / t_plain, 3),
+        "loo_over_plain": round(t_loo / t_plain, 3),
+        "loo_forward_passes_per_batch": n_blocks + 1,
+        "agreement_gateprobe_vs_loo": agreement(gp.blocks, loo.blocks),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
