@@ -55,8 +55,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="vlaprune-bench-"))
-    vlm = write_tiny_smolvlm(tmp / "vlm", text_layers=args.text_layers, text_hidden=args.text_hidden,
-                             vision_layers=args.vision_layers, vision_hidden=args.vision_hidden)
+    vlm = write_tiny_smolvlm(
+        tmp / "vlm",
+        text_layers=args.text_layers,
+        text_hidden=args.text_hidden,
+        vision_layers=args.vision_layers,
+        vision_hidden=args.vision_hidden,
+    )
     policy = tiny_smolvla(vlm, num_vlm_layers=args.text_layers)
     data = write_tiny_dataset(tmp / "data", episodes=4, frames=25)
     batches = calibration_batches(policy, DatasetConfig(root=str(data)), args.batches, args.batch_size, 0)

@@ -32,6 +32,18 @@ def _score(args: list[str]) -> Any:
     return score.run(draccus.parse(score.ScoreConfig, args=args))
 
 
+def _drop(args: list[str]) -> Any:
+    import draccus
+
+    from vlaprune.surgery import drop
+
+    # `from` is a Python keyword: --drop.from=scores.json is the DropSpec field `scores`
+    args = [
+        a.replace("--drop.from=", "--drop.scores=", 1) if a.startswith("--drop.from=") else a for a in args
+    ]
+    return drop.run(draccus.parse(drop.DropConfig, args=args))
+
+
 def _demo(args: list[str]) -> Any:
     from vlaprune.experiments import demo
 
@@ -41,6 +53,7 @@ def _demo(args: list[str]) -> Any:
 COMMANDS: dict[str, tuple[Callable[[list[str]], Any], str]] = {
     "inspect": (_inspect, "print a policy's anatomy (stacks, params, FLOPs, coupling) and write it as JSON"),
     "score": (_score, "rank blocks by importance (GateProbe and baselines) on calibration batches"),
+    "drop": (_drop, "remove blocks for real, save the pruned checkpoint, report params / FLOPs / latency"),
     "demo": (_demo, "the main job on its embedded default (see README)"),
 }
 

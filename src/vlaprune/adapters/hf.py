@@ -123,4 +123,13 @@ def layout(model: nn.Module) -> Layout:
     paths = find_stack_paths(model)
     stacks = stacks_from_paths(model, name_stacks(paths))
     forward, desc = example_forward(model)
-    return Layout(family="hf", model=model, stacks=stacks, forward=forward, forward_desc=desc)
+    expresses = {n for n, s in stacks.items() if s.counters}  # config.num_hidden_layers rebuilds the shape
+    return Layout(
+        family="hf",
+        model=model,
+        stacks=stacks,
+        forward=forward,
+        forward_desc=desc,
+        training_forward=forward,
+        config_expresses=expresses,
+    )

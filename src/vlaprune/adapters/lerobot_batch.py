@@ -45,3 +45,21 @@ def inference_pass(policy: nn.Module, batch_size: int = 1):
         return policy.predict_action_chunk(dict(batch))
 
     return run
+
+
+def training_pass(policy: nn.Module, batch_size: int = 1):
+    """A closure running `policy.forward` (the training loss) on an example batch with an action chunk."""
+    batch = example_batch(policy, batch_size)
+    cfg = policy.config
+    action_dim = cfg.output_features["action"].shape[0]
+    gen = torch.Generator().manual_seed(1)
+    device = next(policy.parameters()).device
+    batch["action"] = torch.randn(batch_size, cfg.chunk_size, action_dim, generator=gen).to(device)
+    batch["action_is_pad"] = torch.zeros(batch_size, cfg.chunk_size, dtype=torch.bool, device=device)
+
+    def run():
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return policy.forward(dict(batch))
+
+    return run

@@ -2,8 +2,8 @@
 
 `--policy.path` accepts
   tiny:<name>        a built-in tiny random-weight model (tiny:smolvla, tiny:pi0, tiny:pi05, tiny:llama, ...)
-  a folder           a lerobot policy checkpoint (config.json with a "type") or a transformers model
-                     (config.json with a "model_type")
+  a folder           a vlaprune pruned checkpoint (plan.json), a lerobot policy checkpoint (config.json
+                     with a "type") or a transformers model (config.json with a "model_type")
   org/name           a hub id, downloaded with huggingface_hub where the hub is reachable
 """
 
@@ -74,6 +74,10 @@ def read_config(folder: Path) -> dict:
 
 
 def load_folder(folder: Path, trust_remote_code: bool = False) -> nn.Module:
+    if (folder / "plan.json").is_file():  # a vlaprune pruned checkpoint: rebuild, replay, load strictly
+        from vlaprune.surgery.checkpoint import load
+
+        return load(folder)
     cfg = read_config(folder)
     if "type" in cfg:
         return _load_lerobot(folder, cfg["type"])

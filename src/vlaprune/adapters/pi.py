@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from vlaprune.adapters.lerobot_batch import inference_pass
+from vlaprune.adapters.lerobot_batch import inference_pass, training_pass
 from vlaprune.adapters.stack import Counter, Coupling, Layout, make_stack
 
 ROOT = "model.paligemma_with_expert"
@@ -88,6 +88,8 @@ def layout(policy: nn.Module) -> Layout:
         ],
         parts=PARTS,
         forward=inference_pass(policy),
+        training_forward=training_pass(policy),
+        config_expresses=set(),
         forward_desc=f"predict_action_chunk (batch 1, {cfg.tokenizer_max_length} text tokens, "
         f"{cfg.num_inference_steps} denoising steps)",
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from vlaprune.adapters.lerobot_batch import inference_pass
+from vlaprune.adapters.lerobot_batch import inference_pass, training_pass
 from vlaprune.adapters.stack import Counter, Coupling, Layout, make_stack
 
 ROOT = "model.vlm_with_expert"
@@ -52,6 +52,7 @@ def layout(policy: nn.Module) -> Layout:
     n_vlm, n_exp = len(vwe.get_vlm_model().text_model.layers), len(vwe.lm_expert.layers)
     kinds = attention_kinds(n_vlm, vwe.self_attn_every_n_layers, vwe.attention_mode)
     m = n_vlm // n_exp
+    period = vwe.self_attn_every_n_layers if "cross" in vwe.attention_mode else 0
     pairs = [j * m for j in range(n_exp)]
     stacks = {
         "vision": make_stack(
@@ -96,9 +97,11 @@ def layout(policy: nn.Module) -> Layout:
         family="smolvla",
         model=policy,
         stacks=stacks,
-        couplings=[Coupling("paired", "language", "action", pairs, rule)],
+        couplings=[Coupling("paired", "language", "action", pairs, rule, period=period)],
         parts=PARTS,
         forward=inference_pass(policy),
+        training_forward=training_pass(policy),
+        config_expresses={"language", "action"},
         forward_desc=f"predict_action_chunk (batch 1, {cfg.tokenizer_max_length} text tokens, "
         f"{cfg.num_steps} denoising steps)",
     )

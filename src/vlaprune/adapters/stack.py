@@ -67,6 +67,9 @@ class Coupling:
         "paired" (block j of `b` runs with block pairs[j] of `a`; blocks of `a` without a partner run alone).
     pairs: for each block of `b`, the index of its partner block in `a`.
     rule: the rule in words, as shown in the anatomy table.
+    period: attention-pattern period (SmolVLA's self_attn_every_n_layers): block i of `a` and block j of `b`
+        are self-attention iff index % period == 0, cross-attention otherwise; every kept block must keep
+        its kind at its new index. 0 = no pattern.
     """
 
     kind: str
@@ -74,6 +77,7 @@ class Coupling:
     b: str
     pairs: list[int]
     rule: str
+    period: int = 0
 
 
 @dataclass
@@ -87,6 +91,9 @@ class Layout:
         final norms, the vision-language projector, action projections); missing paths are skipped.
     forward: runs one representative forward pass (used to count FLOPs), or None if none is known.
     forward_desc: what that pass is, e.g. "predict_action_chunk, batch 1".
+    training_forward: one training-loss forward on an example batch (lerobot policies), or None.
+    config_expresses: stacks whose block count the family's own config can express, so that the family's
+        own `from_pretrained` rebuilds a pruned model with the right shape (others need `vlaprune.load`).
     """
 
     family: str
@@ -96,6 +103,8 @@ class Layout:
     parts: dict[str, list[str]] = field(default_factory=dict)
     forward: Callable[[], Any] | None = None
     forward_desc: str = ""
+    training_forward: Callable[[], Any] | None = None
+    config_expresses: set[str] = field(default_factory=set)
 
 
 def resolve(model: nn.Module, path: str) -> tuple[nn.Module, str, nn.Module]:

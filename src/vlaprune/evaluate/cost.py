@@ -78,3 +78,56 @@ def count_flops(
     finally:
         handle.remove()
     return dict(mode.counts)
+
+
+def latency(fn: Callable[[], Any], n: int = 20, warmup: int = 3) -> dict[str, float]:
+    """Wall time of `fn()` after `warmup` calls: median and p90 over `n` calls, in milliseconds."""
+    import statistics
+    import time
+
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return {"median_ms": statistics.median(times), "p90_ms": times[min(n - 1, int(0.9 * n))], "n": n}
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak extra memory of one `fn()` call in bytes: CUDA allocator peak on GPU; on CPU the peak resident
+    set size above the level before the call, sampled every millisecond by a watcher thread."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        with torch.no_grad():
+            fn()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - start)
+    import threading
+
+    import psutil
+
+    proc = psutil.Process()
+    start = proc.memory_info().rss
+    peak = [start]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            done.wait(0.001)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        with torch.no_grad():
+            fn()
+    finally:
+        done.set()
+        t.join()
+    return int(max(peak[0], proc.memory_info().rss) - start)

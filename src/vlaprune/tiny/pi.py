@@ -92,4 +92,5 @@ def tiny_pi(kind: str = "pi0", seed: int = 0, depth: int = 4, **config_kw):
         policy = policy_cls(tiny_pi_config(kind, **config_kw))
     # the processors hard-code google/paligemma-3b-pt-224's tokenizer: point them at a local tiny one
     policy.vlaprune_tokenizer_dir = write_paligemma_like_tokenizer(tempfile.mkdtemp(prefix="vlaprune-tok-"))
+    policy.vlaprune_tiny = {"kind": kind, "depth": depth}  # how to rebuild this architecture (vlaprune.load)
     return make_nontrivial(policy, seed).eval()

@@ -1,0 +1,91 @@
+"""The cost report: parameters per component, FLOPs per forward and per action chunk, `select_action`
+latency and peak memory, for a model and (side by side) its pruned version.
+
+Latency: `select_action` with the policy's action queue emptied before every call (`reset()`), so every
+call runs one full inference (prefix + denoising): the latency the robot sees when a new chunk is due.
+For transformers models it is one forward on the example inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlaprune.adapters.anatomy import anatomy
+from vlaprune.adapters.lerobot_batch import example_batch
+from vlaprune.adapters.stack import Layout
+from vlaprune.evaluate.cost import count_flops, latency, peak_memory
+
+
+def _select_action(layout: Layout):
+    model = layout.model
+    if hasattr(getattr(model, "config", None), "input_features"):
+        batch = example_batch(model, 1)
+
+        def run():
+            model.reset()
+            return model.select_action(dict(batch))
+
+        return run
+    return layout.forward
+
+
+def cost(layout: Layout, n_calls: int = 20, warmup: int = 3) -> dict[str, Any]:
+    """Measure one model. All FLOPs come from torch's counter on real passes (see evaluate.cost)."""
+    model = layout.model
+    model.eval()
+    anat = anatomy(layout)
+    by_comp: dict[str, int] = {}
+    for s in anat["stacks"]:
+        by_comp[s["component"]] = by_comp.get(s["component"], 0) + s["params"]
+    for r in anat["parts"]:
+        by_comp[r["component"]] = by_comp.get(r["component"], 0) + r["params"]
+    by_comp["other"] = anat["other"]["params"]
+    fwd = layout.training_forward
+    flops_forward = sum(count_flops(model, fwd, {}).values()) if fwd else None
+    act = _select_action(layout)
+    device = next(model.parameters()).device
+    return {
+        "params": anat["total_params"],
+        "params_by_component": by_comp,
+        "blocks": {s["name"]: s["blocks"] for s in anat["stacks"]},
+        "flops_forward": flops_forward,
+        "flops_chunk": anat["total_flops"],
+        "flops_chunk_pass": anat["flops_pass"],
+        "latency": latency(act, n_calls, warmup) if act else None,
+        "peak_memory_bytes": peak_memory(act, device) if act else None,
+    }
+
+
+def cost_table(before: dict[str, Any], after: dict[str, Any]):
+    """A rich Table: each measure for the original, the pruned model, and pruned / original."""
+    from rich.table import Table
+
+    def rows(c: dict[str, Any]) -> dict[str, float | None]:
+        lat = c["latency"] or {}
+        out = {"params": c["params"]}
+        out |= {f"params {k}": v for k, v in c["params_by_component"].items()}
+        out |= {f"blocks {k}": v for k, v in c["blocks"].items()}
+        out |= {
+            "FLOPs per forward (loss)": c["flops_forward"],
+            "FLOPs per action chunk": c["flops_chunk"],
+            "select_action median ms": lat.get("median_ms"),
+            "select_action p90 ms": lat.get("p90_ms"),
+            "peak memory MB": None if c["peak_memory_bytes"] is None else c["peak_memory_bytes"] / 2**20,
+        }
+        return out
+
+    def fmt(v: float | None) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, int) or float(v).is_integer():
+            return f"{int(v):,}"
+        return f"{v:.2f}"
+
+    b, a = rows(before), rows(after)
+    t = Table(title="cost: original vs pruned", title_justify="left")
+    for col in ("measure", "original", "pruned", "pruned / original"):
+        t.add_column(col, justify="left" if col == "measure" else "right")
+    for k in b:
+        ratio = "-" if not b[k] or a.get(k) is None else f"{a[k] / b[k]:.3f}"
+        t.add_row(k, fmt(b[k]), fmt(a.get(k)), ratio)
+    return t

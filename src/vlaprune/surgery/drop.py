@@ -1,0 +1,140 @@
+"""`vlaprune drop`: remove blocks, save the pruned checkpoint, and report what the cut saves.
+
+vlaprune drop --policy.path=lerobot/smolvla_base --drop.language=2,3 --output_dir=out/smolvla-14
+vlaprune drop --policy.path=... --drop.from=scores.json --drop.k=8 --drop.components=language --output_dir=...
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlaprune.adapters import layout as find_layout
+from vlaprune.adapters.load import load_model
+from vlaprune.configs import PolicyConfig
+from vlaprune.errors import VlapruneError
+from vlaprune.evaluate.report_cost import cost, cost_table
+from vlaprune.surgery.blocks import drop_blocks
+from vlaprune.surgery.checkpoint import remember_base, save_pruned
+
+
+@dataclass
+class DropSpec:
+    # Block indices to drop per component (0-based, comma-separated), e.g. --drop.language=3,7.
+    language: str = ""
+    vision: str = ""
+    action: str = ""
+    # Any stacks by name: "vision.dino=1,2;language=3".
+    blocks: str = ""
+    # Or take the k lowest-scoring blocks of `components` from a scores.json (`--drop.from=`).
+    scores: str = ""
+    k: int = 0
+    components: str = ""
+    # Which method's scores in that file (default: the file's main method).
+    method: str = ""
+
+
+@dataclass
+class DropConfig:
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    drop: DropSpec = field(default_factory=DropSpec)
+    stacks: str = ""
+    output_dir: str = ""
+    # select_action calls timed per model (after warm-up calls).
+    latency_calls: int = 20
+    warmup_calls: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:
+            raise VlapruneError("--output_dir is required: the folder the pruned checkpoint goes to")
+        if self.latency_calls < 1:
+            raise VlapruneError("--latency_calls must be >= 1")
+
+
+def _indices(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise VlapruneError(f"{what}={text!r}: expected comma-separated block indices like 3,7") from None
+
+
+def request_from(spec: DropSpec, stack_names: list[str]) -> dict[str, list[int]]:
+    """The drop request the flags describe (explicit indices, or k lowest scores from a scores.json)."""
+    req: dict[str, list[int]] = {}
+    for comp in ("language", "vision", "action"):
+        if getattr(spec, comp):
+            req[comp] = _indices(getattr(spec, comp), f"--drop.{comp}")
+    for item in filter(None, (s.strip() for s in spec.blocks.split(";"))):
+        name, eq, idx = item.partition("=")
+        if not eq:
+            raise VlapruneError(f"--drop.blocks item {item!r} is not NAME=i,j")
+        req[name.strip()] = _indices(idx, f"--drop.blocks {name}")
+    if spec.scores:
+        if req:
+            raise VlapruneError("give either block indices or --drop.from, not both")
+        req = _from_scores(spec, stack_names)
+    if not req:
+        raise VlapruneError(
+            "nothing to drop: pass --drop.language=3,7 (or vision/action/blocks) or --drop.from"
+        )
+    return req
+
+
+def _from_scores(spec: DropSpec, stack_names: list[str]) -> dict[str, list[int]]:
+    path = Path(spec.scores)
+    if not path.is_file():
+        raise VlapruneError(f"--drop.from {path}: no such file (write one with `vlaprune score`)")
+    data = json.loads(path.read_text())
+    method = spec.method or data.get("method", "")
+    if method not in data.get("results", {}):
+        raise VlapruneError(
+            f"{path} has no scores for method {method!r} (has {', '.join(data.get('results', {}))})"
+        )
+    scores: dict[str, list[float]] = data["results"][method]["scores"]
+    wanted = [c.strip() for c in spec.components.split(",") if c.strip()] or list(scores)
+    names = [n for n in scores if n in wanted or n.split(".")[0] in wanted]
+    if not names:
+        raise VlapruneError(f"{path} has no scores for components {wanted} (has {', '.join(scores)})")
+    unknown = [n for n in names if n not in stack_names]
+    if unknown:
+        raise VlapruneError(
+            f"{path} scores stacks {unknown} that this model does not have; wrong scores file?"
+        )
+    ranked = sorted((v, n, i) for n in names for i, v in enumerate(scores[n]))
+    if not 0 < spec.k < len(ranked):
+        raise VlapruneError(
+            f"--drop.k={spec.k}: choose between 1 and {len(ranked) - 1} of the {len(ranked)} blocks"
+        )
+    req: dict[str, list[int]] = {}
+    for _, n, i in ranked[: spec.k]:
+        req.setdefault(n, []).append(i)
+    return req
+
+
+def run(cfg: DropConfig) -> dict[str, Any]:
+    from rich.console import Console
+
+    console = Console(width=max(Console().width, 100))
+    out = Path(cfg.output_dir)
+    if out.exists() and any(out.iterdir()):
+        raise VlapruneError(f"{out} already exists and is not empty; choose a new --output_dir or remove it")
+    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code)
+    lay = find_layout(model, cfg.stacks or None)
+    request = request_from(cfg.drop, list(lay.stacks))
+    remember_base(model, source=cfg.policy.path, stacks=cfg.stacks or None)
+    console.print("measuring the original ...")
+    before = cost(lay, cfg.latency_calls, cfg.warmup_calls)
+    plan = drop_blocks(model, request, layout=lay)
+    console.print(f"[bold]plan[/]: {plan.summary()}")
+    console.print("measuring the pruned model ...")
+    after = cost(find_layout(model, cfg.stacks or None), cfg.latency_calls, cfg.warmup_calls)
+    console.print(cost_table(before, after))
+    src = cfg.policy.path if Path(cfg.policy.path).is_dir() else None
+    report = {"plan": plan.to_dict(), "cost_original": before, "cost_pruned": after}
+    saved = save_pruned(
+        model, plan, out, processors_from=src, stacks=cfg.stacks or None, extra_json={"cost.json": report}
+    )
+    console.print(f"wrote {saved} (plan.json, cost.json, weights)")
+    return report

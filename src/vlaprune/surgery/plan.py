@@ -1,0 +1,182 @@
+"""A `Plan` records one surgery; `resolve_drops` turns a request into a plan that respects the couplings.
+
+Coupling rules enforced (from the adapters' `Coupling` records):
+  lockstep (pi0 / pi0.5)  the two stacks keep the same depth: dropping block i of either drops it in both.
+  paired (SmolVLA)        a dropped block's partner goes too (expert block j <-> VLM block pairs[j]); then,
+                          after renumbering, (1) the VLM depth is a multiple of the expert depth m', (2) every
+                          kept expert block still runs with its own VLM partner (new index j' pairs with new
+                          VLM index m'*j'), and (3) every kept block keeps its attention kind: self-attention
+                          iff new index % period == 0 (SmolVLA alternates self / cross every `period` blocks).
+A plan that breaks (1)-(3) is refused with the nearest valid plans (fewest blocks added or kept back).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vlaprune.adapters.stack import Coupling, Layout
+from vlaprune.errors import VlapruneError
+
+
+@dataclass
+class Plan:
+    """What a block surgery removed. Indices are those of the model the plan was applied to (0-based)."""
+
+    family: str
+    model_class: str
+    drops: dict[str, list[int]]
+    requested: dict[str, list[int]]
+    coupled: dict[str, list[int]]
+    blocks_before: dict[str, int]
+    blocks_after: dict[str, int]
+    params_before: int = 0
+    params_after: int = 0
+    kind: str = "blocks"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        return cls(**d)
+
+    def summary(self) -> str:
+        parts = []
+        for s, idx in self.drops.items():
+            if idx:
+                extra = f" (+{self.coupled[s]} by coupling)" if self.coupled.get(s) else ""
+                parts.append(
+                    f"{s}: drop {idx}{extra}, {self.blocks_before[s]} -> {self.blocks_after[s]} blocks"
+                )
+        saved = self.params_before - self.params_after
+        pct = 100 * saved / self.params_before if self.params_before else 0
+        return "; ".join(parts) + f"; params {self.params_before:,} -> {self.params_after:,} (-{pct:.1f}%)"
+
+
+def normalize(layout: Layout, request: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Check names, indices, duplicates; map component names to their single stack."""
+    out: dict[str, list[int]] = {}
+    for key, idx in request.items():
+        if key in layout.stacks:
+            name = key
+        else:
+            named = [n for n, s in layout.stacks.items() if s.component == key]
+            if len(named) != 1:
+                have = ", ".join(layout.stacks)
+                raise VlapruneError(
+                    f"no stack {key!r} in this model (stacks: {have})"
+                    if not named
+                    else f"component {key!r} has several stacks ({', '.join(named)}); name one of them"
+                )
+            name = named[0]
+        n = len(layout.stacks[name])
+        idx = [int(i) for i in idx]
+        dup = sorted({i for i in idx if idx.count(i) > 1})
+        if dup:
+            raise VlapruneError(f"{name}: block(s) {dup} listed twice; list each block once")
+        bad = [i for i in idx if not 0 <= i < n]
+        if bad:
+            raise VlapruneError(f"{name}: block index {bad} out of range; {name} has blocks 0..{n - 1}")
+        out[name] = sorted(set(out.get(name, [])) | set(idx))
+    return out
+
+
+def expand_couplings(layout: Layout, drops: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Add the partner of every dropped block (lockstep: same index; paired: via `pairs`)."""
+    out = {k: set(v) for k, v in drops.items()}
+    for c in layout.couplings:
+        a, b = out.setdefault(c.a, set()), out.setdefault(c.b, set())
+        if c.kind == "lockstep":
+            both = a | b
+            out[c.a], out[c.b] = set(both), set(both)
+        elif c.kind == "paired":
+            partner_of_a = {p: j for j, p in enumerate(c.pairs)}
+            b |= {partner_of_a[i] for i in a if i in partner_of_a}
+            a |= {c.pairs[j] for j in b}
+    return {k: sorted(v) for k, v in out.items() if v}
+
+
+def coupling_errors(layout: Layout, drops: dict[str, list[int]]) -> list[str]:
+    """Why `drops` (already expanded) breaks a coupling rule; empty when valid."""
+    errors = []
+    for name, idx in drops.items():
+        if len(idx) >= len(layout.stacks[name]):
+            errors.append(f"{name}: dropping all {len(layout.stacks[name])} blocks leaves an empty stack")
+    for c in layout.couplings:
+        if c.kind == "paired":
+            errors += _paired_errors(layout, c, drops)
+    return errors
+
+
+def _kind(i: int, period: int) -> str:
+    return "self-attn" if period <= 0 or i % period == 0 else "cross-attn"
+
+
+def _paired_errors(layout: Layout, c: Coupling, drops: dict[str, list[int]]) -> list[str]:
+    na, nb = len(layout.stacks[c.a]), len(layout.stacks[c.b])
+    keep_a = [i for i in range(na) if i not in drops.get(c.a, [])]
+    keep_b = [j for j in range(nb) if j not in drops.get(c.b, [])]
+    if not keep_a or not keep_b:
+        return []
+    if len(keep_a) % len(keep_b):
+        return [f"{c.a} would keep {len(keep_a)} blocks and {c.b} {len(keep_b)}: not a multiple"]
+    m = len(keep_a) // len(keep_b)
+    new_a = {old: new for new, old in enumerate(keep_a)}
+    errors = []
+    for new_j, j in enumerate(keep_b):
+        if new_a.get(c.pairs[j]) != m * new_j:
+            errors.append(f"{c.b} block {j} would lose its partner ({c.a} block {c.pairs[j]})")
+    if c.period > 0:
+        for stack, keep in ((c.a, keep_a), (c.b, keep_b)):
+            for new, old in enumerate(keep):
+                if _kind(old, c.period) != _kind(new, c.period):
+                    errors.append(
+                        f"{stack} block {old} would become block {new} and switch from "
+                        f"{_kind(old, c.period)} to {_kind(new, c.period)}"
+                    )
+    return errors
+
+
+def nearest_valid(layout: Layout, requested: dict[str, list[int]], max_changes: int = 3) -> list[dict]:
+    """Valid plans closest to `requested` (fewest blocks toggled, preferring additions), at most 3."""
+    coupled = {n for c in layout.couplings for n in (c.a, c.b)} | set(requested)
+    candidates = [(n, i) for n in layout.stacks if n in coupled for i in range(len(layout.stacks[n]))]
+    for k in range(1, max_changes + 1):
+        found = []
+        for toggles in itertools.combinations(candidates, k):
+            trial = {n: set(v) for n, v in requested.items()}
+            for n, i in toggles:
+                trial.setdefault(n, set()).symmetric_difference_update({i})
+            plan = expand_couplings(layout, {n: sorted(v) for n, v in trial.items() if v})
+            if plan and not coupling_errors(layout, plan) and plan not in found:
+                found.append(plan)
+        if found:
+            superset = [p for p in found if all(set(v) <= set(p.get(n, [])) for n, v in requested.items())]
+            return (superset + [p for p in found if p not in superset])[:3]
+    return []
+
+
+def resolve_drops(layout: Layout, request: dict[str, list[int]]) -> tuple[dict, dict, dict]:
+    """(requested, final drops, added by coupling) for a request; raises with the nearest valid plans."""
+    requested = normalize(layout, request)
+    drops = expand_couplings(layout, requested)
+    for name, idx in drops.items():
+        if len(idx) >= len(layout.stacks[name]):
+            raise VlapruneError(
+                f"{name}: the plan drops all {len(layout.stacks[name])} blocks of the stack; "
+                f"keep at least one (the model needs every stack)"
+            )
+    errors = coupling_errors(layout, drops)
+    if errors:
+        near = nearest_valid(layout, requested)
+        fmt = lambda p: " ".join(f"--drop.{n}={','.join(map(str, v))}" for n, v in p.items())  # noqa: E731
+        hint = "nearest valid plans: " + " | ".join(fmt(p) for p in near) if near else "no valid plan nearby"
+        rules = "; ".join(c.rule for c in layout.couplings)
+        raise VlapruneError(
+            f"plan {fmt(drops)} breaks the coupling rules ({errors[0]}); {hint}. Rules: {rules}"
+        )
+    coupled = {n: sorted(set(v) - set(requested.get(n, []))) for n, v in drops.items()}
+    return requested, drops, {n: v for n, v in coupled.items() if v}

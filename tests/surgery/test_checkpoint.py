@@ -1,0 +1,115 @@
+"""Pruned checkpoints: same actions after save -> load (family loader and vlaprune.load); bad ones refused."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.surgery.conftest import actions, logits
+from vlaprune.errors import VlapruneError
+from vlaprune.surgery import drop_blocks, load, save_pruned
+
+
+def test_smolvla_language_drop_loads_with_lerobot_and_vlaprune(fresh, tmp_path):
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    policy = fresh("smolvla")
+    plan = drop_blocks(policy, {"language": [2, 3]})
+    out = save_pruned(policy, plan, tmp_path / "ckpt")
+    record = json.loads((out / "plan.json").read_text())
+    assert record["family_loader_ok"] and record["weights"] == "model.safetensors"
+    assert json.loads((out / "config.json").read_text())["num_vlm_layers"] == 2
+    expected = actions(policy)
+    by_lerobot = SmolVLAPolicy.from_pretrained(out)  # no vlaprune code involved
+    assert len(by_lerobot.model.vlm_with_expert.lm_expert.layers) == 2
+    assert torch.equal(actions(by_lerobot), expected)
+    assert torch.equal(actions(load(out)), expected)
+
+
+@pytest.mark.parametrize(
+    "kind, request_",
+    [("smolvla", {"vision": [1]}), ("pi0", {"language": [0], "vision": [0]}), ("pi05", {"action": [3]})],
+)
+def test_unexpressible_shapes_load_through_vlaprune_only(kind, request_, fresh, tmp_path):
+    from lerobot.policies.factory import get_policy_class
+
+    policy = fresh(kind)
+    plan = drop_blocks(policy, request_)
+    out = save_pruned(policy, plan, tmp_path / "ckpt")
+    record = json.loads((out / "plan.json").read_text())
+    assert not record["family_loader_ok"] and (out / "pruned_model.safetensors").is_file()
+    assert not (out / "model.safetensors").exists()
+    loaded = load(out)
+    assert sum(p.numel() for p in loaded.parameters()) == plan.params_after
+    assert torch.equal(actions(loaded), actions(policy))
+    # lerobot's loader fails loudly instead of re-creating the removed layers with random weights
+    with pytest.raises(Exception, match="model.safetensors|vlaprune_pruned"):
+        get_policy_class(policy.config.type).from_pretrained(out)
+
+
+def test_transformers_lm_loads_with_transformers_and_vlaprune(fresh, tmp_path):
+    import transformers
+
+    lm = fresh("qwen2")
+    plan = drop_blocks(lm, {"language": [1]})
+    out = save_pruned(lm, plan, tmp_path / "lm")
+    expected = logits(lm)
+    assert torch.equal(logits(transformers.Qwen2ForCausalLM.from_pretrained(out)), expected)
+    assert torch.equal(logits(load(out)), expected)
+
+
+def test_no_pickles_and_plan_recorded(fresh, tmp_path):
+    policy = fresh("pi0")
+    plan = drop_blocks(policy, {"language": [1]})
+    out = save_pruned(policy, plan, tmp_path / "c")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "plan.json", "pruned_model.safetensors"]
+    assert json.loads((out / "config.json").read_text())["vlaprune_pruned"].startswith("blocks removed")
+    loaded = load(out)
+    assert loaded.vlaprune_plans[0].drops == plan.drops
+
+
+def test_missing_layer_is_refused(fresh, tmp_path):
+    policy = fresh("smolvla")
+    plan = drop_blocks(policy, {"language": [2, 3]})
+    out = save_pruned(policy, plan, tmp_path / "c")
+    weights = out / "model.safetensors"
+    tensors = load_file(weights)
+    layer = "model.vlm_with_expert.vlm.model.text_model.layers.1."
+    save_file({k: v for k, v in tensors.items() if not k.startswith(layer)}, weights)
+    with pytest.raises(VlapruneError, match="do not match the pruned architecture.*text_model.layers.1"):
+        load(out)
+
+
+def test_extra_layer_is_refused(fresh, tmp_path):
+    """A checkpoint holding more layers than its plan leaves (e.g. an unpruned file) is refused."""
+    policy = fresh("pi0")
+    plan = drop_blocks(policy, {"language": [1]})
+    out = save_pruned(policy, plan, tmp_path / "c")
+    full = fresh("pi0")
+    from safetensors.torch import save_model
+
+    save_model(full, str(out / "pruned_model.safetensors"))
+    with pytest.raises(VlapruneError, match="do not match"):
+        load(out)
+
+
+def test_incomplete_or_foreign_folders_are_refused(fresh, tmp_path):
+    policy = fresh("pi0")
+    out = save_pruned(policy, drop_blocks(policy, {"vision": [0]}), tmp_path / "c")
+    (out / "pruned_model.safetensors").unlink()
+    with pytest.raises(VlapruneError, match="is missing"):
+        load(out)
+    with pytest.raises(VlapruneError, match="no plan.json"):
+        load(tmp_path)
+
+
+def test_existing_output_is_not_overwritten(fresh, tmp_path):
+    policy = fresh("pi0")
+    plan = drop_blocks(policy, {"vision": [0]})
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("mine")
+    with pytest.raises(VlapruneError, match="not empty"):
+        save_pruned(policy, plan, tmp_path / "busy")
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["keep.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["busy"]  # no temp folder left behind

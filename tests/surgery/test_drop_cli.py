@@ -1,0 +1,102 @@
+"""`vlaprune drop` end to end: explicit indices and --drop.from a scores file; bad input refused."""
+
+import json
+
+import pytest
+
+from vlaprune.cli import main
+
+
+@pytest.fixture(scope="module")
+def smolvla_ckpt(smolvlm_dir, tmp_path_factory):
+    from vlaprune.tiny.smolvla import tiny_smolvla
+
+    d = tmp_path_factory.mktemp("src")
+    tiny_smolvla(smolvlm_dir).save_pretrained(d)
+    return d
+
+
+def test_drop_explicit(smolvla_ckpt, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    args = [
+        "drop",
+        f"--policy.path={smolvla_ckpt}",
+        "--drop.language=2,3",
+        f"--output_dir={out}",
+        "--latency_calls=3",
+        "--warmup_calls=1",
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "plan" in printed and "FLOPs per action chunk" in printed and "select_action median ms" in printed
+    report = json.loads((out / "cost.json").read_text())
+    before, after = report["cost_original"], report["cost_pruned"]
+    assert after["blocks"] == {"vision": 2, "language": 2, "action": 2}
+    assert after["params"] < before["params"] and after["flops_chunk"] < before["flops_chunk"]
+    assert 0 < after["flops_forward"] < before["flops_forward"]
+    assert after["latency"]["n"] == 3 and after["latency"]["median_ms"] > 0
+    assert json.loads((out / "plan.json").read_text())["plans"][0]["drops"]["action"] == [2, 3]
+    # the result is itself a policy path: inspect reads it back (through vlaprune.load)
+    assert main(["inspect", f"--policy.path={out}", f"--output={tmp_path / 'a.json'}", "--flops=false"]) == 0
+    assert {s["name"]: s["blocks"] for s in json.loads((tmp_path / "a.json").read_text())["stacks"]}[
+        "language"
+    ] == 2
+
+
+def test_drop_from_scores(smolvla_ckpt, tiny_dataset, tmp_path):
+    scores = tmp_path / "scores.json"
+    assert (
+        main(
+            [
+                "score",
+                f"--policy.path={smolvla_ckpt}",
+                f"--dataset.root={tiny_dataset}",
+                "--batches=1",
+                "--batch_size=2",
+                "--method=position_last",
+                f"--output={scores}",
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "p"
+    args = [
+        "drop",
+        f"--policy.path={smolvla_ckpt}",
+        f"--drop.from={scores}",
+        "--drop.k=2",
+        "--drop.components=language",
+        f"--output_dir={out}",
+        "--latency_calls=1",
+        "--warmup_calls=0",
+    ]
+    assert main(args) == 0
+    plan = json.loads((out / "plan.json").read_text())["plans"][0]
+    assert plan["requested"] == {"language": [2, 3]}  # keep-first truncation drops the last two
+
+
+def test_drop_bad_input(smolvla_ckpt, tmp_path, capsys):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x").write_text("x")
+    p = f"--policy.path={smolvla_ckpt}"
+    cases = [
+        ([p, "--drop.language=1", f"--output_dir={tmp_path / 'o'}"], "nearest valid plans"),
+        ([p, "--drop.language=0,1,2,3", f"--output_dir={tmp_path / 'o'}"], "drops all 4 blocks"),
+        ([p, "--drop.vision=7", f"--output_dir={tmp_path / 'o'}"], "out of range"),
+        ([p, "--drop.vision=0,0", f"--output_dir={tmp_path / 'o'}"], "listed twice"),
+        ([p, "--drop.vision=a", f"--output_dir={tmp_path / 'o'}"], "expected comma-separated block indices"),
+        ([p, f"--output_dir={tmp_path / 'o'}"], "nothing to drop"),
+        ([p, "--drop.language=2,3"], "--output_dir is required"),
+        ([p, "--drop.language=2,3", f"--output_dir={busy}"], "not empty"),
+        (
+            [p, f"--drop.from={tmp_path / 'none.json'}", "--drop.k=1", f"--output_dir={tmp_path / 'o'}"],
+            "no such file",
+        ),
+    ]
+    for args, message in cases:
+        capsys.readouterr()
+        assert main(["drop", *args]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)
+        assert not (tmp_path / "o").exists()
