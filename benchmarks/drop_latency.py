@@ -1,0 +1,116 @@
+"""Does dropping language blocks make a VLA faster in proportion to the FLOPs it removes?
+
+    .venv/bin/python benchmarks/drop_latency.py [--text-layers 16 --text-hidden 512 --rounds 15]
+
+One run: a random-weight lerobot SmolVLA (real class) and copies of it with 25 / 50 / 75 % of the
+language blocks dropped (the last ones, keep-first truncation; SmolVLA's coupling drops the paired expert
+blocks too). FLOPs per action chunk from torch's counter; latency of `select_action` with the action
+queue emptied (one full inference per call), timed in interleaved rounds (every model once per round) and
+summarised by the median, so machine noise hits all variants alike. Reports, per variant:
+  FLOP ratio pruned / original, latency ratio pruned / original,
+  efficiency = measured speed-up / FLOP-ideal speed-up = (t_orig / t_pruned) / (F_orig / F_pruned)
+Writes benchmarks/results/drop_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from vlaprune.adapters import layout  # noqa: E402
+from vlaprune.adapters.lerobot_batch import example_batch  # noqa: E402
+from vlaprune.evaluate.cost import count_flops  # noqa: E402
+from vlaprune.surgery import drop_blocks  # noqa: E402
+from vlaprune.tiny.smolvla import tiny_smolvla, write_tiny_smolvlm  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--text-layers", type=int, default=16)
+    ap.add_argument("--text-hidden", type=int, default=512)
+    ap.add_argument("--vision-layers", type=int, default=4)
+    ap.add_argument("--vision-hidden", type=int, default=256)
+    ap.add_argument("--fractions", default="0.25,0.5,0.75")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--out", default="benchmarks/results/drop_latency.json")
+    args = ap.parse_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    vlm = write_tiny_smolvlm(
+        Path(tempfile.mkdtemp()) / "vlm",
+        text_layers=args.text_layers,
+        text_hidden=args.text_hidden,
+        vision_layers=args.vision_layers,
+        vision_hidden=args.vision_hidden,
+    )
+    base = tiny_smolvla(vlm, num_vlm_layers=args.text_layers)
+    base.config.tokenizer_max_length = 48  # SmolVLA's default text budget
+    n = args.text_layers
+    variants = {"original": (base, 0)}
+    for f in (float(x) for x in args.fractions.split(",")):
+        k = max(2, int(round(f * n / 2)) * 2)  # even: SmolVLA alternates self / cross attention
+        model = copy.deepcopy(base)
+        drop_blocks(model, {"language": list(range(n - k, n))})
+        variants[f"drop {k}/{n} language"] = (model, k)
+    batch = example_batch(base, 1)
+    calls = {}
+    for name, (model, _) in variants.items():
+
+        def call(m=model):
+            m.reset()
+            return m.select_action(dict(batch))
+
+        calls[name] = call
+    flops = {name: sum(count_flops(m, layout(m).forward, {}).values()) for name, (m, _) in variants.items()}
+    times = {name: [] for name in variants}
+    with torch.no_grad():
+        for fn in calls.values():  # warm-up
+            fn()
+            fn()
+        for _ in range(args.rounds):
+            for name, fn in calls.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = []
+    for name in variants:
+        f_ratio = flops[name] / flops["original"]
+        t_ratio = med[name] / med["original"]
+        rows.append(
+            {
+                "variant": name,
+                "params": sum(p.numel() for p in variants[name][0].parameters()),
+                "flops_per_chunk": flops[name],
+                "median_ms": round(1e3 * med[name], 2),
+                "flop_ratio": round(f_ratio, 4),
+                "latency_ratio": round(t_ratio, 4),
+                "efficiency": round((1 / t_ratio) / (1 / f_ratio), 4),
+            }
+        )
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        "model": f"SmolVLA random weights, {rows[0]['params'] / 1e6:.1f} M params, "
+        f"text {n}x{args.text_hidden}, "
+        f"vision {args.vision_layers}x{args.vision_hidden}, 48 text tokens, 10 denoising steps",
+        "rounds": args.rounds,
+        "rows": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
