@@ -44,6 +44,22 @@ def _drop(args: list[str]) -> Any:
     return drop.run(draccus.parse(drop.DropConfig, args=args))
 
 
+def _recover(args: list[str]) -> Any:
+    import draccus
+
+    from vlaprune.recover import train
+
+    return train.run(draccus.parse(train.RecoverConfig, args=args))
+
+
+def _eval(args: list[str]) -> Any:
+    import draccus
+
+    from vlaprune.evaluate import run
+
+    return run.run(draccus.parse(run.EvalConfig, args=args))
+
+
 def _demo(args: list[str]) -> Any:
     from vlaprune.experiments import demo
 
@@ -54,6 +70,8 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], Any], str]] = {
     "inspect": (_inspect, "print a policy's anatomy (stacks, params, FLOPs, coupling) and write it as JSON"),
     "score": (_score, "rank blocks by importance (GateProbe and baselines) on calibration batches"),
     "drop": (_drop, "remove blocks for real, save the pruned checkpoint, report params / FLOPs / latency"),
+    "recover": (_recover, "fine-tune a (pruned) policy under a fixed budget: full, LoRA or distillation"),
+    "eval": (_eval, "offline loss / action error, closed-loop success with CIs, language and vision probes"),
     "demo": (_demo, "the main job on its embedded default (see README)"),
 }
 

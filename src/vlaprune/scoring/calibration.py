@@ -74,21 +74,27 @@ def check_features(policy: nn.Module, features: dict) -> None:
 
 
 def processors(policy: nn.Module, dataset, policy_path: str | None = None):
-    """The policy's preprocessor: its saved pipeline if `policy_path` has one, else a fresh one."""
+    """The policy's preprocessor (see `pre_post`)."""
+    return pre_post(policy, dataset, policy_path)[0]
+
+
+def pre_post(policy: nn.Module, dataset=None, policy_path: str | None = None):
+    """(preprocessor, postprocessor): the pipelines saved with the checkpoint at `policy_path` if it has
+    them, else fresh ones normalized with `dataset`'s statistics."""
     from lerobot.policies.factory import make_pre_post_processors
 
     from vlaprune.tiny.hub import redirect_tokenizers
 
+    saved = bool(policy_path) and (Path(policy_path) / "policy_preprocessor.json").is_file()
+    if not saved and dataset is None:
+        raise VlapruneError(
+            "the policy's normalization statistics are needed: use a checkpoint saved with its processors "
+            "(policy_preprocessor.json) or pass --dataset.repo_id / --dataset.root"
+        )
     with redirect_tokenizers(policy):
-        return _processors(policy, dataset, policy_path, make_pre_post_processors)
-
-
-def _processors(policy, dataset, policy_path, make_pre_post_processors):
-    if policy_path and (Path(policy_path) / "policy_preprocessor.json").is_file():
-        pre, _ = make_pre_post_processors(policy.config, pretrained_path=policy_path)
-    else:
-        pre, _ = make_pre_post_processors(policy.config, dataset_stats=dataset.meta.stats)
-    return pre
+        if saved:
+            return make_pre_post_processors(policy.config, pretrained_path=policy_path)
+        return make_pre_post_processors(policy.config, dataset_stats=dataset.meta.stats)
 
 
 def calibration_batches(

@@ -75,13 +75,14 @@ def save_pruned(
     stacks: str | None = None,
     extra_json: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the pruned model to a new folder `out_dir` atomically (temp folder + rename).
+    """Write the (pruned) model to a new folder `out_dir` atomically (temp folder + rename). `plan` may be
+    None for a model no surgery touched (a recovered baseline): the checkpoint then has no plans.
 
     extra_json: more files to write alongside, {file name: JSON-able object} (e.g. the cost report)."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise VlapruneError(f"{out} already exists and is not empty; choose a new --output_dir or remove it")
-    plans = list(getattr(model, "vlaprune_plans", [plan]))
+    plans = list(getattr(model, "vlaprune_plans", None) or ([plan] if plan else []))
     base = getattr(model, "vlaprune_base", None)
     if base is None:
         raise VlapruneError("the model has no record of its base architecture; prune it with drop_blocks")
@@ -102,7 +103,7 @@ def save_pruned(
         record = {
             "format": FORMAT,
             "vlaprune_version": __version__,
-            "family": plan.family,
+            "family": lay.family,
             "model_class": type(model).__name__,
             "weights": OWN_WEIGHTS if expressible else PRUNED_WEIGHTS,
             "family_loader_ok": expressible,

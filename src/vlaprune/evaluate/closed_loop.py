@@ -1,0 +1,169 @@
+"""Closed-loop success in a simulator, with a Wilson 95% interval on every rate.
+
+Episodes run in batches of `n_envs` parallel simulator processes (gymnasium AsyncVectorEnv) with one
+batched policy call per step; each episode has its own seed (default range starts at 100000, seeds a
+demo recorder would not use). An episode is a success if `info["success"]` turns true before `max_steps`.
+
+Probes change what the policy is told or shown, and nothing else:
+  instruction: "empty" (""), "other" (another task's instruction), "shuffled" (its words, shuffled)
+  camera:      "blank" (all-black frames), "other_seed" (one frame of the same task rendered from another
+               seed, frozen for the whole episode: the scene without the episode's object / goal positions)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlaprune.errors import VlapruneError
+from vlaprune.evaluate import envs
+
+INSTRUCTION_PROBES = ("empty", "other", "shuffled")
+CAMERA_PROBES = ("blank", "other_seed")
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% for z = 1.96)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def probe_instruction(instruction: str, mode: str | None, others: list[str], seed: int = 0) -> str:
+    if mode is None:
+        return instruction
+    if mode == "empty":
+        return ""
+    if mode == "other":
+        choices = [o for o in others if o != instruction]
+        if not choices:
+            raise VlapruneError(
+                "the 'other' instruction probe needs at least two tasks with different instructions"
+            )
+        return choices[seed % len(choices)]
+    if mode == "shuffled":
+        words = instruction.split()
+        random.Random(seed).shuffle(words)
+        return " ".join(words)
+    raise VlapruneError(f"unknown instruction probe {mode!r}; choose one of {INSTRUCTION_PROBES}")
+
+
+def io_keys(policy: nn.Module) -> tuple[str, str | None]:
+    """The policy's one camera feature and its state feature (None if it takes no state)."""
+    from lerobot.configs.types import FeatureType
+
+    feats = policy.config.input_features
+    cams = [k for k, f in feats.items() if f.type is FeatureType.VISUAL]
+    if len(cams) != 1:
+        raise VlapruneError(f"closed-loop evaluation feeds one camera; the policy expects {cams or 'none'}")
+    state = [k for k, f in feats.items() if f.type is FeatureType.STATE]
+    return cams[0], (state[0] if state else None)
+
+
+def to_batch(policy: nn.Module, obs: dict[str, np.ndarray], instructions: list[str]) -> dict[str, Any]:
+    """Vectorised env observations -> the raw batch the policy's preprocessor takes."""
+    cam, state = io_keys(policy)
+    batch: dict[str, Any] = {
+        cam: torch.from_numpy(np.ascontiguousarray(obs["pixels"])).permute(0, 3, 1, 2).float() / 255,
+        "task": list(instructions),
+    }
+    if state is not None:
+        pos = torch.from_numpy(np.asarray(obs["agent_pos"], np.float32))
+        want = policy.config.input_features[state].shape[0]
+        if pos.shape[-1] != want:
+            raise VlapruneError(
+                f"the env gives a {pos.shape[-1]}-D state but the policy expects {want}-D; "
+                "wrong --env.type / task for this policy?"
+            )
+        batch[state] = pos
+    return batch
+
+
+def _vector_env(factory: Callable, n: int):
+    import gymnasium as gym
+
+    fns = [factory] * n
+    return gym.vector.SyncVectorEnv(fns) if n == 1 else gym.vector.AsyncVectorEnv(fns, context="spawn")
+
+
+def rollouts(
+    policy: nn.Module,
+    pre,
+    post,
+    env_type: str,
+    task: str,
+    seeds: list[int],
+    *,
+    n_envs: int = 1,
+    instruction: str | None = None,
+    camera: str | None = None,
+    env_kw: dict | None = None,
+    video_dir: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One result {seed, success, steps} per seed. `instruction` overrides the task's instruction;
+    `camera` applies a camera probe."""
+    env_kw = env_kw or {}
+    factory = functools.partial(envs.make, env_type, task, **env_kw)
+    probe_env = envs.make(env_type, task, **env_kw)
+    text = probe_env.instruction if instruction is None else instruction
+    max_steps = probe_env.max_steps
+    other_frame = None
+    if camera == "other_seed":
+        other_frame = probe_env.reset(seed=999_999)[0]["pixels"]
+    elif camera not in (None, "blank"):
+        raise VlapruneError(f"unknown camera probe {camera!r}; choose one of {CAMERA_PROBES}")
+    probe_env.close()
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(seeds), n_envs):
+        chunk = seeds[start : start + n_envs]
+        vec = _vector_env(factory, len(chunk))
+        try:
+            obs, _ = vec.reset(seed=chunk)
+            policy.reset()
+            done, success, steps = [False] * len(chunk), [False] * len(chunk), [max_steps] * len(chunk)
+            frames: list[np.ndarray] = []
+            for t in range(max_steps):
+                if camera == "blank":
+                    obs = {**obs, "pixels": np.zeros_like(obs["pixels"])}
+                elif camera == "other_seed":
+                    obs = {**obs, "pixels": np.broadcast_to(other_frame, obs["pixels"].shape).copy()}
+                if video_dir:
+                    frames.append(obs["pixels"][0])
+                with torch.no_grad():
+                    action = post(policy.select_action(pre(to_batch(policy, obs, [text] * len(chunk)))))
+                obs, _, term, trunc, info = vec.step(action.cpu().numpy())
+                for i in range(len(chunk)):
+                    if not done[i] and (term[i] or trunc[i]):
+                        done[i], success[i], steps[i] = True, bool(info["success"][i]), t + 1
+                if all(done):
+                    break
+        finally:
+            vec.close()
+        if video_dir:
+            from lerobot.utils.io_utils import write_video
+
+            Path(video_dir).mkdir(parents=True, exist_ok=True)
+            write_video(Path(video_dir) / f"{task}_seed{chunk[0]}.mp4", frames, fps=20)
+        results += [{"seed": s, "success": ok, "steps": n} for s, ok, n in zip(chunk, success, steps)]
+        if progress:
+            progress(len(chunk))
+    return results
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    k, n = sum(r["success"] for r in results), len(results)
+    lo, hi = wilson(k, n)
+    return {"success_rate": k / n if n else 0.0, "successes": k, "episodes": n, "ci95": [lo, hi]}

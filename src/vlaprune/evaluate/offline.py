@@ -1,0 +1,75 @@
+"""Offline evaluation on held-out episodes of a LeRobotDataset: the policy's own loss and its action error.
+
+Action error compares `predict_action_chunk` (normalized action space, noise seeded per batch) with the
+recorded normalized action chunk, over the steps that are not padding: L1 and MSE per action dimension and
+overall. Batches are read in order (no shuffling) and noise is seeded per batch, so numbers reproduce.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlaprune.errors import VlapruneError
+from vlaprune.scoring.calibration import DatasetConfig, load_dataset, noise_seed, policy_loss, processors
+
+
+def held_out(cfg: DatasetConfig, policy: nn.Module, holdout: float) -> DatasetConfig:
+    """The dataset config restricted to the last `holdout` fraction of episodes (if `holdout` > 0)."""
+    if holdout <= 0 or cfg.episodes is not None:
+        return cfg
+    if not 0 < holdout < 1:
+        raise VlapruneError(f"--eval.holdout={holdout}: must be in (0, 1)")
+    n = load_dataset(policy, cfg).meta.total_episodes
+    k = max(1, round(holdout * n))
+    return DatasetConfig(repo_id=cfg.repo_id, root=cfg.root, episodes=list(range(n - k, n)))
+
+
+def offline_eval(
+    policy: nn.Module,
+    cfg: DatasetConfig,
+    *,
+    batch_size: int = 8,
+    max_batches: int = 0,
+    seed: int = 0,
+    policy_path: str | None = None,
+) -> dict[str, Any]:
+    dataset = load_dataset(policy, cfg)
+    pre = processors(policy, dataset, policy_path)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loss_fn = policy_loss(policy, seed)
+    losses, abs_err, sq_err, counts, frames = [], None, None, 0, 0
+    for i, raw in enumerate(loader):
+        if max_batches and i >= max_batches:
+            break
+        batch = pre(raw)
+        frames += len(raw["index"])
+        with torch.no_grad():
+            losses.append(float(loss_fn(i, batch)) * len(raw["index"]))
+            with torch.random.fork_rng():
+                torch.manual_seed(noise_seed(seed, i))
+                policy.reset()
+                pred = policy.predict_action_chunk(dict(batch))  # (B, chunk, A), normalized
+        target = batch["action"][:, : pred.shape[1], : pred.shape[2]]
+        valid = ~batch.get("action_is_pad", torch.zeros(target.shape[:2], dtype=torch.bool))[
+            :, : pred.shape[1]
+        ]
+        diff = (pred - target)[valid]  # (valid steps, A)
+        abs_err = diff.abs().sum(0) if abs_err is None else abs_err + diff.abs().sum(0)
+        sq_err = (diff**2).sum(0) if sq_err is None else sq_err + (diff**2).sum(0)
+        counts += diff.shape[0]
+    if not counts:
+        raise VlapruneError("no held-out frames to evaluate; check --dataset.episodes / --eval.holdout")
+    l1, mse = (abs_err / counts), (sq_err / counts)
+    return {
+        "loss": sum(losses) / frames,
+        "l1": float(l1.mean()),
+        "mse": float(mse.mean()),
+        "l1_per_dim": [round(float(x), 6) for x in l1],
+        "mse_per_dim": [round(float(x), 6) for x in mse],
+        "frames": frames,
+        "action_steps": counts,
+        "episodes": cfg.episodes,
+    }

@@ -1,0 +1,105 @@
+"""What is trained: the policy itself (full), LoRA adapters on it (peft, through lerobot's own
+`wrap_with_peft`), or the policy distilled from its unpruned teacher.
+
+Distillation: the student's loss is  alpha * (its own flow-matching loss)
+  + (1 - alpha) * MSE(student velocity, teacher velocity)  [+ beta * MSE of the final expert hidden states]
+with the same noise and time samples for both (the RNG is replayed for the teacher). The velocity is the
+output of `action_out_proj` (SmolVLA, pi0, pi0.5), the action-space prediction of the flow model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlaprune.errors import VlapruneError
+
+MODES = ("full", "lora", "distill")
+
+
+def wrap_lora(policy: nn.Module, r: int, source: str) -> nn.Module:
+    """LoRA adapters on the policy's default targets (lerobot's `_get_default_peft_targets`)."""
+    if not hasattr(policy, "wrap_with_peft"):
+        raise VlapruneError("LoRA mode needs a lerobot policy (it uses lerobot's wrap_with_peft)")
+    if not getattr(policy.config, "pretrained_path", None):
+        policy.config.pretrained_path = source  # lerobot refuses LoRA on a policy "trained from scratch"
+    try:
+        return policy.wrap_with_peft(peft_cli_overrides={"method_type": "lora", "r": r})
+    except ValueError as e:
+        raise VlapruneError(f"cannot add LoRA adapters to this policy: {e}") from None
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """The plain policy with the LoRA weights merged in (for saving / evaluation)."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+@contextlib.contextmanager
+def _capture(module: nn.Module, store: list) -> Any:
+    h = module.register_forward_hook(lambda m, a, o: store.append(o))
+    try:
+        yield
+    finally:
+        h.remove()
+
+
+class Distill(nn.Module):
+    """Wraps a student so that `forward(batch) -> (loss, info)` is the distillation loss (lerobot's update
+    step calls exactly that). The teacher is held outside the module tree: not trained, not saved."""
+
+    def __init__(
+        self, student: nn.Module, teacher: nn.Module, alpha: float = 0.5, hidden_weight: float = 0.0
+    ):
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise VlapruneError(f"--distill_alpha={alpha}: must be in [0, 1]")
+        self.student = student
+        self._teacher = [teacher.eval().requires_grad_(False)]
+        self.alpha, self.hidden_weight = alpha, hidden_weight
+        for name in ("model.action_out_proj",):
+            for m in (student, teacher):
+                try:
+                    m.get_submodule(name)
+                except AttributeError:
+                    raise VlapruneError(
+                        f"distillation needs `{name}` (SmolVLA / pi0 / pi0.5 policies)"
+                    ) from None
+
+    @property
+    def config(self):
+        return self.student.config
+
+    def _exit(self, model: nn.Module) -> nn.Module | None:
+        from vlaprune.adapters import layout
+
+        path = layout(model).stacks["action"].exit
+        return model.get_submodule(path) if path else None
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        teacher = self._teacher[0]
+        s_v, t_v, s_h, t_h = [], [], [], []
+        rng = torch.get_rng_state()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_capture(self.student.model.action_out_proj, s_v))
+            if self.hidden_weight:
+                stack.enter_context(_capture(self._exit(self.student), s_h))
+            task_loss, info = self.student.forward(batch)
+        after = torch.get_rng_state()
+        torch.set_rng_state(rng)  # the teacher sees the same noise and time samples
+        with torch.no_grad(), contextlib.ExitStack() as stack:
+            stack.enter_context(_capture(teacher.model.action_out_proj, t_v))
+            if self.hidden_weight:
+                stack.enter_context(_capture(self._exit(teacher), t_h))
+            teacher.forward(dict(batch))
+        torch.set_rng_state(after)
+        match = torch.nn.functional.mse_loss(s_v[-1], t_v[-1])
+        loss = self.alpha * task_loss + (1 - self.alpha) * match
+        info = dict(info or {}, task_loss=task_loss.item(), match_loss=match.item())
+        if self.hidden_weight:
+            hidden = torch.nn.functional.mse_loss(s_h[-1], t_h[-1])
+            loss = loss + self.hidden_weight * hidden
+            info["hidden_loss"] = hidden.item()
+        return loss, info

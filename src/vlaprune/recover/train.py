@@ -1,0 +1,251 @@
+"""`vlaprune recover`: fine-tune a policy on a LeRobotDataset under a fixed budget, resumably.
+
+    vlaprune recover --policy.path=out/smolvla-12 --dataset.repo_id=lerobot/libero_spatial --steps=20000 \
+        --batch_size=32 --output_dir=out/recover-12 [--mode=lora|distill --teacher=lerobot/smolvla_base]
+
+The budget (steps, batch size, optimizer and LR schedule) is the policy's own lerobot preset unless set, so
+the unpruned baseline and every pruned variant get the same one. Training steps are lerobot's own
+`update_policy` under Accelerate (multi-GPU / multi-node with `accelerate launch`, mixed precision with
+--mixed_precision=bf16|fp16); data order is lerobot's EpisodeAwareSampler, a pure function of (seed,
+epoch), so a resumed run continues sample-exactly; RNG, optimizer and scheduler states are restored too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlaprune.adapters.load import load_model
+from vlaprune.configs import PolicyConfig
+from vlaprune.errors import VlapruneError
+from vlaprune.recover import checkpoints
+from vlaprune.recover.modes import MODES, Distill, merge_lora, wrap_lora
+from vlaprune.scoring.calibration import DatasetConfig, load_dataset, processors
+
+
+@dataclass
+class RecoverConfig:
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    output_dir: str = ""
+    # full | lora | distill
+    mode: str = "full"
+    # Unpruned teacher for --mode=distill (a policy path).
+    teacher: str = ""
+    # The budget: optimizer steps and frames per step (per process).
+    steps: int = 1000
+    batch_size: int = 8
+    # Optimizer / schedule: the policy's lerobot preset; set lr to override its peak learning rate.
+    lr: float | None = None
+    # "preset": the policy's own trainable flags (e.g. SmolVLA trains the expert only); "all": everything.
+    trainable: str = "preset"
+    seed: int = 0
+    save_every: int = 500
+    log_every: int = 50
+    resume: bool = False
+    mixed_precision: str = "no"
+    num_workers: int = 0
+    wandb: bool = False
+    lora_r: int = 16
+    distill_alpha: float = 0.5
+    distill_hidden: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:
+            raise VlapruneError("--output_dir is required (checkpoints, logs and the final policy go there)")
+        if self.steps < 1:
+            raise VlapruneError(f"--steps={self.steps}: the budget must be at least one optimizer step")
+        if self.batch_size < 1:
+            raise VlapruneError(f"--batch_size={self.batch_size}: need at least one frame per step")
+        if self.mode not in MODES:
+            raise VlapruneError(f"unknown --mode={self.mode!r}; choose one of {MODES}")
+        if self.mode == "distill" and not self.teacher:
+            raise VlapruneError("--mode=distill needs --teacher=PATH (the unpruned policy)")
+        if self.trainable not in ("preset", "all"):
+            raise VlapruneError(f"--trainable={self.trainable!r}; choose preset or all")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise VlapruneError(f"--mixed_precision={self.mixed_precision!r}; choose no, bf16 or fp16")
+
+
+class _StepStats:
+    """What lerobot's `update_policy` writes into (its MetricsTracker interface, minus the bookkeeping)."""
+
+    def __init__(self) -> None:
+        self.loss = self.grad_norm = self.lr = self.update_s = 0.0
+        self.extra: dict[str, Any] = {}
+
+    def update_metrics(self, out: dict) -> None:
+        self.extra = {k: v for k, v in out.items() if isinstance(v, int | float)}
+
+
+def build_trainee(cfg: RecoverConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(policy, module that is trained): the policy itself, its LoRA wrapper, or a Distill wrapper."""
+    from vlaprune.surgery.checkpoint import remember_base
+
+    policy = load_model(cfg.policy.path, cfg.policy.trust_remote_code)
+    if not hasattr(getattr(policy, "config", None), "input_features"):
+        raise VlapruneError("recovery trains lerobot policies (a config with input_features)")
+    remember_base(policy, source=cfg.policy.path)
+    if cfg.trainable == "all":
+        policy.requires_grad_(True)
+    if cfg.mode == "lora":
+        return policy, wrap_lora(policy, cfg.lora_r, cfg.policy.path)
+    if cfg.mode == "distill":
+        teacher = load_model(cfg.teacher)
+        return policy, Distill(policy, teacher, cfg.distill_alpha, cfg.distill_hidden)
+    return policy, policy
+
+
+def _optimizer(policy, trainee, cfg: RecoverConfig):
+    opt_cfg = policy.config.get_optimizer_preset()
+    if cfg.lr is not None:
+        opt_cfg.lr = cfg.lr
+    if cfg.mode == "full" and hasattr(policy, "get_optim_params"):
+        params = policy.get_optim_params()
+    else:
+        params = [p for p in trainee.parameters() if p.requires_grad]
+    optimizer = opt_cfg.build(params)
+    sched_cfg = policy.config.get_scheduler_preset()
+    scheduler = sched_cfg.build(optimizer, cfg.steps) if sched_cfg is not None else None
+    return optimizer, scheduler
+
+
+def run(cfg: RecoverConfig) -> dict[str, Any]:
+    """Train, checkpoint every `save_every` steps, resume from the last checkpoint, save the final policy."""
+    from accelerate import Accelerator
+    from lerobot.datasets.sampler import EpisodeAwareSampler, compute_sampler_state
+    from lerobot.scripts.lerobot_train import update_policy
+    from lerobot.utils.random_utils import set_seed
+    from lerobot.utils.utils import cycle
+    from tqdm.auto import tqdm
+
+    out = Path(cfg.output_dir)
+    ckpt_root = out / "checkpoints"
+    last = checkpoints.latest(ckpt_root)
+    if out.exists() and any(out.iterdir()) and not cfg.resume:
+        raise VlapruneError(
+            f"{out} is not empty; pass --resume=true to continue that run or a new --output_dir"
+        )
+    if cfg.resume and (out / "final").exists():
+        raise VlapruneError(f"{out} holds a finished run (final/); nothing to resume")
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False)
+    set_seed(cfg.seed)
+    policy, trainee = build_trainee(cfg)
+    dataset = load_dataset(policy, cfg.dataset)
+    pre = processors(policy, dataset, cfg.policy.path if Path(cfg.policy.path).is_dir() else None)
+    optimizer, scheduler = _optimizer(policy, trainee, cfg)
+    step = 0
+    if cfg.resume and last is not None:
+        step = checkpoints.restore(last, trainee, optimizer, scheduler)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recover_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    sampler = EpisodeAwareSampler(
+        dataset.meta.episodes["dataset_from_index"],
+        dataset.meta.episodes["dataset_to_index"],
+        episode_indices_to_use=dataset.episodes,
+        shuffle=True,
+        seed=cfg.seed,
+        absolute_to_relative_idx=dataset.absolute_to_relative_idx,
+    )
+    if step:
+        sampler.load_state_dict(
+            compute_sampler_state(step, len(sampler), cfg.batch_size, accelerator.num_processes)
+        )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched by the loader
+        pin_memory=accelerator.device.type == "cuda",
+    )
+    trainee, optimizer, loader, scheduler = accelerator.prepare(trainee, optimizer, loader, scheduler)
+    grad_clip = getattr(policy.config.get_optimizer_preset(), "grad_clip_norm", 0.0) or 0.0
+    log = (out / "train.log").open("a")
+    wandb = _wandb(cfg) if cfg.wandb and accelerator.is_main_process else None
+    stats, batches = _StepStats(), cycle(loader)
+    bar = tqdm(total=cfg.steps, initial=step, desc="recover", disable=not accelerator.is_main_process)
+    t_start, start_step, losses = time.perf_counter(), step, []
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        batch = pre(next(batches))
+        data_s = time.perf_counter() - t0
+        stats, _ = update_policy(stats, trainee, batch, optimizer, grad_clip, accelerator, scheduler)
+        step += 1
+        losses.append(stats.loss)
+        if not torch.isfinite(torch.tensor(stats.loss)):
+            raise VlapruneError(f"the training loss became {stats.loss} at step {step}; lower --lr")
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}")
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            row = {
+                **stats.extra,
+                "step": step,
+                "loss": stats.loss,
+                "lr": stats.lr,
+                "grad_norm": stats.grad_norm,
+                "update_s": stats.update_s,
+                "data_s": data_s,
+            }
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            if wandb:
+                wandb.log(row, step=step)
+        if accelerator.is_main_process and (step % cfg.save_every == 0 or step == cfg.steps):
+            checkpoints.save(
+                ckpt_root,
+                step,
+                cfg.steps,
+                accelerator.unwrap_model(trainee),
+                optimizer,
+                scheduler,
+                cfg.batch_size,
+            )
+    bar.close()
+    log.close()
+    elapsed = time.perf_counter() - t_start
+    summary = _finish(cfg, policy, accelerator.unwrap_model(trainee), out, step - start_step, elapsed, losses)
+    logging.info("recover finished: %s", summary)
+    return summary
+
+
+def _finish(cfg, policy, trainee, out: Path, steps_run: int, elapsed: float, losses: list[float]) -> dict:
+    """Save the trained policy (LoRA merged, distillation wrapper dropped) as a pruned checkpoint."""
+    from vlaprune.surgery.checkpoint import save_pruned
+
+    final_policy = merge_lora(trainee) if cfg.mode == "lora" else policy
+    final_policy.vlaprune_base = policy.vlaprune_base
+    final_policy.vlaprune_plans = getattr(policy, "vlaprune_plans", [])
+    summary = {
+        "steps": cfg.steps,
+        "steps_this_run": steps_run,
+        "batch_size": cfg.batch_size,
+        "mode": cfg.mode,
+        "seconds_this_run": round(elapsed, 3),
+        "samples_per_s": round(steps_run * cfg.batch_size / elapsed, 3) if elapsed and steps_run else None,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+    }
+    save_pruned(
+        final_policy,
+        None,
+        out / "final",
+        processors_from=cfg.policy.path if Path(cfg.policy.path).is_dir() else None,
+        extra_json={"recover.json": summary},
+    )
+    return summary
+
+
+def _wandb(cfg: RecoverConfig):
+    try:
+        import wandb
+    except ImportError:
+        raise VlapruneError("--wandb=true needs the wandb package: pip install wandb") from None
+    wandb.init(project="vlaprune", config=asdict(cfg), dir=cfg.output_dir)
+    return wandb
