@@ -60,6 +60,22 @@ def _eval(args: list[str]) -> Any:
     return run.run(draccus.parse(run.EvalConfig, args=args))
 
 
+def _diverge(args: list[str]) -> Any:
+    import draccus
+
+    from vlaprune.scoring import diverge
+
+    return diverge.run(draccus.parse(diverge.DivergeConfig, args=args))
+
+
+def _prune_units(args: list[str]) -> Any:
+    import draccus
+
+    from vlaprune.surgery import prune_units
+
+    return prune_units.run(draccus.parse(prune_units.PruneUnitsConfig, args=args))
+
+
 def _demo(args: list[str]) -> Any:
     from vlaprune.experiments import demo
 
@@ -72,6 +88,14 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], Any], str]] = {
     "drop": (_drop, "remove blocks for real, save the pruned checkpoint, report params / FLOPs / latency"),
     "recover": (_recover, "fine-tune a (pruned) policy under a fixed budget: full, LoRA or distillation"),
     "eval": (_eval, "offline loss / action error, closed-loop success with CIs, language and vision probes"),
+    "diverge": (
+        _diverge,
+        "where VLM-to-VLA adaptation moved the weights (streamed dW per module / layer / channel)",
+    ),
+    "prune-units": (
+        _prune_units,
+        "prune FFN channels / attention heads across modules, no recovery, vs baselines",
+    ),
     "demo": (_demo, "the main job on its embedded default (see README)"),
 }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -171,7 +172,12 @@ def run(cfg: RecoverConfig) -> dict[str, Any]:
     wandb = _wandb(cfg) if cfg.wandb and accelerator.is_main_process else None
     stats, batches = _StepStats(), cycle(loader)
     bar = tqdm(total=cfg.steps, initial=step, desc="recover", disable=not accelerator.is_main_process)
-    t_start, start_step, losses = time.perf_counter(), step, []
+    t_start, start_step, losses, window = (
+        time.perf_counter(),
+        step,
+        [],
+        {"update_s": 0.0, "data_s": 0.0, "n": 0},
+    )
     while step < cfg.steps:
         t0 = time.perf_counter()
         batch = pre(next(batches))
@@ -179,10 +185,14 @@ def run(cfg: RecoverConfig) -> dict[str, Any]:
         stats, _ = update_policy(stats, trainee, batch, optimizer, grad_clip, accelerator, scheduler)
         step += 1
         losses.append(stats.loss)
-        if not torch.isfinite(torch.tensor(stats.loss)):
+        window["update_s"] += stats.update_s
+        window["data_s"] += data_s
+        window["n"] += 1
+        if not math.isfinite(stats.loss):
             raise VlapruneError(f"the training loss became {stats.loss} at step {step}; lower --lr")
         bar.update(1)
-        bar.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}")
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}", refresh=False)
         if step % cfg.log_every == 0 or step == cfg.steps:
             row = {
                 **stats.extra,

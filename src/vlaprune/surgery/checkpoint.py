@@ -88,7 +88,8 @@ def save_pruned(
         raise VlapruneError("the model has no record of its base architecture; prune it with drop_blocks")
     lay = find_layout(model, stacks)
     dropped = {n for p in plans for n, idx in p.drops.items() if idx}
-    expressible = base["kind"] != "source" and dropped <= lay.config_expresses
+    unit_plans = any(p.kind == "units" for p in plans)  # per-layer widths: no family config expresses them
+    expressible = base["kind"] != "source" and dropped <= lay.config_expresses and not unit_plans
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -197,7 +198,12 @@ def load(folder: str | Path) -> nn.Module:
     model = _build_base(record["base"])
     model.vlaprune_base = record["base"]
     for p in record["plans"]:
-        drop_blocks(model, {n: idx for n, idx in p["drops"].items() if idx}, stacks=record.get("stacks"))
+        if p.get("kind") == "units":
+            from vlaprune.surgery.units import apply_units
+
+            apply_units(find_layout(model, record.get("stacks")), p["units"])
+        else:
+            drop_blocks(model, {n: idx for n, idx in p["drops"].items() if idx}, stacks=record.get("stacks"))
     model.vlaprune_plans = [Plan.from_dict(p) for p in record["plans"]]
     from safetensors.torch import load_model
 

@@ -35,6 +35,8 @@ class Plan:
     params_after: int = 0
     kind: str = "blocks"
     extra: dict[str, Any] = field(default_factory=dict)
+    # unit plans (kind "units"): {stack: {block: {"ffn": kept channels, "q": kept q heads, "kv": kept KV}}}
+    units: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,215 @@
+"""`vlaprune diverge`: run the streamed dW comparison and write its tables, summary and heatmap."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlaprune.errors import VlapruneError
+from vlaprune.scoring.divergence import compare_tensor, match, module_type
+from vlaprune.scoring.tensors import TensorSource
+
+
+@dataclass
+class DivergeConfig:
+    # The base VLM and the VLA fine-tuned from it: checkpoint folders, .safetensors files or shard indexes.
+    base: str = ""
+    tuned: str = ""
+    # Name mapping VLA -> VLM: auto | smolvla | pi0 | pi05 | openvla | identity | "a.=>b.;c.=>d."
+    map: str = "auto"
+    output_dir: str = "divergence"
+    # Largest float32 chunk held per tensor (MB): bounds peak memory whatever the tensor size.
+    chunk_mb: int = 64
+    # Refuse the comparison when fewer than this fraction of the VLM's tensors find a partner.
+    min_matched: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.base or not self.tuned:
+            raise VlapruneError("pass both --base=VLM_CHECKPOINT and --tuned=VLA_CHECKPOINT")
+        if self.chunk_mb < 1:
+            raise VlapruneError("--chunk_mb must be >= 1")
+
+
+def _resolve(path: str) -> Path:
+    p = Path(path)
+    if p.exists():
+        return p
+    from vlaprune.adapters.load import HUB_ID
+
+    if HUB_ID.match(path):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(path, allow_patterns=["*.safetensors", "*.json"]))
+        except Exception as e:
+            raise VlapruneError(
+                f"cannot fetch {path!r} from the hub ({type(e).__name__}); pass a local folder"
+            ) from None
+    raise VlapruneError(f"{path}: no such checkpoint file or folder")
+
+
+def compare(cfg: DivergeConfig, progress: bool = True) -> dict[str, Any]:
+    """Stats for every matched tensor pair, plus the matching report. Raises when the models differ."""
+    from tqdm.auto import tqdm
+
+    base, tuned = TensorSource(_resolve(cfg.base)), TensorSource(_resolve(cfg.tuned))
+    m = match(base, tuned, cfg.map)
+    n_base = len(base.names())
+    covered = len(m["pairs"]) / max(1, n_base)
+    if covered < cfg.min_matched:
+        raise VlapruneError(
+            f"only {len(m['pairs'])} of the VLM's {n_base} tensors match a VLA tensor (map {m['preset']!r}): "
+            "different architectures, or a name mapping is needed (--map=smolvla|pi0|openvla|'vla.=>vlm.')"
+        )
+    chunk = cfg.chunk_mb * 2**20
+    stats, t0, read = {}, time.perf_counter(), 0
+    for tname, bname in tqdm(m["pairs"].items(), desc="tensors", disable=not progress):
+        st = compare_tensor(base, tuned, bname, tname, chunk)
+        stats[bname] = (tname, st)
+        read += 2 * math.prod(base.shape(bname) or (1,))
+    m["seconds"] = time.perf_counter() - t0
+    m["elements_read"] = read
+    m["stats"] = stats
+    return m
+
+
+def summarize(m: dict[str, Any]) -> dict[str, Any]:
+    """Per module type and per (module type, layer): pooled relative change; channel quantiles."""
+    pooled: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    per_layer: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))
+    channels: dict[str, list] = defaultdict(list)
+    import torch
+
+    for bname, (_, st) in m["stats"].items():
+        comp, sub, layer = module_type(bname)
+        key = f"{comp}.{sub}"
+        pooled[key][0] += st.diff_sq
+        pooled[key][1] += st.base_sq
+        if layer is not None:
+            per_layer[key][layer][0] += st.diff_sq
+            per_layer[key][layer][1] += st.base_sq
+        if st.row_diff is not None:
+            channels[key].append((st.row_diff / st.row_base.clamp_min(1e-30)).sqrt().float())
+
+    def rel(p):
+        return math.sqrt(p[0] / p[1]) if p[1] > 0 else 0.0
+
+    quant = {}
+    for key, vs in channels.items():
+        v = torch.cat(vs)
+        q = torch.quantile(v[: 2**24], torch.tensor([0.1, 0.5, 0.9, 1.0])).tolist()
+        quant[key] = dict(zip(("p10", "p50", "p90", "max"), q))
+    return {
+        "module_types": {k: rel(p) for k, p in sorted(pooled.items())},
+        "per_layer": {
+            k: {layer: rel(p) for layer, p in sorted(v.items())} for k, v in sorted(per_layer.items())
+        },
+        "channel_quantiles": quant,
+    }
+
+
+def heatmap(summary: dict[str, Any], path: Path) -> None:
+    """Layer x module type relative change, one panel per component."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    comps = sorted({k.split(".")[0] for k in summary["per_layer"]})
+    fig, axes = plt.subplots(1, max(1, len(comps)), figsize=(5 * max(1, len(comps)), 4), squeeze=False)
+    for ax, comp in zip(axes[0], comps):
+        keys = [k for k in summary["per_layer"] if k.startswith(comp + ".")]
+        layers = sorted({layer for k in keys for layer in summary["per_layer"][k]})
+        grid = np.full((len(layers), len(keys)), np.nan)
+        for j, k in enumerate(keys):
+            for i, layer in enumerate(layers):
+                grid[i, j] = summary["per_layer"][k].get(layer, np.nan)
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", origin="lower")
+        ax.set_xticks(range(len(keys)), [k.split(".", 1)[1] for k in keys], rotation=45, ha="right")
+        ax.set_ylabel("layer")
+        ax.set_title(f"{comp}: ||dW||/||W||")
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(cfg: DivergeConfig) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Path(cfg.output_dir)
+    m = compare(cfg)
+    summary = summarize(m)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        rows = [
+            {
+                "base": b,
+                "tuned": t,
+                "module_type": ".".join(map(str, module_type(b)[:2])),
+                "layer": module_type(b)[2],
+                "rel_fro": st.rel,
+                "cosine": st.cosine,
+                "base_norm": math.sqrt(st.base_sq),
+            }
+            for b, (t, st) in m["stats"].items()
+        ]
+        pq.write_table(pa.Table.from_pylist(rows), tmp / "tensors.parquet")
+        ch = {"base": [], "axis": [], "index": [], "rel": []}
+        for b, (_, st) in m["stats"].items():
+            if st.row_diff is None:
+                continue
+            for axis, d, w in (("row", st.row_diff, st.row_base), ("col", st.col_diff, st.col_base)):
+                r = (d / w.clamp_min(1e-30)).sqrt()
+                ch["base"] += [b] * len(r)
+                ch["axis"] += [axis] * len(r)
+                ch["index"] += list(range(len(r)))
+                ch["rel"] += r.tolist()
+        pq.write_table(pa.table(ch), tmp / "channels.parquet")
+        report = {
+            "base": cfg.base,
+            "tuned": cfg.tuned,
+            "map": m["preset"],
+            "rules": m["rules"],
+            "matched": len(m["pairs"]),
+            "unmatched_tuned": m["unmatched_tuned"],
+            "unmatched_base": m["unmatched_base"],
+            "shape_mismatch": m["shape_mismatch"],
+            "seconds": round(m["seconds"], 3),
+            **summary,
+        }
+        (tmp / "summary.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        heatmap(summary, tmp / "heatmap.png")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    t = Table(
+        title=f"dW by module type ({report['matched']} tensors, map {m['preset']})", title_justify="left"
+    )
+    for c in ("module type", "||dW||/||W||", "channel p50", "channel p90"):
+        t.add_column(c, justify="left" if c == "module type" else "right")
+    for k, v in summary["module_types"].items():
+        q = summary["channel_quantiles"].get(k, {})
+        t.add_row(k, f"{v:.4g}", *(f"{q[p]:.4g}" if p in q else "-" for p in ("p50", "p90")))
+    console = Console(width=max(Console().width, 100))
+    console.print(t)
+    console.print(
+        f"unmatched: {len(m['unmatched_tuned'])} VLA tensors (e.g. the action expert), "
+        f"{len(m['unmatched_base'])} VLM tensors; shape mismatches: {len(m['shape_mismatch'])}"
+    )
+    console.print(f"wrote {out}")
+    return report

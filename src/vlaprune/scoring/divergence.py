@@ -1,0 +1,203 @@
+"""Where VLM-to-VLA adaptation moved the weights: dW = W_VLA - W_VLM, streamed tensor by tensor.
+
+    vlaprune diverge --base=HuggingFaceTB/SmolVLM2-500M-Video-Instruct --tuned=lerobot/smolvla_base
+
+Both checkpoints are read from safetensors in row chunks of at most --chunk_mb (float32), so two 7B
+checkpoints compare on a 24 GiB machine: memory stays near one chunk pair, not a model. Names are mapped
+from the VLA to the VLM by prefix rules (presets for SmolVLA <- SmolVLM2, pi0 / pi0.5 <- PaliGemma,
+OpenVLA <- Llama-2, or your own `--map="vla.prefix.=>vlm.prefix.;..."`); `auto` picks the preset that
+matches most tensors. Unmatched and shape-mismatched tensors are listed, never silently dropped.
+
+Per tensor: relative Frobenius change ||dW||_F / ||W_VLM||_F and cosine(W_VLM, W_VLA); per channel: the
+same relative change per row (output channel) and per column (input channel) of every matrix. Aggregated
+per module type (vision / projector / language x attention q,k,v,o / mlp gate,up,down / ...) and layer.
+Writes tensors.parquet, channels.parquet, summary.json and heatmap.png.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vlaprune.errors import VlapruneError
+from vlaprune.scoring.tensors import TensorSource
+
+PRESETS: dict[str, list[tuple[str, str]]] = {
+    "identity": [],
+    "smolvla": [("model.vlm_with_expert.vlm.", "")],
+    "pi0": [  # google/paligemma-3b-pt-224 as stored on the hub
+        ("model.paligemma_with_expert.paligemma.model.language_model.", "language_model.model."),
+        ("model.paligemma_with_expert.paligemma.model.vision_tower.", "vision_tower."),
+        ("model.paligemma_with_expert.paligemma.model.multi_modal_projector.", "multi_modal_projector."),
+        ("model.paligemma_with_expert.paligemma.lm_head.", "language_model.lm_head."),
+    ],
+    "pi0-transformers5": [
+        ("model.paligemma_with_expert.paligemma.", "")
+    ],  # a PaliGemma saved by transformers 5
+    "openvla": [("language_model.", "")],
+}
+PRESETS["pi05"] = PRESETS["pi0"]
+
+SUBTYPES = [
+    (r"(q_proj|\.query)\.", "attn_q"),
+    (r"(k_proj|\.key)\.", "attn_k"),
+    (r"(v_proj|\.value)\.", "attn_v"),
+    (r"(o_proj|out_proj|attn\.proj|attention\.dense)\.", "attn_o"),
+    (r"qkv\.", "attn_qkv"),
+    (r"gate_proj\.", "mlp_gate"),
+    (r"(up_proj|fc1)\.", "mlp_up"),
+    (r"(down_proj|fc2)\.", "mlp_down"),
+    (r"(norm|ln_)", "norm"),
+    (r"(embed|patch|position)", "embed"),
+]
+
+
+def parse_map(spec: str) -> list[tuple[str, str]] | None:
+    """A preset name, "auto" (None), or "a.=>b.;c.=>d." prefix rules (VLA prefix => VLM prefix)."""
+    spec = spec.strip()
+    if spec in ("", "auto"):
+        return None
+    if spec in PRESETS:
+        return PRESETS[spec]
+    rules = []
+    for item in filter(None, (s.strip() for s in spec.split(";"))):
+        if "=>" not in item:
+            raise VlapruneError(
+                f"--map item {item!r} is not VLA_PREFIX=>VLM_PREFIX (or a preset: {', '.join(PRESETS)})"
+            )
+        a, b = item.split("=>", 1)
+        rules.append((a.strip(), b.strip()))
+    return rules
+
+
+def map_name(name: str, rules: list[tuple[str, str]]) -> str:
+    for a, b in sorted(rules, key=lambda r: -len(r[0])):
+        if name.startswith(a):
+            return b + name[len(a) :]
+    return name
+
+
+def choose_rules(tuned: list[str], base: set[str]) -> tuple[str, list[tuple[str, str]]]:
+    """The preset under which most VLA tensor names exist in the VLM."""
+    scored = [(sum(map_name(n, r) in base for n in tuned), name, r) for name, r in PRESETS.items()]
+    best = max(scored, key=lambda t: t[0])
+    return best[1], best[2]
+
+
+def module_type(name: str) -> tuple[str, str, int | None]:
+    """(component, subtype, layer) of a (VLM-side) tensor name."""
+    low = name.lower()
+    if any(w in low for w in ("connector", "multi_modal_projector", "projector")):
+        comp = "projector"
+    elif any(w in low for w in ("vision", "visual", "featurizer", "vit")):
+        comp = "vision"
+    elif any(w in low for w in ("lm_expert", "gemma_expert", "action")):
+        comp = "expert"
+    else:
+        comp = "language"
+    sub = next((s for pat, s in SUBTYPES if re.search(pat, low)), "other")
+    m = re.search(r"(?:layers|blocks|layer|h)\.(\d+)\.", name)
+    return comp, sub, int(m.group(1)) if m else None
+
+
+@dataclass
+class TensorStats:
+    """Sums over one tensor pair; row/col vectors for matrices. rel = sqrt(diff_sq / base_sq)."""
+
+    base_sq: float
+    tuned_sq: float
+    diff_sq: float
+    dot: float
+    row_diff: torch.Tensor | None = None
+    row_base: torch.Tensor | None = None
+    col_diff: torch.Tensor | None = None
+    col_base: torch.Tensor | None = None
+    max_chunk_bytes: int = 0
+
+    @property
+    def rel(self) -> float:
+        return (
+            math.sqrt(self.diff_sq / self.base_sq)
+            if self.base_sq > 0
+            else (0.0 if self.diff_sq == 0 else math.inf)
+        )
+
+    @property
+    def cosine(self) -> float:
+        d = math.sqrt(self.base_sq * self.tuned_sq)
+        return self.dot / d if d > 0 else 1.0
+
+
+def compare_tensor(
+    base: TensorSource, tuned: TensorSource, bname: str, tname: str, chunk_bytes: int
+) -> TensorStats:
+    """Stream one tensor pair in row chunks of <= chunk_bytes (float32) each."""
+    shape = base.shape(bname)
+    rows = shape[0] if shape else 1
+    row_bytes = 4 * max(1, math.prod(shape[1:]) if len(shape) > 1 else 1)
+    step = max(1, chunk_bytes // row_bytes)
+    st = TensorStats(0.0, 0.0, 0.0, 0.0)
+    matrix = len(shape) >= 2
+    if matrix:
+        cols = math.prod(shape[1:])
+        st.row_diff, st.row_base = (
+            torch.zeros(rows, dtype=torch.float64),
+            torch.zeros(rows, dtype=torch.float64),
+        )
+        st.col_diff, st.col_base = (
+            torch.zeros(cols, dtype=torch.float64),
+            torch.zeros(cols, dtype=torch.float64),
+        )
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        b = base.rows(bname, start, stop).to(torch.float32).reshape(stop - start, -1)
+        t = tuned.rows(tname, start, stop).to(torch.float32).reshape(stop - start, -1)
+        st.max_chunk_bytes = max(st.max_chunk_bytes, b.numel() * 4)
+        d = t - b
+        d2, b2 = d.square(), b.square()
+        st.base_sq += float(b2.sum())
+        st.tuned_sq += float(t.square().sum())
+        st.diff_sq += float(d2.sum())
+        st.dot += float((b * t).sum())
+        if matrix:
+            st.row_diff[start:stop] = d2.sum(1).double()
+            st.row_base[start:stop] = b2.sum(1).double()
+            st.col_diff += d2.sum(0).double()
+            st.col_base += b2.sum(0).double()
+        del b, t, d, d2, b2
+    return st
+
+
+def match(base: TensorSource, tuned: TensorSource, map_spec: str) -> dict[str, Any]:
+    """Pairs (VLA name -> VLM name), unmatched names on both sides and shape mismatches."""
+    rules = parse_map(map_spec)
+    base_names = set(base.names())
+    tuned_names = tuned.names()
+    preset = map_spec
+    if rules is None:
+        preset, rules = choose_rules(tuned_names, base_names)
+    pairs, mismatched = {}, []
+    for n in tuned_names:
+        b = map_name(n, rules)
+        if b in base_names:
+            if base.shape(b) == tuned.shape(n):
+                pairs[n] = b
+            else:
+                mismatched.append(
+                    {"tuned": n, "base": b, "tuned_shape": tuned.shape(n), "base_shape": base.shape(b)}
+                )
+    matched_base = set(pairs.values()) | {m["base"] for m in mismatched}
+    return {
+        "preset": preset,
+        "rules": rules,
+        "pairs": pairs,
+        "shape_mismatch": mismatched,
+        "unmatched_tuned": sorted(
+            n for n in tuned_names if n not in pairs and map_name(n, rules) not in base_names
+        ),
+        "unmatched_base": sorted(base_names - matched_base),
+    }

@@ -1,0 +1,168 @@
+"""Structured unit pruning: FFN channels and attention heads removed for real (the Linear layers shrink).
+
+FFN channel c of a block: row c of gate_proj / up_proj (fc1) and column c of down_proj (fc2).
+Attention head h: rows h*d..(h+1)*d of q_proj and the same columns of o_proj; KV head g: those rows of
+k_proj / v_proj. Grouped-query attention (n_q = G * n_kv query heads, G per KV head) is kept valid in one
+of two ways (`heads=`):
+  groups  remove whole KV groups: a KV head and its G query heads (G unchanged);
+  query   remove the same number of query heads inside every group (KV heads kept, G shrinks).
+Attention without grouping (n_q == n_kv, e.g. SigLIP) always prunes whole heads.
+Attention heads of coupled stacks are refused: SmolVLA / pi0 / pi0.5 run one attention over the language
+and action streams together (and pi0 hard-codes 8 query heads), so their heads cannot be cut per stack.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlaprune.adapters.stack import Layout
+from vlaprune.errors import VlapruneError
+
+FFN_IN = (("gate_proj", "up_proj"), ("fc1",))
+FFN_OUT = ("down_proj", "fc2")
+ATTN_O = ("o_proj", "out_proj")
+
+
+def ffn_parts(block: nn.Module) -> tuple[nn.Module, list[str], str]:
+    """(mlp module, names of the Linear layers whose rows are channels, name of the one whose columns are)."""
+    mlp = getattr(block, "mlp", None)
+    if mlp is None:
+        raise VlapruneError(f"{type(block).__name__} has no `mlp`; FFN channels cannot be pruned there")
+    for ins in FFN_IN:
+        if all(hasattr(mlp, n) for n in ins):
+            out = next(n for n in FFN_OUT if hasattr(mlp, n))
+            return mlp, list(ins), out
+    raise VlapruneError(f"{type(mlp).__name__}: no gate/up/down (or fc1/fc2) projections to prune")
+
+
+def attn_parts(block: nn.Module) -> dict[str, Any]:
+    attn = getattr(block, "self_attn", None)
+    if attn is None or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj")):
+        raise VlapruneError(
+            f"{type(block).__name__}: no self_attn with q/k/v projections; heads cannot be pruned"
+        )
+    o_name = next(n for n in ATTN_O if hasattr(attn, n))
+    d = attn.head_dim
+    return {
+        "attn": attn,
+        "o": o_name,
+        "head_dim": d,
+        "n_q": attn.q_proj.out_features // d,
+        "n_kv": attn.k_proj.out_features // d,
+    }
+
+
+@torch.no_grad()
+def slice_linear(lin: nn.Linear, rows: list[int] | None = None, cols: list[int] | None = None) -> nn.Linear:
+    """A new Linear holding only `rows` (outputs) and `cols` (inputs) of `lin`."""
+    w = lin.weight
+    r = torch.tensor(rows, device=w.device) if rows is not None else None
+    c = torch.tensor(cols, device=w.device) if cols is not None else None
+    w = w if r is None else w.index_select(0, r)
+    w = w if c is None else w.index_select(1, c)
+    new = nn.Linear(w.shape[1], w.shape[0], bias=lin.bias is not None, device=w.device, dtype=w.dtype)
+    new.weight.copy_(w)
+    if lin.bias is not None:
+        new.bias.copy_(lin.bias if r is None else lin.bias.index_select(0, r))
+    new.requires_grad_(lin.weight.requires_grad)
+    return new
+
+
+def prune_ffn(block: nn.Module, keep: list[int]) -> None:
+    mlp, ins, out = ffn_parts(block)
+    n = getattr(mlp, ins[0]).out_features
+    _check_keep(keep, n, "FFN channels")
+    for name in ins:
+        setattr(mlp, name, slice_linear(getattr(mlp, name), rows=keep))
+    setattr(mlp, out, slice_linear(getattr(mlp, out), cols=keep))
+    if hasattr(mlp, "intermediate_size"):
+        mlp.intermediate_size = len(keep)
+
+
+def _rows(heads: list[int], d: int) -> list[int]:
+    return [h * d + i for h in heads for i in range(d)]
+
+
+def prune_heads(block: nn.Module, q_keep: list[int], kv_keep: list[int]) -> None:
+    """Keep query heads `q_keep` and KV heads `kv_keep`; the grouping must stay uniform."""
+    p = attn_parts(block)
+    attn, d, n_q, n_kv = p["attn"], p["head_dim"], p["n_q"], p["n_kv"]
+    _check_keep(q_keep, n_q, "query heads")
+    _check_keep(kv_keep, n_kv, "KV heads")
+    g = n_q // n_kv
+    per_group = [sum(1 for h in q_keep if h // g == k) for k in kv_keep]
+    if any(h // g not in kv_keep for h in q_keep) or len(set(per_group)) != 1:
+        raise VlapruneError(
+            f"head plan breaks grouped-query attention: every kept KV head needs the same number "
+            f"of its own query heads (got {per_group} for KV heads {kv_keep})"
+        )
+    attn.q_proj = slice_linear(attn.q_proj, rows=_rows(q_keep, d))
+    attn.k_proj = slice_linear(attn.k_proj, rows=_rows(kv_keep, d))
+    attn.v_proj = slice_linear(attn.v_proj, rows=_rows(kv_keep, d))
+    setattr(attn, p["o"], slice_linear(getattr(attn, p["o"]), cols=_rows(q_keep, d)))
+    if hasattr(attn, "num_key_value_groups"):
+        attn.num_key_value_groups = per_group[0]
+    if hasattr(attn, "num_heads"):
+        attn.num_heads = len(q_keep)
+    if hasattr(attn, "embed_dim") and n_q == n_kv:
+        attn.embed_dim = len(q_keep) * d
+
+
+def _check_keep(keep: list[int], n: int, what: str) -> None:
+    if not keep:
+        raise VlapruneError(f"the plan removes every one of the {n} {what} of a layer; keep at least one")
+    if sorted(set(keep)) != sorted(keep) or not all(0 <= i < n for i in keep):
+        raise VlapruneError(f"invalid {what} to keep: {keep} (layer has {n})")
+
+
+def coupled_stacks(layout: Layout) -> set[str]:
+    names = {n for c in layout.couplings for n in (c.a, c.b)}
+    if layout.family in ("pi0", "pi05"):
+        names |= {"language", "action"}
+    return names
+
+
+def apply_units(layout: Layout, units: dict[str, dict[str, dict[str, list[int]]]]) -> None:
+    """units: {stack: {block index (str): {"ffn": keep, "q": keep, "kv": keep}}}; validated first."""
+    coupled = coupled_stacks(layout)
+    for stack, blocks in units.items():
+        if stack not in layout.stacks:
+            raise VlapruneError(f"no stack {stack!r} (stacks: {', '.join(layout.stacks)})")
+        for spec in blocks.values():
+            if ("q" in spec or "kv" in spec) and stack in coupled:
+                raise VlapruneError(
+                    f"attention heads of {stack!r} cannot be pruned: its attention is joint with a "
+                    "coupled stack in this architecture; prune its FFN channels (or vision heads)"
+                )
+    for stack, blocks in units.items():
+        for i, spec in blocks.items():
+            block = layout.stacks[stack].blocks[int(i)]
+            if "ffn" in spec:
+                prune_ffn(block, spec["ffn"])
+            if "q" in spec:
+                prune_heads(block, spec["q"], spec["kv"])
+
+
+def sizes(layout: Layout, stacks: list[str]) -> dict[str, list[dict[str, int]]]:
+    """Per stack, per block: FFN width and head counts, as they are now (recorded in plans)."""
+    out = {}
+    for s in stacks:
+        rows = []
+        for block in layout.stacks[s].blocks:
+            row = {}
+            try:
+                mlp, ins, _ = ffn_parts(block)
+                row["ffn"] = getattr(mlp, ins[0]).out_features
+            except VlapruneError:
+                pass
+            try:
+                p = attn_parts(block)
+                row |= {"q_heads": p["n_q"], "kv_heads": p["n_kv"]}
+            except VlapruneError:
+                pass
+            rows.append(row)
+        out[s] = rows
+    return out

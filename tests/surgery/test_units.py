@@ -1,0 +1,193 @@
+"""Unit pruning: ratio 0 is a no-op; pruned policies run, save and load; GQA stays valid; criteria work."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.surgery.conftest import IDS, actions, logits, loss
+from vlaprune.adapters import layout
+from vlaprune.cli import main
+from vlaprune.errors import VlapruneError
+from vlaprune.scoring import Probe
+from vlaprune.scoring.units import unit_scores
+from vlaprune.surgery import load, save_pruned
+from vlaprune.surgery.prune_units import parse_ratios, prune_units, select
+
+
+def scores_for(model, kinds, criterion="magnitude"):
+    lay = layout(model)
+    probe = Probe(lay, sorted(kinds), [], None)
+    return unit_scores(probe, criterion, kinds)
+
+
+@pytest.mark.parametrize("kind", ["smolvla", "pi0"])
+def test_ratio_zero_changes_nothing(kind, fresh):
+    policy = fresh(kind)
+    a, lo = actions(policy), loss(policy)
+    units = select(scores_for(policy, {"language": {"ffn"}}), {("language", "mlp"): 0.0})
+    assert units == {}
+    plan = prune_units(policy, units)
+    assert plan.params_after == plan.params_before
+    assert torch.equal(actions(policy), a) and torch.equal(loss(policy), lo)
+
+
+@pytest.mark.parametrize(
+    "kind, ratios",
+    [
+        (
+            "smolvla",
+            {
+                ("language", "mlp"): 0.5,
+                ("action", "mlp"): 0.25,
+                ("vision", "attn"): 0.5,
+                ("vision", "mlp"): 0.5,
+            },
+        ),
+        ("pi0", {("language", "mlp"): 0.5, ("action", "mlp"): 0.5, ("vision", "attn"): 0.5}),
+        ("pi05", {("action", "mlp"): 0.3}),
+    ],
+)
+def test_pruned_policy_runs_and_round_trips(kind, ratios, fresh, tmp_path):
+    policy = fresh(kind)
+    kinds = {}
+    for s, k in ratios:
+        kinds.setdefault(s, set()).update({"ffn"} if k == "mlp" else {"q", "kv"})
+    plan = prune_units(policy, select(scores_for(policy, kinds), ratios))
+    assert plan.params_after < plan.params_before
+    mlp = layout(policy).stacks[next(iter(kinds))].blocks[0].mlp
+    assert mlp is not None
+    lo = loss(policy)
+    lo.backward()
+    a = actions(policy)
+    assert torch.isfinite(lo) and torch.isfinite(a).all()
+    from vlaprune.adapters.lerobot_batch import example_batch
+
+    policy.reset()
+    assert policy.select_action(example_batch(policy, 1)).shape == (1, 4)
+    out = save_pruned(policy, plan, tmp_path / "ckpt")
+    assert json.loads((out / "plan.json").read_text())["weights"] == "pruned_model.safetensors"
+    loaded = load(out)
+    assert torch.equal(actions(loaded), a)
+    assert sum(p.numel() for p in loaded.parameters()) == plan.params_after
+
+
+@pytest.mark.parametrize("heads, q, kv, groups", [("groups", 2, 1, 2), ("query", 2, 2, 1)])
+def test_gqa_head_pruning_keeps_shapes_valid(heads, q, kv, groups, fresh, tmp_path):
+    lm = fresh("llama")  # 4 query heads, 2 KV heads (groups of 2)
+    units = select(scores_for(lm, {"language": {"q", "kv"}}), {("language", "attn"): 0.5}, heads)
+    plan = prune_units(lm, units)
+    attn = lm.model.layers[0].self_attn
+    d = attn.head_dim
+    assert attn.q_proj.out_features == q * d and attn.k_proj.out_features == kv * d
+    assert attn.o_proj.in_features == q * d and attn.num_key_value_groups == groups
+    for spec in units["language"].values():  # kept query heads belong to kept KV heads, uniformly
+        assert len(spec["q"]) == q and len(spec["kv"]) == kv
+    out = lm.generate(IDS, max_new_tokens=3, do_sample=False)  # KV cache with fewer heads
+    assert out.shape == (1, IDS.shape[1] + 3)
+    expected = logits(lm)
+    assert torch.equal(logits(load(save_pruned(lm, plan, tmp_path / "lm"))), expected)
+
+
+def test_bad_plans(fresh):
+    policy = fresh("smolvla")
+    stacks = layout(policy).stacks
+    with pytest.raises(VlapruneError, match=r"must be in \[0, 1\)"):
+        parse_ratios("language.mlp=1.0", stacks)
+    with pytest.raises(VlapruneError, match=r"must be in \[0, 1\)"):
+        parse_ratios("language.mlp=-0.1", stacks)
+    with pytest.raises(VlapruneError, match="not STACK.mlp=R"):
+        parse_ratios("language=0.3", stacks)
+    with pytest.raises(VlapruneError, match="removes all 2 vision block 0 KV groups"):
+        select(scores_for(policy, {"vision": {"q", "kv"}}), {("vision", "attn"): 0.9})
+    sc = scores_for(policy, {"language": {"q", "kv"}})
+    with pytest.raises(VlapruneError, match="cannot be pruned: its attention is joint"):
+        prune_units(policy, select(sc, {("language", "attn"): 0.5}))
+
+
+def test_dw_criteria_find_the_moved_channels(fresh):
+    policy = fresh("smolvla")
+    lay = layout(policy)
+    base = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    up = policy.model.vlm_with_expert.vlm.model.text_model.layers[0].mlp.up_proj
+    with torch.no_grad():
+        up.weight[5] += 1.0  # adaptation moved channel 5 of block 0 the most
+    probe = Probe(lay, ["language"], [], None)
+    kinds = {"language": {"ffn"}}
+    high = unit_scores(probe, "dw_prune_high", kinds, dw_lookup=base.get)["language"][0]["ffn"]
+    low = unit_scores(probe, "dw_prune_low", kinds, dw_lookup=base.get)["language"][0]["ffn"]
+    assert int(torch.argmin(high)) == 5 and int(torch.argmax(low)) == 5
+    keep_high = select({"language": [{"ffn": high}]}, {("language", "mlp"): 0.25})["language"]["0"]["ffn"]
+    keep_low = select({"language": [{"ffn": low}]}, {("language", "mlp"): 0.25})["language"]["0"]["ffn"]
+    assert 5 not in keep_high and 5 in keep_low
+
+
+def test_prune_units_cli(smolvla, tiny_dataset, tmp_path, capsys):
+    smolvla.save_pretrained(tmp_path / "vla")
+    base = {k: v.detach().clone() for k, v in smolvla.state_dict().items()}
+    save_file(base, tmp_path / "vla_copy.safetensors")
+    out = tmp_path / "pruned"
+    args = [
+        "prune-units",
+        f"--policy.path={tmp_path / 'vla'}",
+        f"--dataset.root={tiny_dataset}",
+        "--batches=1",
+        "--batch_size=4",
+        "--ratios=language.mlp=0.25,vision.attn=0.5",
+        "--criterion=dw_prune_high",
+        f"--base={tmp_path / 'vla_copy.safetensors'}",
+        "--map=identity",
+        "--compare=magnitude,wanda,taylor,random",
+        f"--output_dir={out}",
+    ]
+    assert main(args) == 0
+    report = json.loads((out / "prune.json").read_text())
+    assert [r["criterion"] for r in report["rows"]] == [
+        "dw_prune_high",
+        "magnitude",
+        "wanda",
+        "taylor",
+        "random",
+    ]
+    assert len({round(r["params_removed_pct"], 6) for r in report["rows"]}) == 1  # same ratios for all
+    assert report["cost_pruned"]["params"] < report["cost_original"]["params"]
+    assert load(out) is not None
+    budget = tmp_path / "budget"
+    assert (
+        main(
+            [
+                "prune-units",
+                f"--policy.path={tmp_path / 'vla'}",
+                f"--dataset.root={tiny_dataset}",
+                "--batches=1",
+                "--batch_size=4",
+                "--budget=0.1",
+                "--criterion=magnitude",
+                f"--output_dir={budget}",
+            ]
+        )
+        == 0
+    )
+    row = json.loads((budget / "prune.json").read_text())["rows"][0]
+    assert row["params_removed_pct"] >= 10
+    capsys.readouterr()
+    for bad, msg in [
+        (["--ratios=language.mlp=1.5"], "[0, 1)"),
+        (["--ratios=language.mlp=0.3", "--budget=0.2"], "either --ratios"),
+        (["--ratios=language.mlp=0.3", "--criterion=best"], "unknown criterion"),
+    ]:
+        assert (
+            main(
+                [
+                    "prune-units",
+                    f"--policy.path={tmp_path / 'vla'}",
+                    f"--dataset.root={tiny_dataset}",
+                    *bad,
+                    f"--output_dir={tmp_path / 'x'}",
+                ]
+            )
+            == 2
+        )
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
