@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=5)
     ap.add_argument("--hidden", type=int, default=4096)
     ap.add_argument("--ffn", type=int, default=11008)
-    ap.add_argument("--chunk-mb", type=int, default=64)
+    ap.add_argument("--chunk-mb", type=int, default=4)
     ap.add_argument("--out", default="benchmarks/results/diverge_stream.json")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vlaprune-div-", dir=os.environ.get("TMPDIR", "/tmp")))

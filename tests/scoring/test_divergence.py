@@ -56,14 +56,13 @@ def test_known_perturbation_found_in_exactly_those_channels(vla_and_vlm, tmp_pat
     save_file(sd, vla / "model.safetensors")
     m = compare(DivergeConfig(base=str(vlm), tuned=str(vla), chunk_mb=1), progress=False)
     for name, (_, st) in m["stats"].items():
-        rows = torch.nonzero(st.row_diff).flatten().tolist() if st.row_diff is not None else []
-        cols = torch.nonzero(st.col_diff).flatten().tolist() if st.col_diff is not None else []
-        if name == up[len(VLM_PREFIX) :]:
-            assert rows == [3, 7] and st.rel > 0
-        elif name == down[len(VLM_PREFIX) :]:
-            assert cols == [5] and st.rel > 0
+        moved = torch.nonzero(st.ch_diff).flatten().tolist() if st.ch_diff is not None else []
+        if name == up[len(VLM_PREFIX) :]:  # output projection: channels are rows
+            assert st.axis == "row" and moved == [3, 7] and st.rel > 0
+        elif name == down[len(VLM_PREFIX) :]:  # input projection: channels are columns
+            assert st.axis == "col" and moved == [5] and st.rel > 0
         else:
-            assert st.diff_sq == 0 and rows == [] and cols == [], name
+            assert st.diff_sq == 0 and moved == [], name
 
 
 def test_chunked_stats_equal_whole_tensor_stats(tmp_path):
@@ -73,12 +72,16 @@ def test_chunked_stats_equal_whole_tensor_stats(tmp_path):
     save_file({"w": b}, tmp_path / "b.safetensors")
     sa, sb = TensorSource(tmp_path / "a.safetensors"), TensorSource(tmp_path / "b.safetensors")
     limit = 64 * 1024  # 64 KiB chunks: the tensor (768 KiB) is read in 12 pieces
-    st = compare_tensor(sa, sb, "w", "w", limit)
-    assert st.max_chunk_bytes <= limit
     d = (b - a).double()
-    assert st.rel == pytest.approx(float(d.norm() / a.double().norm()), rel=1e-5)
-    assert torch.allclose(st.col_diff, d.square().sum(0), rtol=1e-4)
-    assert torch.allclose(st.row_diff, d.square().sum(1), rtol=1e-4)
+    for axis, dim in (("row", 1), ("col", 0)):
+        st = compare_tensor(sa, sb, "w", "w", limit, axis=axis)
+        assert st.max_chunk_bytes <= limit
+        assert st.rel == pytest.approx(float(d.norm() / a.double().norm()), rel=1e-5)
+        assert st.cosine == pytest.approx(
+            float(torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0)),
+            abs=1e-5,
+        )
+        assert torch.allclose(st.ch_diff, d.square().sum(dim), rtol=1e-4)
 
 
 def test_streaming_keeps_peak_memory_near_one_chunk(tmp_path):

@@ -9,12 +9,11 @@ model (other parameter names or shapes) is refused.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 from torch import nn
 
+from vlaprune.atomic import atomic_dir
 from vlaprune.errors import VlapruneError
 
 WEIGHTS = "trainee.safetensors"
@@ -26,18 +25,10 @@ def save(
     from lerobot.common.train_utils import get_step_identifier, save_training_state
     from safetensors.torch import save_model
 
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / get_step_identifier(step, total)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=ckpt_root))
-    try:
+    with atomic_dir(final, replace=True) as tmp:
         save_model(module, str(tmp / WEIGHTS))
         save_training_state(tmp, step, optimizer, scheduler, num_processes=1, batch_size=batch_size)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     last = ckpt_root / "last"
     last_tmp = ckpt_root / ".last.tmp"
     last_tmp.write_text(final.name)

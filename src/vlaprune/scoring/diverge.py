@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlaprune.atomic import atomic_dir
 from vlaprune.errors import VlapruneError
 from vlaprune.scoring.divergence import compare_tensor, match, module_type
 from vlaprune.scoring.tensors import TensorSource
@@ -25,8 +24,8 @@ class DivergeConfig:
     # Name mapping VLA -> VLM: auto | smolvla | pi0 | pi05 | openvla | identity | "a.=>b.;c.=>d."
     map: str = "auto"
     output_dir: str = "divergence"
-    # Largest float32 chunk held per tensor (MB): bounds peak memory whatever the tensor size.
-    chunk_mb: int = 64
+    # Largest float32 chunk per tensor (MB): bounds peak memory; small chunks also stay in the CPU caches.
+    chunk_mb: int = 4
     # Refuse the comparison when fewer than this fraction of the VLM's tensors find a partner.
     min_matched: float = 0.5
 
@@ -95,8 +94,8 @@ def summarize(m: dict[str, Any]) -> dict[str, Any]:
         if layer is not None:
             per_layer[key][layer][0] += st.diff_sq
             per_layer[key][layer][1] += st.base_sq
-        if st.row_diff is not None:
-            channels[key].append((st.row_diff / st.row_base.clamp_min(1e-30)).sqrt().float())
+        if st.ch_rel is not None:
+            channels[key].append(st.ch_rel.float())
 
     def rel(p):
         return math.sqrt(p[0] / p[1]) if p[1] > 0 else 0.0
@@ -151,8 +150,7 @@ def run(cfg: DivergeConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     m = compare(cfg)
     summary = summarize(m)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
-    try:
+    with atomic_dir(out, replace=True) as tmp:
         rows = [
             {
                 "base": b,
@@ -168,14 +166,13 @@ def run(cfg: DivergeConfig) -> dict[str, Any]:
         pq.write_table(pa.Table.from_pylist(rows), tmp / "tensors.parquet")
         ch = {"base": [], "axis": [], "index": [], "rel": []}
         for b, (_, st) in m["stats"].items():
-            if st.row_diff is None:
+            if st.ch_rel is None:
                 continue
-            for axis, d, w in (("row", st.row_diff, st.row_base), ("col", st.col_diff, st.col_base)):
-                r = (d / w.clamp_min(1e-30)).sqrt()
-                ch["base"] += [b] * len(r)
-                ch["axis"] += [axis] * len(r)
-                ch["index"] += list(range(len(r)))
-                ch["rel"] += r.tolist()
+            r = st.ch_rel
+            ch["base"] += [b] * len(r)
+            ch["axis"] += [st.axis] * len(r)
+            ch["index"] += list(range(len(r)))
+            ch["rel"] += r.tolist()
         pq.write_table(pa.table(ch), tmp / "channels.parquet")
         report = {
             "base": cfg.base,
@@ -191,12 +188,6 @@ def run(cfg: DivergeConfig) -> dict[str, Any]:
         }
         (tmp / "summary.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         heatmap(summary, tmp / "heatmap.png")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     t = Table(
         title=f"dW by module type ({report['matched']} tensors, map {m['preset']})", title_justify="left"
     )

@@ -104,71 +104,93 @@ def module_type(name: str) -> tuple[str, str, int | None]:
     return comp, sub, int(m.group(1)) if m else None
 
 
+INPUT_PROJECTIONS = ("attn_o", "mlp_down")  # their columns are the units (heads / FFN channels)
+
+
 @dataclass
 class TensorStats:
-    """Sums over one tensor pair; row/col vectors for matrices. rel = sqrt(diff_sq / base_sq)."""
+    """Sums over one tensor pair. Matrices also keep per-channel sums on one axis: rows of output
+    projections (q / k / v / gate / up ...), columns of input projections (o / down): `axis`, `ch_diff`,
+    `ch_base` (float64). rel = sqrt(diff_sq / base_sq)."""
 
     base_sq: float
     tuned_sq: float
     diff_sq: float
     dot: float
-    row_diff: torch.Tensor | None = None
-    row_base: torch.Tensor | None = None
-    col_diff: torch.Tensor | None = None
-    col_base: torch.Tensor | None = None
+    axis: str | None = None
+    ch_diff: torch.Tensor | None = None
+    ch_base: torch.Tensor | None = None
     max_chunk_bytes: int = 0
 
     @property
     def rel(self) -> float:
-        return (
-            math.sqrt(self.diff_sq / self.base_sq)
-            if self.base_sq > 0
-            else (0.0 if self.diff_sq == 0 else math.inf)
-        )
+        if self.base_sq > 0:
+            return math.sqrt(self.diff_sq / self.base_sq)
+        return 0.0 if self.diff_sq == 0 else math.inf
 
     @property
     def cosine(self) -> float:
         d = math.sqrt(self.base_sq * self.tuned_sq)
         return self.dot / d if d > 0 else 1.0
 
+    @property
+    def ch_rel(self) -> torch.Tensor | None:
+        return None if self.ch_diff is None else (self.ch_diff / self.ch_base.clamp_min(1e-30)).sqrt()
+
+
+def _chunks(base: TensorSource, tuned: TensorSource, bname: str, tname: str, rows: int, step: int):
+    """Row chunks of both tensors, read one chunk ahead in a thread (reads release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    starts = list(range(0, rows, step))
+    read = lambda a: (base.rows(bname, a, min(rows, a + step)), tuned.rows(tname, a, min(rows, a + step)))  # noqa: E731
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        nxt = pool.submit(read, starts[0])
+        for k, a in enumerate(starts):
+            b, t = nxt.result()
+            if k + 1 < len(starts):
+                nxt = pool.submit(read, starts[k + 1])
+            yield a, b, t
+
 
 def compare_tensor(
-    base: TensorSource, tuned: TensorSource, bname: str, tname: str, chunk_bytes: int
+    base: TensorSource, tuned: TensorSource, bname: str, tname: str, chunk_bytes: int, axis: str | None = None
 ) -> TensorStats:
-    """Stream one tensor pair in row chunks of <= chunk_bytes (float32) each."""
+    """Stream one tensor pair in row chunks of <= chunk_bytes (float32) each. axis: "row" / "col" channel
+    sums for matrices (default: by module type, see INPUT_PROJECTIONS)."""
     shape = base.shape(bname)
     rows = shape[0] if shape else 1
-    row_bytes = 4 * max(1, math.prod(shape[1:]) if len(shape) > 1 else 1)
-    step = max(1, chunk_bytes // row_bytes)
-    st = TensorStats(0.0, 0.0, 0.0, 0.0)
+    width = math.prod(shape[1:]) if len(shape) > 1 else 1
+    step = max(1, chunk_bytes // (4 * width))
     matrix = len(shape) >= 2
+    if matrix and axis is None:
+        axis = "col" if module_type(bname)[1] in INPUT_PROJECTIONS else "row"
+    st = TensorStats(0.0, 0.0, 0.0, 0.0, axis=axis if matrix else None)
     if matrix:
-        cols = math.prod(shape[1:])
-        st.row_diff, st.row_base = (
-            torch.zeros(rows, dtype=torch.float64),
-            torch.zeros(rows, dtype=torch.float64),
-        )
-        st.col_diff, st.col_base = (
-            torch.zeros(cols, dtype=torch.float64),
-            torch.zeros(cols, dtype=torch.float64),
-        )
-    for start in range(0, rows, step):
-        stop = min(rows, start + step)
-        b = base.rows(bname, start, stop).to(torch.float32).reshape(stop - start, -1)
-        t = tuned.rows(tname, start, stop).to(torch.float32).reshape(stop - start, -1)
+        n = rows if axis == "row" else width
+        st.ch_diff, st.ch_base = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    bd = 0.0
+    for start, b, t in _chunks(base, tuned, bname, tname, rows, step):
+        b = b.to(torch.float32).reshape(b.shape[0], -1)
+        d = t.to(torch.float32).reshape(b.shape[0], -1).sub_(b)
         st.max_chunk_bytes = max(st.max_chunk_bytes, b.numel() * 4)
-        d = t - b
-        d2, b2 = d.square(), b.square()
-        st.base_sq += float(b2.sum())
-        st.tuned_sq += float(t.square().sum())
-        st.diff_sq += float(d2.sum())
-        st.dot += float((b * t).sum())
-        if matrix:
-            st.row_diff[start:stop] = d2.sum(1).double()
-            st.row_base[start:stop] = b2.sum(1).double()
-            st.col_diff += d2.sum(0).double()
-            st.col_base += b2.sum(0).double()
-        del b, t, d, d2, b2
+        bd += float(torch.dot(b.view(-1), d.view(-1)))
+        if matrix and axis == "row":
+            dd = torch.linalg.vector_norm(d, dim=1).double().square()
+            bb = torch.linalg.vector_norm(b, dim=1).double().square()
+            st.ch_diff[start : start + b.shape[0]] = dd
+            st.ch_base[start : start + b.shape[0]] = bb
+        elif matrix:
+            dd, bb = d.mul_(d).sum(0).double(), b.mul_(b).sum(0).double()
+            st.ch_diff += dd
+            st.ch_base += bb
+        else:
+            dd, bb = d.double().square(), b.double().square()
+        st.diff_sq += float(dd.sum())
+        st.base_sq += float(bb.sum())
+        del b, d
+    st.dot = st.base_sq + bd  # t.b = b.b + b.d
+    st.tuned_sq = st.base_sq + 2 * bd + st.diff_sq  # t.t = b.b + 2 b.d + d.d
     return st
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from vlaprune import __version__
 from vlaprune.adapters import layout as find_layout
+from vlaprune.atomic import atomic_dir
 from vlaprune.errors import VlapruneError
 from vlaprune.surgery.blocks import drop_blocks
 from vlaprune.surgery.plan import Plan
@@ -90,9 +91,7 @@ def save_pruned(
     dropped = {n for p in plans for n, idx in p.drops.items() if idx}
     unit_plans = any(p.kind == "units" for p in plans)  # per-layer widths: no family config expresses them
     expressible = base["kind"] != "source" and dropped <= lay.config_expresses and not unit_plans
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         _write_weights_and_config(model, tmp, base)
         if not expressible:
             (tmp / OWN_WEIGHTS).rename(tmp / PRUNED_WEIGHTS)
@@ -115,12 +114,6 @@ def save_pruned(
         (tmp / "plan.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
         for name, obj in (extra_json or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
