@@ -36,11 +36,15 @@ fi
 # 3. vlaprune itself (editable) with its extras.
 "${pip[@]}" -e ".[${EXTRAS}]"
 
-# 4. System libraries for headless MuJoCo rendering (simulators), when apt is available and we are root.
+# 4. System packages, when apt is available and we are root: OSMesa/EGL for headless MuJoCo rendering
+#    (simulators) and Chromium (the tests render the DTR report in headless Chromium).
 if [[ ",$EXTRAS," == *",sim,"* ]] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-  if ! ldconfig -p | grep -q libOSMesa; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      libosmesa6 libegl1 libgl1-mesa-dri >/dev/null) || echo "setup: could not install OSMesa/EGL (simulator rendering may fail)"
+  want=()
+  ldconfig -p | grep -q libOSMesa || want+=(libosmesa6 libegl1 libgl1-mesa-dri)
+  command -v chromium >/dev/null || want+=(chromium)
+  if [ ${#want[@]} -gt 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${want[@]}" >/dev/null) \
+      || echo "setup: could not install ${want[*]} (simulator rendering / report tests may fail)"
   fi
 fi
 "$py" -c "import vlaprune, lerobot, torch; print(f'setup: vlaprune {vlaprune.__version__}, lerobot {lerobot.__version__}, torch {torch.__version__}')"

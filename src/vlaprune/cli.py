@@ -76,6 +76,24 @@ def _prune_units(args: list[str]) -> Any:
     return prune_units.run(draccus.parse(prune_units.PruneUnitsConfig, args=args))
 
 
+def _dtr(args: list[str]) -> Any:
+    import draccus
+
+    from vlaprune.experiments import dtr
+
+    return dtr.run(draccus.parse(dtr.DTRConfig, args=args))
+
+
+def _report(args: list[str]) -> Any:
+    from vlaprune.experiments import report
+
+    if len(args) != 1 or args[0].startswith("-"):
+        raise VlapruneError("usage: vlaprune report RUN_DIR (the --output_dir of `vlaprune dtr` or the demo)")
+    html, md = report.build(args[0])
+    print(f"wrote {html} and {md}")
+    return html
+
+
 def _demo(args: list[str]) -> Any:
     from vlaprune.experiments import demo
 
@@ -96,7 +114,12 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], Any], str]] = {
         _prune_units,
         "prune FFN channels / attention heads across modules, no recovery, vs baselines",
     ),
-    "demo": (_demo, "the main job on its embedded default (see README)"),
+    "dtr": (
+        _dtr,
+        "the Drop-Then-Recovery sweep (score, drop, evaluate, recover, evaluate) into a results store",
+    ),
+    "report": (_report, "build the HTML / Markdown report of a DTR run from its results store"),
+    "demo": (_demo, "the main job: a reduced DTR sweep on a shipped MetaWorld SmolVLA, then its report"),
 }
 
 

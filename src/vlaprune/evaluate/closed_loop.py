@@ -91,11 +91,29 @@ def to_batch(policy: nn.Module, obs: dict[str, np.ndarray], instructions: list[s
     return batch
 
 
-def _vector_env(factory: Callable, n: int):
+_VECTOR_ENVS: dict[tuple, Any] = {}
+
+
+def _vector_env(factory: functools.partial, n: int):
+    """n simulators of one task, kept alive for the rest of the process (starting them costs seconds)."""
+    import atexit
+
     import gymnasium as gym
 
-    fns = [factory] * n
-    return gym.vector.SyncVectorEnv(fns) if n == 1 else gym.vector.AsyncVectorEnv(fns, context="spawn")
+    key = (factory.args, tuple(sorted(factory.keywords.items())), n)
+    if key not in _VECTOR_ENVS:
+        fns = [factory] * n
+        vec = gym.vector.SyncVectorEnv(fns) if n == 1 else gym.vector.AsyncVectorEnv(fns, context="spawn")
+        _VECTOR_ENVS[key] = vec
+        if len(_VECTOR_ENVS) == 1:
+            atexit.register(close_envs)
+    return _VECTOR_ENVS[key]
+
+
+def close_envs() -> None:
+    """Close every cached simulator."""
+    while _VECTOR_ENVS:
+        _VECTOR_ENVS.popitem()[1].close()
 
 
 def rollouts(
@@ -127,31 +145,30 @@ def rollouts(
         raise VlapruneError(f"unknown camera probe {camera!r}; choose one of {CAMERA_PROBES}")
     probe_env.close()
     results: list[dict[str, Any]] = []
-    for start in range(0, len(seeds), n_envs):
-        chunk = seeds[start : start + n_envs]
-        vec = _vector_env(factory, len(chunk))
-        try:
-            obs, _ = vec.reset(seed=chunk)
-            policy.reset()
-            done, success, steps = [False] * len(chunk), [False] * len(chunk), [max_steps] * len(chunk)
-            frames: list[np.ndarray] = []
-            for t in range(max_steps):
-                if camera == "blank":
-                    obs = {**obs, "pixels": np.zeros_like(obs["pixels"])}
-                elif camera == "other_seed":
-                    obs = {**obs, "pixels": np.broadcast_to(other_frame, obs["pixels"].shape).copy()}
-                if video_dir:
-                    frames.append(obs["pixels"][0])
-                with torch.no_grad():
-                    action = post(policy.select_action(pre(to_batch(policy, obs, [text] * len(chunk)))))
-                obs, _, term, trunc, info = vec.step(action.cpu().numpy())
-                for i in range(len(chunk)):
-                    if not done[i] and (term[i] or trunc[i]):
-                        done[i], success[i], steps[i] = True, bool(info["success"][i]), t + 1
-                if all(done):
-                    break
-        finally:
-            vec.close()
+    width = max(1, min(n_envs, len(seeds)))
+    vec = _vector_env(factory, width)  # one set of simulator processes for all episodes of this task
+    for start in range(0, len(seeds), width):
+        chunk = seeds[start : start + width]
+        padded = chunk + [chunk[-1]] * (width - len(chunk))  # a short last chunk: extra envs are ignored
+        obs, _ = vec.reset(seed=padded)
+        policy.reset()
+        done, success, steps = [False] * width, [False] * width, [max_steps] * width
+        frames: list[np.ndarray] = []
+        for t in range(max_steps):
+            if camera == "blank":
+                obs = {**obs, "pixels": np.zeros_like(obs["pixels"])}
+            elif camera == "other_seed":
+                obs = {**obs, "pixels": np.broadcast_to(other_frame, obs["pixels"].shape).copy()}
+            if video_dir:
+                frames.append(obs["pixels"][0])
+            with torch.no_grad():
+                action = post(policy.select_action(pre(to_batch(policy, obs, [text] * width))))
+            obs, _, term, trunc, info = vec.step(action.cpu().numpy())
+            for i in range(width):
+                if not done[i] and (term[i] or trunc[i]):
+                    done[i], success[i], steps[i] = True, bool(info["success"][i]), t + 1
+            if all(done[: len(chunk)]):
+                break
         if video_dir:
             from lerobot.utils.io_utils import write_video
 

@@ -16,15 +16,30 @@ from vlaprune.errors import VlapruneError
 from vlaprune.scoring.calibration import DatasetConfig, load_dataset, noise_seed, policy_loss, processors
 
 
-def held_out(cfg: DatasetConfig, policy: nn.Module, holdout: float) -> DatasetConfig:
-    """The dataset config restricted to the last `holdout` fraction of episodes (if `holdout` > 0)."""
-    if holdout <= 0 or cfg.episodes is not None:
-        return cfg
+def split_episodes(cfg: DatasetConfig, policy: nn.Module, holdout: float) -> tuple[list[int], list[int]]:
+    """(training episodes, held-out episodes): the last `holdout` fraction of each task's episodes."""
     if not 0 < holdout < 1:
         raise VlapruneError(f"--eval.holdout={holdout}: must be in (0, 1)")
-    n = load_dataset(policy, cfg).meta.total_episodes
-    k = max(1, round(holdout * n))
-    return DatasetConfig(repo_id=cfg.repo_id, root=cfg.root, episodes=list(range(n - k, n)))
+    meta = load_dataset(policy, cfg).meta
+    by_task: dict[str, list[int]] = {}
+    for ep in meta.episodes:
+        task = ep["tasks"][0] if isinstance(ep["tasks"], list) and ep["tasks"] else str(ep["tasks"])
+        by_task.setdefault(task, []).append(int(ep["episode_index"]))
+    train, held = [], []
+    for eps in by_task.values():
+        k = max(1, round(holdout * len(eps))) if len(eps) > 1 else 0
+        train += eps[: len(eps) - k]
+        held += eps[len(eps) - k :]
+    if not held:
+        raise VlapruneError("too few episodes to hold any out; add episodes or lower --eval.holdout")
+    return sorted(train), sorted(held)
+
+
+def held_out(cfg: DatasetConfig, policy: nn.Module, holdout: float) -> DatasetConfig:
+    """The dataset config restricted to held-out episodes (the last `holdout` fraction of each task's)."""
+    if holdout <= 0 or cfg.episodes is not None:
+        return cfg
+    return DatasetConfig(repo_id=cfg.repo_id, root=cfg.root, episodes=split_episodes(cfg, policy, holdout)[1])
 
 
 def offline_eval(

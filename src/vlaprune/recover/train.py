@@ -53,6 +53,8 @@ class RecoverConfig:
     mixed_precision: str = "no"
     num_workers: int = 0
     wandb: bool = False
+    # Data augmentation: random image shifts of up to this many pixels (0 = none).
+    image_shift: int = 0
     lora_r: int = 16
     distill_alpha: float = 0.5
     distill_hidden: float = 0.0
@@ -138,7 +140,7 @@ def run(cfg: RecoverConfig) -> dict[str, Any]:
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False)
     set_seed(cfg.seed)
     policy, trainee = build_trainee(cfg)
-    dataset = load_dataset(policy, cfg.dataset)
+    dataset = load_dataset(policy, cfg.dataset, _shift(cfg.image_shift))
     pre = processors(policy, dataset, cfg.policy.path if Path(cfg.policy.path).is_dir() else None)
     optimizer, scheduler = _optimizer(policy, trainee, cfg)
     step = 0
@@ -250,6 +252,19 @@ def _finish(cfg, policy, trainee, out: Path, steps_run: int, elapsed: float, los
         extra_json={"recover.json": summary},
     )
     return summary
+
+
+def _shift(pixels: int):
+    """Random translation of every camera image by up to `pixels` (torchvision), or None."""
+    if pixels <= 0:
+        return None
+    from torchvision.transforms import v2
+
+    def shift(img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        return v2.RandomAffine(degrees=0, translate=(pixels / w, pixels / h))(img)
+
+    return shift
 
 
 def _wandb(cfg: RecoverConfig):

@@ -35,7 +35,7 @@ def noise_seed(seed: int, batch_index: int) -> int:
     return seed * 1_000_003 + batch_index
 
 
-def load_dataset(policy: nn.Module, cfg: DatasetConfig):
+def load_dataset(policy: nn.Module, cfg: DatasetConfig, image_transforms=None):
     """The LeRobotDataset with the policy's action-chunk timestamps; checks its features fit the policy."""
     from lerobot.datasets.factory import resolve_delta_timestamps
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
@@ -51,7 +51,13 @@ def load_dataset(policy: nn.Module, cfg: DatasetConfig):
         raise VlapruneError(f"cannot open dataset {repo_id!r}: {type(e).__name__}: {str(e)[:200]}") from None
     check_features(policy, meta.features)
     delta = resolve_delta_timestamps(policy.config, meta)
-    return LeRobotDataset(repo_id, root=cfg.root, episodes=cfg.episodes, delta_timestamps=delta)
+    return LeRobotDataset(
+        repo_id,
+        root=cfg.root,
+        episodes=cfg.episodes,
+        delta_timestamps=delta,
+        image_transforms=image_transforms,
+    )
 
 
 def check_features(policy: nn.Module, features: dict) -> None:

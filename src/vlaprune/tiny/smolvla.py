@@ -29,6 +29,7 @@ def write_tiny_smolvlm(
     text_hidden: int = 64,
     vision_layers: int = 2,
     vision_hidden: int = 32,
+    patch: int = PATCH,
 ) -> Path:
     """Write a SmolVLM2-architecture config, image processor and tokenizer to `out_dir` (no weights)."""
     from transformers import SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor
@@ -52,7 +53,7 @@ def write_tiny_smolvlm(
         image_processor=image_proc,
         tokenizer=tok,
         video_processor=video_proc,
-        image_seq_len=(IMAGE_SIZE // PATCH) ** 2 // SCALE**2,
+        image_seq_len=(IMAGE_SIZE // patch) ** 2 // SCALE**2,
     )
     proc.save_pretrained(str(out))
     head_dim = 16
@@ -77,7 +78,7 @@ def write_tiny_smolvlm(
             num_hidden_layers=vision_layers,
             num_attention_heads=2,
             image_size=IMAGE_SIZE,
-            patch_size=PATCH,
+            patch_size=patch,
         ),
         scale_factor=SCALE,
         image_token_id=tok.image_token_id,

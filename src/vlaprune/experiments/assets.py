@@ -1,0 +1,54 @@
+"""The demo's shipped assets: a trained lerobot SmolVLA for four MetaWorld tasks, a small LeRobotDataset of
+expert demonstrations, and the evaluation recorded when they were built (scripts/build_demo_assets.py).
+
+The checkpoint records the absolute path of its tiny VLM backbone folder (SmolVLA's `vlm_model_name`, also
+the tokenizer's); `load_demo_policy` points it at this installation's copy.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+from vlaprune.errors import VlapruneError
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "metaworld4"
+TASKS = ["button-press-topdown-v3", "drawer-close-v3", "window-open-v3", "button-press-v3"]
+
+
+def available() -> bool:
+    return (ASSETS / "policy" / "plan.json").is_file() and (
+        ASSETS / "dataset" / "meta" / "info.json"
+    ).is_file()
+
+
+def relocated(policy_dir: Path) -> Path:
+    """A view of `policy_dir` whose JSON files point at this installation's VLM folder."""
+    cfg = json.loads((policy_dir / "config.json").read_text())
+    old, new = cfg["vlm_model_name"], str(ASSETS / "vlm")
+    if old == new:
+        return policy_dir
+    tmp = Path(tempfile.mkdtemp(prefix="vlaprune-demo-policy-"))
+    for f in policy_dir.iterdir():
+        if f.suffix == ".json":
+            (tmp / f.name).write_text(f.read_text().replace(old, new))
+        else:
+            (tmp / f.name).symlink_to(f.resolve())
+    return tmp
+
+
+def load_demo_policy(policy_dir: str | Path | None = None) -> tuple[nn.Module, object, object]:
+    """(policy, preprocessor, postprocessor) of the shipped (or given) demo checkpoint."""
+    from vlaprune.adapters.load import load_model
+    from vlaprune.scoring.calibration import pre_post
+
+    policy_dir = Path(policy_dir) if policy_dir else ASSETS / "policy"
+    if not (policy_dir / "config.json").is_file():
+        raise VlapruneError(f"no demo policy at {policy_dir}; build it with scripts/build_demo_assets.py")
+    path = relocated(policy_dir)
+    policy = load_model(str(path))
+    pre, post = pre_post(policy, None, str(path))
+    return policy, pre, post

@@ -1,0 +1,372 @@
+"""`vlaprune dtr`: the Drop-Then-Recovery protocol as a resumable sweep over a results store.
+
+For each seed: score every block of the chosen components with every method (one `scores` row each);
+measure the unpruned baseline; then for each component x level x method pick the blocks to drop (the
+lowest-scoring ones; made valid under the architecture's coupling rules, preferring to drop more) and
+measure that plan: evaluate without recovery -> recover with the *same budget* as the baseline (the
+baseline is fine-tuned with it too) -> evaluate again. Identical plans (methods that agree, coupled stacks)
+are measured once. Every measurement is one row of the store (see `store.py`): a killed sweep reruns and
+skips finished rows; `--shard=i/n` runs every n-th measurement so that n processes or cluster jobs can
+share one store.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlaprune.adapters import layout as find_layout
+from vlaprune.adapters.anatomy import anatomy
+from vlaprune.adapters.load import load_model
+from vlaprune.configs import PolicyConfig
+from vlaprune.errors import VlapruneError
+from vlaprune.evaluate.run import EnvConfig
+from vlaprune.experiments.store import Store, row_id
+from vlaprune.scoring.calibration import DatasetConfig
+
+RECORD_KEYS = ("success_rate", "successes", "episodes", "ci95")
+
+
+@dataclass
+class SweepConfig:
+    # Components to cut (stack names or components), comma-separated.
+    components: str = "vision,language,action"
+    # How many blocks: fractions of the stack ("0.25,0.5") and/or "all-but-N".
+    levels: str = "0.25,0.5,0.75,all-but-2"
+    # Ranking methods (vlaprune.scoring.METHODS keys).
+    methods: str = "gateprobe,block_influence"
+    seeds: str = "0"
+
+
+@dataclass
+class BudgetConfig:
+    """The recovery budget every variant (and the baseline) gets."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float | None = None
+    trainable: str = "preset"
+    image_shift: int = 0
+
+
+@dataclass
+class DTRConfig:
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    recover: BudgetConfig = field(default_factory=BudgetConfig)
+    # Closed-loop episodes per task per measurement, parallel simulator processes, first seed.
+    eval_episodes: int = 10
+    n_envs: int = 1
+    eval_seed: int = 100_000
+    # Probes (language and vision sensitivity) on the baseline, with this many episodes per task.
+    probe_episodes: int = 5
+    # Held-out fraction of the dataset's episodes for the offline loss.
+    holdout: float = 0.2
+    calib_batches: int = 4
+    calib_batch_size: int = 8
+    output_dir: str = "runs/dtr"
+    # "i/n": run only every n-th measurement (fan-out over processes / Slurm array jobs).
+    shard: str = ""
+
+    def __post_init__(self) -> None:
+        from vlaprune.scoring import METHODS
+
+        for m in _split(self.sweep.methods):
+            if m not in METHODS:
+                raise VlapruneError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        if self.recover.steps < 1:
+            raise VlapruneError("--recover.steps must be >= 1 (the same budget for every variant)")
+        if self.shard and not _parse_shard(self.shard):
+            raise VlapruneError(f"--shard={self.shard!r}: expected i/n with 0 <= i < n")
+
+
+def _split(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _parse_shard(text: str) -> tuple[int, int] | None:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        return None
+    return (i, n) if 0 <= i < n else None
+
+
+def level_count(level: str, n: int) -> int:
+    """Blocks to remove for a level: a fraction of n (at least 1) or "all-but-K"."""
+    if level.startswith("all-but-"):
+        return n - int(level.removeprefix("all-but-"))
+    k = round(float(level) * n)
+    return max(1, k) if float(level) > 0 else 0
+
+
+def plan_for(lay, component: str, scores: list[float], k: int) -> dict[str, list[int]] | None:
+    """Drop k blocks of `component`, the least important by `scores`, under the coupling rules.
+
+    Among the valid k-block plans (partners added by coupling; enumerated when there are at most 20000)
+    the one with the lowest total score wins; otherwise the k lowest-scoring blocks, made valid by the
+    nearest valid plan (supersets first). None when no valid plan exists."""
+    import itertools
+    import math
+
+    from vlaprune.surgery.plan import coupling_errors, expand_couplings, nearest_valid
+
+    n = len(scores)
+
+    def valid(drops: dict[str, list[int]]) -> bool:
+        return not coupling_errors(lay, drops) and all(len(v) < len(lay.stacks[s]) for s, v in drops.items())
+
+    if math.comb(n, k) <= 20_000:
+        best = None
+        for combo in itertools.combinations(range(n), k):
+            drops = expand_couplings(lay, {component: list(combo)})
+            if len(drops.get(component, [])) == k and valid(drops):
+                cost = sum(scores[i] for i in combo)
+                if best is None or cost < best[0]:
+                    best = (cost, drops)
+        if best is not None:
+            return best[1]
+    order = sorted(range(n), key=lambda i: (scores[i], i))
+    request = {component: sorted(order[:k])}
+    drops = expand_couplings(lay, request)
+    if valid(drops):
+        return drops
+    near = nearest_valid(lay, request)
+    return near[0] if near else None
+
+
+def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
+    """Run (or resume) the sweep; returns counts. `measure` is injectable for tests."""
+    from rich.console import Console
+
+    console = Console(width=max(Console().width, 100))
+    store = Store(cfg.output_dir)
+    spec = asdict(cfg)
+    spec.pop("output_dir"), spec.pop("shard")
+    chash = row_id(spec)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.output_dir) / "dtr_config.json").write_text(
+        json.dumps(asdict(cfg), indent=2, default=str) + "\n"
+    )
+    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code)
+    lay = find_layout(model)
+    cfg = with_splits(cfg, model)
+    comps = [c for c in _split(cfg.sweep.components)]
+    for c in comps:
+        if c not in lay.stacks:
+            raise VlapruneError(f"unknown component {c!r}; this policy has {', '.join(lay.stacks)}")
+    rid = row_id({"kind": "anatomy", "policy": cfg.policy.path})
+    if not store.has(rid):
+        store.put(
+            rid, {"kind": "anatomy", "spec": {"policy": cfg.policy.path}, "anatomy": anatomy(lay)}, chash
+        )
+    measure = measure or _measure
+    todo: list[tuple[str, dict, dict]] = []  # (row id, measurement spec, plan rows pointing at it)
+    plans: list[tuple[str, dict]] = []
+    for seed in (int(s) for s in _split(cfg.sweep.seeds)):
+        scores = {m: _scores(store, cfg, chash, model, comps, m, seed) for m in _split(cfg.sweep.methods)}
+        base_spec = {"drops": {}, "seed": seed, "budget": asdict(cfg.recover), "policy": cfg.policy.path}
+        todo.append((row_id(base_spec), base_spec, {}))
+        for c in comps:
+            n = len(lay.stacks[c])
+            for level in _split(cfg.sweep.levels):
+                k = level_count(level, n)
+                if not 0 < k < n:
+                    continue
+                for m, sc in scores.items():
+                    drops = plan_for(lay, c, sc[c], k)
+                    if drops is None:
+                        continue
+                    mspec = {
+                        "drops": drops,
+                        "seed": seed,
+                        "budget": asdict(cfg.recover),
+                        "policy": cfg.policy.path,
+                    }
+                    prow = {
+                        "kind": "plan",
+                        "spec": {"component": c, "level": level, "method": m, "seed": seed},
+                        "requested_blocks": k,
+                        "drops": drops,
+                        "measurement": row_id(mspec),
+                    }
+                    plans.append((row_id(prow["spec"] | {"policy": cfg.policy.path}), prow))
+                    if all(t[0] != prow["measurement"] for t in todo):
+                        todo.append((prow["measurement"], mspec, prow))
+    for pid, prow in plans:
+        if not store.has(pid):
+            store.put(pid, prow, chash, prow["spec"]["seed"])
+    shard = _parse_shard(cfg.shard) if cfg.shard else (0, 1)
+    mine = [t for i, t in enumerate(todo) if i % shard[1] == shard[0]]
+    done = sum(store.has(t[0]) for t in mine)
+    console.print(f"DTR: {len(todo)} measurements ({len(mine)} in this shard, {done} already in the store)")
+    for i, (mid, mspec, _) in enumerate(mine):
+        if store.has(mid):
+            continue
+        t0 = time.perf_counter()
+        what = mspec["drops"] or "none (baseline)"
+        console.print(f"({i + 1}/{len(mine)}) measuring drops={what} seed={mspec['seed']}", markup=False)
+        result = measure(cfg, mspec, Path(cfg.output_dir) / "work" / mid, baseline=not mspec["drops"])
+        store.put(
+            mid,
+            {"kind": "measure", "spec": mspec, **result, "seconds": time.perf_counter() - t0},
+            chash,
+            mspec["seed"],
+        )
+    return {"measurements": len(todo), "this_shard": len(mine), "rows": len(store.rows())}
+
+
+def with_splits(cfg: DTRConfig, model) -> DTRConfig:
+    """`cfg` with `dataset.episodes` = the training episodes (calibration, recovery) and the held-out ones
+    (offline loss) remembered in `heldout` (the last `holdout` fraction of every task's episodes)."""
+    import dataclasses
+
+    from vlaprune.evaluate.offline import split_episodes
+
+    if cfg.holdout <= 0 or cfg.dataset.episodes is not None:
+        return cfg
+    train, held = split_episodes(cfg.dataset, model, cfg.holdout)
+    out = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, episodes=train))
+    out.heldout = dataclasses.replace(cfg.dataset, episodes=held)
+    return out
+
+
+def _scores(
+    store: Store, cfg: DTRConfig, chash: str, model, comps: list[str], method: str, seed: int
+) -> dict:
+    from vlaprune.scoring import METHODS, Probe
+    from vlaprune.scoring.calibration import calibration_batches, policy_loss
+
+    spec = {
+        "kind": "scores",
+        "method": method,
+        "seed": seed,
+        "components": comps,
+        "policy": cfg.policy.path,
+        "batches": cfg.calib_batches,
+    }
+    rid = row_id(spec)
+    if store.has(rid):
+        return store.get(rid)["scores"]
+    path = cfg.policy.path if Path(cfg.policy.path).is_dir() else None
+    batches = calibration_batches(model, cfg.dataset, cfg.calib_batches, cfg.calib_batch_size, seed, path)
+    probe = Probe(find_layout(model), comps, batches, policy_loss(model, seed), seed)
+    t0 = time.perf_counter()
+    result = METHODS[method](probe)
+    store.put(
+        rid,
+        {
+            "kind": "scores",
+            "spec": spec,
+            "scores": result.blocks,
+            "seconds": time.perf_counter() - t0,
+            "loss": probe.mean_loss(),
+        },
+        chash,
+        seed,
+    )
+    return result.blocks
+
+
+def evaluate_policy(policy_path: str, cfg: DTRConfig, probes: bool = False) -> dict[str, Any]:
+    """Offline loss on held-out episodes and closed-loop success per task (with CIs) of a checkpoint."""
+    from vlaprune.evaluate.offline import offline_eval
+    from vlaprune.evaluate.run import EvalConfig, EvalOptions, closed_loop
+    from vlaprune.scoring.calibration import load_dataset, pre_post
+
+    policy = load_model(policy_path)
+    out: dict[str, Any] = {}
+    ds = getattr(cfg, "heldout", None) or cfg.dataset
+    out["offline"] = offline_eval(policy, ds, batch_size=cfg.calib_batch_size, policy_path=policy_path)
+    if cfg.env.type:
+        saved = (Path(policy_path) / "policy_preprocessor.json").is_file()
+        pre, post = pre_post(policy, None if saved else load_dataset(policy, cfg.dataset), policy_path)
+        ecfg = EvalConfig(
+            env=cfg.env, eval=EvalOptions(n_episodes=cfg.eval_episodes, n_envs=cfg.n_envs, seed=cfg.eval_seed)
+        )
+        res = closed_loop(policy, pre, post, ecfg)["normal"]
+        out["success"] = res["mean_success"]
+        out["tasks"] = {t: {k: v[k] for k in RECORD_KEYS} for t, v in res["tasks"].items()}
+        if probes:
+            pcfg = EvalConfig(
+                env=cfg.env,
+                eval=EvalOptions(
+                    n_episodes=cfg.probe_episodes,
+                    n_envs=cfg.n_envs,
+                    seed=cfg.eval_seed,
+                    language_probe=True,
+                    vision_probe=True,
+                ),
+            )
+            pres = closed_loop(policy, pre, post, pcfg)
+            out["probes"] = {
+                c: {
+                    "mean_success": r["mean_success"],
+                    "change_vs_normal": r["change_vs_normal"],
+                    "tasks": {t: {k: v[k] for k in RECORD_KEYS} for t, v in r["tasks"].items()},
+                }
+                for c, r in pres.items()
+            }
+    return out
+
+
+def _measure(cfg: DTRConfig, mspec: dict, work: Path, baseline: bool) -> dict[str, Any]:
+    """Cut -> evaluate -> recover (same budget) -> evaluate; cost of the cut model."""
+    import shutil
+
+    from vlaprune.evaluate.report_cost import cost
+    from vlaprune.recover.train import RecoverConfig
+    from vlaprune.recover.train import run as recover
+    from vlaprune.surgery import drop_blocks, save_pruned
+    from vlaprune.surgery.checkpoint import remember_base
+
+    work.mkdir(parents=True, exist_ok=True)
+    model = load_model(cfg.policy.path)
+    remember_base(model, source=cfg.policy.path)
+    plan = drop_blocks(model, mspec["drops"]) if mspec["drops"] else None
+    cut = work / "cut"
+    if not cut.exists():
+        src = cfg.policy.path if Path(cfg.policy.path).is_dir() else None
+        save_pruned(model, plan, cut, processors_from=src)
+    c = cost(find_layout(model), n_calls=5, warmup=1)
+    before = evaluate_policy(str(cut), cfg, probes=baseline)
+    b = cfg.recover
+    rec_dir = work / "recover"
+    if (rec_dir / "final").exists():
+        shutil.rmtree(rec_dir)  # a finished-but-unrecorded recovery: redo it cleanly
+    summary = recover(
+        RecoverConfig(
+            policy=PolicyConfig(path=str(cut)),
+            dataset=cfg.dataset,
+            output_dir=str(rec_dir),
+            steps=b.steps,
+            batch_size=b.batch_size,
+            lr=b.lr,
+            trainable=b.trainable,
+            image_shift=b.image_shift,
+            seed=mspec["seed"],
+            resume=rec_dir.exists(),
+            save_every=max(1, b.steps // 4),
+            log_every=max(1, b.steps // 10),
+        )
+    )
+    after = evaluate_policy(str(rec_dir / "final"), cfg)
+    removed = {s: len(v) for s, v in mspec["drops"].items()}
+    return {
+        "blocks_removed": removed,
+        "plan": plan.to_dict() if plan else None,
+        "cost": {
+            "params": c["params"],
+            "flops_chunk": c["flops_chunk"],
+            "latency_ms": c["latency"]["median_ms"] if c["latency"] else None,
+        },
+        "before": before,
+        "after": after,
+        "recovery": summary,
+    }

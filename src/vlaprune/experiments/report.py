@@ -1,0 +1,320 @@
+"""`vlaprune report RUN_DIR`: a self-contained HTML page (and Markdown) built from the results store alone.
+
+Sections: verdict; anatomy; GateProbe scores per block (heatmap by component); success (Wilson 95% CI)
+and offline loss against blocks removed, before and after recovery, one curve per component and method
+(the asymmetry figure); Pareto plots of success against latency and parameters; language- and
+vision-sensitivity tables of the baseline. Figures are PNGs embedded in the HTML (base64) and written
+next to the Markdown.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from vlaprune.atomic import write_text_atomic
+from vlaprune.errors import VlapruneError
+from vlaprune.experiments.store import Store
+
+TOLERANCE = 0.05  # "keeps success": within 5 points of the recovered baseline
+
+
+def _fig_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def load(store: Store) -> dict[str, Any]:
+    rows = store.rows()
+    if not rows:
+        raise VlapruneError(
+            f"{store.root} has no results rows; run `vlaprune dtr` (or `vlaprune demo`) first"
+        )
+    by_kind: dict[str, list] = defaultdict(list)
+    for r in rows:
+        by_kind[r["kind"]].append(r)
+    measures = {r["id"]: r for r in by_kind["measure"]}
+    base = [r for r in measures.values() if not r["spec"]["drops"]]
+    if not base:
+        raise VlapruneError(
+            f"{store.root}: the baseline measurement is missing; rerun the sweep to finish it"
+        )
+    return {
+        "anatomy": by_kind["anatomy"][0]["anatomy"] if by_kind["anatomy"] else None,
+        "scores": by_kind["scores"],
+        "plans": by_kind["plan"],
+        "measures": measures,
+        "baseline": base[0],
+    }
+
+
+def curves(data: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """(component, method) -> points sorted by blocks removed: before/after success and loss."""
+    base = data["baseline"]
+    out: dict[tuple[str, str], list] = defaultdict(list)
+    for p in data["plans"]:
+        m = data["measures"].get(p["measurement"])
+        if m is None:
+            continue
+        c, method = p["spec"]["component"], p["spec"]["method"]
+        out[(c, method)].append(
+            {"removed": len(p["drops"].get(c, [])), "level": p["spec"]["level"], "drops": p["drops"], "m": m}
+        )
+    for key in out:
+        out[key] = [{"removed": 0, "level": "0", "drops": {}, "m": base}] + sorted(
+            out[key], key=lambda x: x["removed"]
+        )
+    return out
+
+
+def verdict(data: dict[str, Any]) -> list[str]:
+    """Plain-language findings: per component, the most blocks removed that keep recovered success."""
+    base = data["baseline"]
+    b_after = base["after"].get("success")
+    lines = []
+    if b_after is None or b_after < 0.2:
+        why = (
+            "no closed-loop evaluation in this run"
+            if b_after is None
+            else (f"the recovered baseline itself succeeds in only {b_after:.0%} of episodes")
+        )
+        return [
+            f"No verdict on success: {why}. Compare the offline losses below; train or recover longer "
+            "for a closed-loop answer."
+        ]
+    per_comp: dict[str, tuple[int, dict]] = {}
+    for (c, _), pts in curves(data).items():
+        for p in pts[1:]:
+            ok = p["m"]["after"].get("success", 0) >= b_after - TOLERANCE
+            if ok and p["removed"] > per_comp.get(c, (0, {}))[0]:
+                per_comp[c] = (p["removed"], p["m"])
+    n_blocks = {s["name"]: s["blocks"] for s in (data["anatomy"] or {}).get("stacks", [])}
+    for c in sorted({c for c, _ in curves(data)}):
+        if c in per_comp:
+            k, m = per_comp[c]
+            speed = (
+                base["cost"]["latency_ms"] / m["cost"]["latency_ms"]
+                if m["cost"]["latency_ms"]
+                else float("nan")
+            )
+            lines.append(
+                f"{c}: {k} of {n_blocks.get(c, '?')} blocks can go and recovery brings success back to "
+                f"{m['after']['success']:.0%} (recovered baseline {b_after:.0%}, before recovery "
+                f"{m['before'].get('success', float('nan')):.0%}); {speed:.2f}x faster select_action, "
+                f"{1 - m['cost']['params'] / base['cost']['params']:.0%} fewer parameters."
+            )
+        else:
+            lines.append(
+                f"{c}: no tested cut kept success within {TOLERANCE:.0%} of the recovered baseline "
+                f"({b_after:.0%}) — this component is needed at this budget."
+            )
+    frac = {c: per_comp[c][0] / n_blocks[c] for c in per_comp if n_blocks.get(c)}
+    if frac:
+        most = max(frac, key=frac.get)
+        lines.insert(
+            0,
+            f"Most redundant: {most} ({frac[most]:.0%} of its blocks removable at this budget). "
+            "Tested on this run's tasks, seeds and budget only; intervals below say how sure.",
+        )
+    else:
+        lines.insert(0, "No component tolerated a cut at this budget.")
+    return lines
+
+
+def figures(data: dict[str, Any]) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs: dict[str, bytes] = {}
+    gp = [r for r in data["scores"] if r["spec"]["method"] == "gateprobe"]
+    if gp:
+        sc = gp[0]["scores"]
+        fig, axes = plt.subplots(len(sc), 1, figsize=(7, 1.1 * len(sc) + 0.8), squeeze=False)
+        for ax, (name, vals) in zip(axes[:, 0], sc.items()):
+            im = ax.imshow([vals], aspect="auto", cmap="magma")
+            ax.set_yticks([0], [name])
+            ax.set_xticks(range(len(vals)))
+            fig.colorbar(im, ax=ax, pad=0.01)
+        axes[-1, 0].set_xlabel("block")
+        fig.suptitle("GateProbe score per block (first-order loss increase if removed)")
+        figs["gateprobe"] = _fig_png(fig)
+    cv = curves(data)
+    for metric, label in (("success", "closed-loop success"), ("loss", "offline loss (held-out)")):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+        for ax, phase in zip(axes, ("before", "after")):
+            for (c, method), pts in sorted(cv.items()):
+                xs = [p["removed"] for p in pts]
+                if metric == "success":
+                    ys = [p["m"][phase].get("success", float("nan")) for p in pts]
+                    cis = [_ci(p["m"][phase]) for p in pts]
+                    err = [
+                        [max(0.0, y - lo) for y, (lo, _) in zip(ys, cis)],
+                        [max(0.0, hi - y) for y, (_, hi) in zip(ys, cis)],
+                    ]
+                    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{c} / {method}")
+                    ax.set_ylim(-0.02, 1.02)
+                else:
+                    ys = [p["m"][phase]["offline"]["loss"] for p in pts]
+                    ax.plot(xs, ys, marker="o", label=f"{c} / {method}")
+            ax.set_title(f"{phase} recovery")
+            ax.set_xlabel("blocks removed")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel(label)
+        axes[1].legend(fontsize=8)
+        figs[f"asymmetry_{metric}"] = _fig_png(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for m in data["measures"].values():
+        y = m["after"].get("success", float("nan"))
+        label = ", ".join(f"{s}-{n}" for s, n in m["blocks_removed"].items()) or "baseline"
+        for ax, x in zip(axes, (m["cost"]["latency_ms"], m["cost"]["params"] / 1e6)):
+            ax.scatter([x], [y])
+            ax.annotate(label, (x, y), fontsize=7)
+    axes[0].set_xlabel("select_action latency (ms)")
+    axes[1].set_xlabel("parameters (M)")
+    axes[0].set_ylabel("success after recovery")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    figs["pareto"] = _fig_png(fig)
+    return figs
+
+
+def _ci(ev: dict[str, Any]) -> tuple[float, float]:
+    """Wilson 95% interval of the success rate pooled over all episodes of all tasks."""
+    from vlaprune.evaluate.closed_loop import wilson
+
+    tasks = ev.get("tasks") or {}
+    k = sum(t["successes"] for t in tasks.values())
+    n = sum(t["episodes"] for t in tasks.values())
+    return wilson(k, n) if n else (float("nan"), float("nan"))
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> tuple[str, str]:
+    md = "| " + " | ".join(headers) + " |\n|" + "---|" * len(headers) + "\n"
+    md += "".join("| " + " | ".join(str(c) for c in r) + " |\n" for r in rows)
+    h = "<table><tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in headers) + "</tr>"
+    h += (
+        "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+        + "</table>"
+    )
+    return h, md
+
+
+def build(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write report.html (self-contained) and report.md (+ PNGs) into `run_dir`."""
+    run_dir = Path(run_dir)
+    data = load(Store(run_dir))
+    figs = figures(data)
+    sections: list[tuple[str, str, str]] = []  # (title, html, markdown)
+    v = verdict(data)
+    sections.append(
+        (
+            "Verdict",
+            "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in v) + "</ul>",
+            "\n".join(f"- {x}" for x in v),
+        )
+    )
+    if data["anatomy"]:
+        a = data["anatomy"]
+        rows = [
+            [
+                s["name"],
+                s["blocks"],
+                f"{s['params']:,}",
+                f"{s['params_pct']:.1f}",
+                "-" if s["flops_pct"] is None else f"{s['flops_pct']:.1f}",
+                s["coupling"],
+            ]
+            for s in a["stacks"]
+        ]
+        h, md = _table(["stack", "blocks", "params", "% params", "% FLOPs", "coupling"], rows)
+        sections.append(("Anatomy", h, md))
+    base = data["baseline"]
+    rows = []
+    for m in sorted(data["measures"].values(), key=lambda m: sum(m["blocks_removed"].values())):
+        cut = ", ".join(f"{s} {n}" for s, n in m["blocks_removed"].items()) or "none (baseline)"
+        rows.append(
+            [
+                cut,
+                _pct(m["before"]),
+                _pct(m["after"]),
+                f"{m['before']['offline']['loss']:.4f}",
+                f"{m['after']['offline']['loss']:.4f}",
+                f"{m['cost']['latency_ms']:.1f}",
+                f"{m['cost']['params']:,}",
+            ]
+        )
+    h, md = _table(
+        [
+            "blocks removed",
+            "success before recovery",
+            "success after recovery",
+            "loss before",
+            "loss after",
+            "latency ms",
+            "params",
+        ],
+        rows,
+    )
+    sections.append(("Measurements (same recovery budget for every row)", h, md))
+    probes = base["before"].get("probes")
+    if probes:
+        rows = [[c, f"{r['mean_success']:.0%}", f"{r['change_vs_normal']:+.0%}"] for c, r in probes.items()]
+        h, md = _table(["condition (baseline policy)", "mean success", "change vs normal"], rows)
+        sections.append(("Language and vision sensitivity", h, md))
+    order = ["gateprobe", "asymmetry_success", "asymmetry_loss", "pareto"]
+    titles = {
+        "gateprobe": "GateProbe scores per block",
+        "asymmetry_success": "Success vs blocks removed",
+        "asymmetry_loss": "Offline loss vs blocks removed",
+        "pareto": "Success vs latency and parameters",
+    }
+    for name in order:
+        if name in figs:
+            (run_dir / f"report_{name}.png").write_bytes(figs[name])
+            b64 = base64.b64encode(figs[name]).decode()
+            sections.append(
+                (
+                    titles[name],
+                    f'<img alt="{name}" src="data:image/png;base64,{b64}">',
+                    f"![{name}](report_{name}.png)",
+                )
+            )
+    how = (
+        "How to read it: each row is one cut, fine-tuned afterwards with the same budget as the baseline. "
+        "Success is the mean over tasks of closed-loop episodes (error bars: Wilson 95% interval over all "
+        "episodes). A component is redundant when its curve after recovery stays at the baseline."
+    )
+    body = "".join(f"<h2>{html.escape(t)}</h2>{h}" for t, h, _ in sections)
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>vlaprune DTR report</title><style>"
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "th{background:#f3f3f3}img{max-width:100%}</style></head><body>"
+        f"<h1>Drop-Then-Recovery report</h1><p>{html.escape(how)}</p>{body}</body></html>"
+    )
+    md = (
+        "# Drop-Then-Recovery report\n\n"
+        + how
+        + "\n\n"
+        + "\n\n".join(f"## {t}\n\n{m}" for t, _, m in sections)
+    )
+    return write_text_atomic(run_dir / "report.html", page), write_text_atomic(
+        run_dir / "report.md", md + "\n"
+    )
+
+
+def _pct(ev: dict[str, Any]) -> str:
+    if "success" not in ev:
+        return "-"
+    lo, hi = _ci(ev)
+    return f"{ev['success']:.0%} [{lo:.0%}, {hi:.0%}]"

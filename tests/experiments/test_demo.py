@@ -1,0 +1,50 @@
+"""The demo on its shipped assets: a minimal sweep (one method, tiny budget) runs and writes the report."""
+
+import json
+
+import pytest
+
+from vlaprune.cli import main
+from vlaprune.experiments import assets
+
+
+def test_assets_ship_with_the_package():
+    assert assets.available(), "src/vlaprune/assets/metaworld4 is missing: run scripts/build_demo_assets.py"
+    record = json.loads((assets.ASSETS / "eval.json").read_text())
+    assert record["episodes_per_task"] >= 30
+    assert set(record["normal"]["tasks"]) == set(assets.TASKS)
+    size = sum(f.stat().st_size for f in assets.ASSETS.rglob("*") if f.is_file())
+    assert size < 50 * 2**20  # tens of MB at most
+
+
+def test_demo_minimal_run(tmp_path):
+    out = tmp_path / "demo"
+    args = [
+        "demo",
+        f"--output_dir={out}",
+        "--eval_episodes=1",
+        "--probe_episodes=1",
+        "--recover_steps=2",
+        "--methods=position_last",
+        "--n_envs=1",
+    ]
+    assert main(args) == 0
+    page = (out / "report.html").read_text()
+    assert "Verdict" in page and "Success vs blocks removed" in page
+    measures = [json.loads(f.read_text()) for f in (out / "rows").glob("*.json")]
+    assert sum(m["kind"] == "measure" for m in measures) >= 3  # baseline, vision, language(+action)
+
+
+def test_report_of_an_empty_run_is_refused(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "has no results rows" in capsys.readouterr().err
+    assert main(["report"]) == 2
+
+
+@pytest.mark.slow
+def test_full_demo_within_ten_minutes(tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    assert main(["demo", f"--output_dir={tmp_path / 'demo'}"]) == 0
+    assert time.perf_counter() - t0 < 600
