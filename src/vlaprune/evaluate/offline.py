@@ -2,7 +2,8 @@
 
 Action error compares `predict_action_chunk` (normalized action space, noise seeded per batch) with the
 recorded normalized action chunk, over the steps that are not padding: L1 and MSE per action dimension and
-overall. Batches are read in order (no shuffling) and noise is seeded per batch, so numbers reproduce.
+overall. Batches are read in order (or, with `max_batches`, as a seeded random subset) and noise is seeded
+per batch, so numbers reproduce.
 """
 
 from __future__ import annotations
@@ -53,7 +54,17 @@ def offline_eval(
 ) -> dict[str, Any]:
     dataset = load_dataset(policy, cfg)
     pre = processors(policy, dataset, policy_path)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    # all frames in order; or, with max_batches, a seeded random subset (reproducible, spans all episodes)
+    sampler = (
+        None
+        if not max_batches
+        else torch.utils.data.RandomSampler(
+            dataset,
+            num_samples=min(len(dataset), max_batches * batch_size),
+            generator=torch.Generator().manual_seed(seed),
+        )
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler)
     loss_fn = policy_loss(policy, seed)
     losses, abs_err, sq_err, counts, frames = [], None, None, 0, 0
     for i, raw in enumerate(loader):

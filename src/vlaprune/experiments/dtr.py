@@ -70,6 +70,8 @@ class DTRConfig:
     holdout: float = 0.2
     calib_batches: int = 4
     calib_batch_size: int = 8
+    # Offline loss on at most this many held-out batches (a seeded random subset; 0 = every frame).
+    offline_batches: int = 0
     output_dir: str = "runs/dtr"
     # "i/n": run only every n-th measurement (fan-out over processes / Slurm array jobs).
     shard: str = ""
@@ -283,7 +285,9 @@ def evaluate_policy(policy_path: str, cfg: DTRConfig, probes: bool = False) -> d
     policy = load_model(policy_path)
     out: dict[str, Any] = {}
     ds = getattr(cfg, "heldout", None) or cfg.dataset
-    out["offline"] = offline_eval(policy, ds, batch_size=cfg.calib_batch_size, policy_path=policy_path)
+    out["offline"] = offline_eval(
+        policy, ds, batch_size=cfg.calib_batch_size, max_batches=cfg.offline_batches, policy_path=policy_path
+    )
     if cfg.env.type:
         saved = (Path(policy_path) / "policy_preprocessor.json").is_file()
         pre, post = pre_post(policy, None if saved else load_dataset(policy, cfg.dataset), policy_path)
