@@ -120,9 +120,3 @@ def test_console_script_no_traceback(tmp_path):
     )
     unknown = subprocess.run([exe, "frobnicate"], capture_output=True, text=True, env=env)
     assert unknown.returncode == 2 and "unknown command" in unknown.stderr
-
-
-def test_demo_writes_anatomy(tmp_path):
-    assert main(["demo", f"--output_dir={tmp_path / 'demo'}"]) == 0
-    anat = json.loads((tmp_path / "demo" / "anatomy.json").read_text())
-    assert anat["family"] == "smolvla" and anat["total_flops"] > 0

@@ -338,7 +338,7 @@ def _measure(cfg: DTRConfig, mspec: dict, work: Path, baseline: bool) -> dict[st
     if not cut.exists():
         src = cfg.policy.path if Path(cfg.policy.path).is_dir() else None
         save_pruned(model, plan, cut, processors_from=src)
-    c = cost(find_layout(model), n_calls=5, warmup=1)
+    c = cost(find_layout(model), n_calls=15, warmup=3)
     before = evaluate_policy(str(cut), cfg, probes=baseline)
     b = cfg.recover
     rec_dir = work / "recover"

@@ -100,16 +100,13 @@ def verdict(data: dict[str, Any]) -> list[str]:
     for c in sorted({c for c, _ in curves(data)}):
         if c in per_comp:
             k, m = per_comp[c]
-            speed = (
-                base["cost"]["latency_ms"] / m["cost"]["latency_ms"]
-                if m["cost"]["latency_ms"]
-                else float("nan")
-            )
+            flops = 1 - m["cost"]["flops_chunk"] / base["cost"]["flops_chunk"]
             lines.append(
                 f"{c}: {k} of {n_blocks.get(c, '?')} blocks can go and recovery brings success back to "
                 f"{m['after']['success']:.0%} (recovered baseline {b_after:.0%}, before recovery "
-                f"{m['before'].get('success', float('nan')):.0%}); {speed:.2f}x faster select_action, "
-                f"{1 - m['cost']['params'] / base['cost']['params']:.0%} fewer parameters."
+                f"{m['before'].get('success', float('nan')):.0%}); {flops:.0%} fewer FLOPs per action chunk, "
+                f"{1 - m['cost']['params'] / base['cost']['params']:.0%} fewer parameters, select_action "
+                f"{m['cost']['latency_ms']:.1f} ms vs {base['cost']['latency_ms']:.1f} ms."
             )
         else:
             lines.append(
@@ -241,7 +238,7 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
     base = data["baseline"]
     rows = []
     for m in sorted(data["measures"].values(), key=lambda m: sum(m["blocks_removed"].values())):
-        cut = ", ".join(f"{s} {n}" for s, n in m["blocks_removed"].items()) or "none (baseline)"
+        cut = "; ".join(f"{s} {v}" for s, v in m["spec"]["drops"].items() if v) or "none (baseline)"
         rows.append(
             [
                 cut,
@@ -251,6 +248,7 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
                 f"{m['after']['offline']['loss']:.4f}",
                 f"{m['cost']['latency_ms']:.1f}",
                 f"{m['cost']['params']:,}",
+                f"{m['cost']['flops_chunk'] / 1e6:.1f} M",
             ]
         )
     h, md = _table(
@@ -262,6 +260,7 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
             "loss after",
             "latency ms",
             "params",
+            "FLOPs / chunk",
         ],
         rows,
     )
