@@ -2,11 +2,11 @@
 
 A lerobot SmolVLA trained on four MetaWorld tasks (shipped with the package, built by
 scripts/build_demo_assets.py) goes through a reduced Drop-Then-Recovery sweep: GateProbe and a baseline
-ranking, vision / language / action, half of each stack removed, a short recovery with the same budget for
-every variant (and for the unpruned baseline), closed-loop success with Wilson intervals before and after,
-language- and vision-sensitivity probes on the baseline; then the HTML / Markdown report. Every number in
-the report is measured in this run. Rerunning resumes (finished rows are skipped); delete the output
-folder to measure again.
+ranking; vision / language / action; half of each stack, and all but one block, removed; a short recovery
+with the same budget for every variant and for the unpruned baseline; closed-loop success with Wilson
+intervals before and after; language- and vision-sensitivity probes on the baseline; then the HTML /
+Markdown report. Every number in the report is measured in this run. Rerunning resumes (finished rows are
+skipped); delete the output folder to measure again.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ class DemoConfig:
     # Where the demo writes its results store and report.
     output_dir: str = "vlaprune-demo"
     # Closed-loop episodes per task per measurement, and for each probe condition.
-    eval_episodes: int = 4
+    eval_episodes: int = 3
     probe_episodes: int = 2
     # Recovery budget (optimizer steps at batch 16), the same for every variant and the baseline.
     recover_steps: int = 60
     methods: str = "gateprobe,position_last"
-    levels: str = "0.5"
+    levels: str = "0.5,all-but-1"
     n_envs: int = 2
 
 
