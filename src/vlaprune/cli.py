@@ -15,73 +15,28 @@ from typing import Any
 from vlaprune.errors import VlapruneError
 
 
-def _inspect(args: list[str]) -> Any:
-    import draccus
+def _stage(
+    module: str, config: str, rewrite: Callable[[str], str] | None = None
+) -> Callable[[list[str]], Any]:
+    """A subcommand: parse `config` (a dataclass in `module`) from the flags with draccus, call `module.run`.
+    Imports happen on use, so `vlaprune --help` stays fast."""
 
-    from vlaprune.adapters import anatomy
-    from vlaprune.configs import InspectConfig
+    def command(args: list[str]) -> Any:
+        import importlib
 
-    return anatomy.run(draccus.parse(InspectConfig, args=args))
+        import draccus
 
+        mod = importlib.import_module(module)
+        if rewrite:
+            args = [rewrite(a) for a in args]
+        return mod.run(draccus.parse(getattr(mod, config), args=args))
 
-def _score(args: list[str]) -> Any:
-    import draccus
-
-    from vlaprune.scoring import score
-
-    return score.run(draccus.parse(score.ScoreConfig, args=args))
-
-
-def _drop(args: list[str]) -> Any:
-    import draccus
-
-    from vlaprune.surgery import drop
-
-    # `from` is a Python keyword: --drop.from=scores.json is the DropSpec field `scores`
-    args = [
-        a.replace("--drop.from=", "--drop.scores=", 1) if a.startswith("--drop.from=") else a for a in args
-    ]
-    return drop.run(draccus.parse(drop.DropConfig, args=args))
+    return command
 
 
-def _recover(args: list[str]) -> Any:
-    import draccus
-
-    from vlaprune.recover import train
-
-    return train.run(draccus.parse(train.RecoverConfig, args=args))
-
-
-def _eval(args: list[str]) -> Any:
-    import draccus
-
-    from vlaprune.evaluate import run
-
-    return run.run(draccus.parse(run.EvalConfig, args=args))
-
-
-def _diverge(args: list[str]) -> Any:
-    import draccus
-
-    from vlaprune.scoring import diverge
-
-    return diverge.run(draccus.parse(diverge.DivergeConfig, args=args))
-
-
-def _prune_units(args: list[str]) -> Any:
-    import draccus
-
-    from vlaprune.surgery import prune_units
-
-    return prune_units.run(draccus.parse(prune_units.PruneUnitsConfig, args=args))
-
-
-def _dtr(args: list[str]) -> Any:
-    import draccus
-
-    from vlaprune.experiments import dtr
-
-    return dtr.run(draccus.parse(dtr.DTRConfig, args=args))
+def _from_flag(arg: str) -> str:
+    """`from` is a Python keyword: --drop.from=scores.json is the DropSpec field `scores`."""
+    return arg.replace("--drop.from=", "--drop.scores=", 1) if arg.startswith("--drop.from=") else arg
 
 
 def _report(args: list[str]) -> Any:
@@ -94,11 +49,15 @@ def _report(args: list[str]) -> Any:
     return html
 
 
-def _demo(args: list[str]) -> Any:
-    from vlaprune.experiments import demo
-
-    return demo.run(demo.parse(args))
-
+_inspect = _stage("vlaprune.adapters.anatomy", "InspectConfig")
+_score = _stage("vlaprune.scoring.score", "ScoreConfig")
+_drop = _stage("vlaprune.surgery.drop", "DropConfig", rewrite=_from_flag)
+_recover = _stage("vlaprune.recover.train", "RecoverConfig")
+_eval = _stage("vlaprune.evaluate.run", "EvalConfig")
+_diverge = _stage("vlaprune.scoring.diverge", "DivergeConfig")
+_prune_units = _stage("vlaprune.surgery.prune_units", "PruneUnitsConfig")
+_dtr = _stage("vlaprune.experiments.dtr", "DTRConfig")
+_demo = _stage("vlaprune.experiments.demo", "DemoConfig")
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], Any], str]] = {
     "inspect": (_inspect, "print a policy's anatomy (stacks, params, FLOPs, coupling) and write it as JSON"),

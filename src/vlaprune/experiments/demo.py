@@ -33,12 +33,6 @@ class DemoConfig:
     n_envs: int = 2
 
 
-def parse(args: list[str]) -> DemoConfig:
-    import draccus
-
-    return draccus.parse(DemoConfig, args=args)
-
-
 def run(cfg: DemoConfig) -> dict[str, Any]:
     from rich.console import Console
 
