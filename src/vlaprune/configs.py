@@ -11,6 +11,9 @@ class PolicyConfig:
     path: str = "tiny:smolvla"
     # Allow transformers remote code (OpenVLA / Prismatic checkpoints ship their modeling code).
     trust_remote_code: bool = False
+    # Where the model runs: cpu, cuda, cuda:N, mps. Empty: where it loads (lerobot checkpoints: their
+    # config's device, or the best available one; built-in tiny models: cpu).
+    device: str = ""
 
 
 @dataclass

@@ -13,7 +13,8 @@ from vlaprune.errors import VlapruneError
 from vlaprune.scoring import Probe
 from vlaprune.scoring.units import unit_scores
 from vlaprune.surgery import load, save_pruned
-from vlaprune.surgery.prune_units import parse_ratios, prune_units, select
+from vlaprune.surgery.prune_units import prune_units
+from vlaprune.surgery.ratios import parse_ratios, select
 
 
 def scores_for(model, kinds, criterion="magnitude"):
@@ -139,10 +140,22 @@ def test_prune_units_cli(smolvla, tiny_dataset, tmp_path, capsys):
         f"--base={tmp_path / 'vla_copy.safetensors'}",
         "--map=identity",
         "--compare=magnitude,wanda,taylor,random",
+        "--env.type=metaworld",
+        "--env.task=reach-v3",
+        "--env.max_steps=3",
+        "--eval.n_episodes=2",
         f"--output_dir={out}",
     ]
     assert main(args) == 0
     report = json.loads((out / "prune.json").read_text())
+    # judged on the held-out episode (task A's last), scored on the others; every model ran 2 episodes
+    assert report["judged_on"]["held_out"] and report["judged_on"]["episodes"] == [2]
+    for r in [report["original"], *report["rows"]]:
+        assert r["success_tasks"]["reach-v3"]["episodes"] == 2
+        lo, hi = r["success_ci95"]
+        assert 0 <= lo <= r["success"] <= hi <= 1 and r["latency_ms"] > 0 and r["l1"] > 0
+    assert {r["loss_before"] for r in report["rows"]} == {report["original"]["loss"]}
+    assert len({r["loss"] for r in report["rows"]}) > 1  # the criteria prune different units
     assert [r["criterion"] for r in report["rows"]] == [
         "dw_prune_high",
         "magnitude",
@@ -176,6 +189,9 @@ def test_prune_units_cli(smolvla, tiny_dataset, tmp_path, capsys):
         (["--ratios=language.mlp=1.5"], "[0, 1)"),
         (["--ratios=language.mlp=0.3", "--budget=0.2"], "either --ratios"),
         (["--ratios=language.mlp=0.3", "--criterion=best"], "unknown criterion"),
+        (["--ratios=language.mlp=0.3", "--holdout=1"], "--holdout=1"),
+        (["--ratios=language.mlp=0.3", "--env.type=metaworld"], "--env.task is required"),
+        (["--ratios=language.mlp=0.3", "--env.type=metaworld", "--env.task=fly-v3"], "MetaWorld task"),
     ]:
         assert (
             main(

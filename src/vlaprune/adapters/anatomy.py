@@ -170,7 +170,7 @@ def run(cfg: InspectConfig) -> dict[str, Any]:
     """`vlaprune inspect`: load, find the stacks, measure, print the table and write the JSON."""
     from rich.console import Console
 
-    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code)
+    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code, cfg.policy.device)
     anat = anatomy(find_layout(model, cfg.stacks or None), flops=cfg.flops)
     anat["source"] = cfg.policy.path
     console = Console(width=max(Console().width, 110))

@@ -13,6 +13,7 @@ import json
 import re
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from vlaprune.errors import VlapruneError
@@ -25,8 +26,37 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
-def load_model(path: str, trust_remote_code: bool = False) -> nn.Module:
-    """The model behind `path`, in eval mode; raises VlapruneError with a one-line fix on bad input."""
+def load_model(path: str, trust_remote_code: bool = False, device: str = "") -> nn.Module:
+    """The model behind `path`, in eval mode, on `device` if given; raises VlapruneError with a one-line
+    fix on bad input."""
+    model = _load(path, trust_remote_code)
+    return place(model, device) if device else model
+
+
+def place(model: nn.Module, device: str) -> nn.Module:
+    """`model` moved to `device`; a lerobot policy's config.device follows, so its processors move every
+    batch there too."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise VlapruneError(
+            f"--policy.device={device!r} is not a device; use cpu, cuda, cuda:N or mps"
+        ) from None
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if dev.type == "cuda" and (dev.index or 0) >= n_cuda:
+        raise VlapruneError(
+            f"--policy.device={device}: torch sees {n_cuda or 'no'} CUDA device(s) here; "
+            + (f"use cuda:0..{n_cuda - 1} or cpu" if n_cuda else "use --policy.device=cpu")
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise VlapruneError(f"--policy.device={device}: MPS is not available here; use --policy.device=cpu")
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "input_features") and hasattr(config, "device"):
+        config.device = str(dev)
+    return model.to(dev)
+
+
+def _load(path: str, trust_remote_code: bool) -> nn.Module:
     if path.startswith("tiny:"):
         from vlaprune.tiny import TINY
 

@@ -17,10 +17,12 @@ from vlaprune.errors import VlapruneError
 from vlaprune.scoring.calibration import DatasetConfig, load_dataset, noise_seed, policy_loss, processors
 
 
-def split_episodes(cfg: DatasetConfig, policy: nn.Module, holdout: float) -> tuple[list[int], list[int]]:
+def split_episodes(
+    cfg: DatasetConfig, policy: nn.Module, holdout: float, flag: str = "--eval.holdout"
+) -> tuple[list[int], list[int]]:
     """(training episodes, held-out episodes): the last `holdout` fraction of each task's episodes."""
     if not 0 < holdout < 1:
-        raise VlapruneError(f"--eval.holdout={holdout}: must be in (0, 1)")
+        raise VlapruneError(f"{flag}={holdout}: must be in (0, 1)")
     meta = load_dataset(policy, cfg).meta
     by_task: dict[str, list[int]] = {}
     for ep in meta.episodes:
@@ -32,7 +34,7 @@ def split_episodes(cfg: DatasetConfig, policy: nn.Module, holdout: float) -> tup
         train += eps[: len(eps) - k]
         held += eps[len(eps) - k :]
     if not held:
-        raise VlapruneError("too few episodes to hold any out; add episodes or lower --eval.holdout")
+        raise VlapruneError(f"too few episodes to hold any out; add episodes or set {flag}=0")
     return sorted(train), sorted(held)
 
 
@@ -41,6 +43,24 @@ def held_out(cfg: DatasetConfig, policy: nn.Module, holdout: float) -> DatasetCo
     if holdout <= 0 or cfg.episodes is not None:
         return cfg
     return DatasetConfig(repo_id=cfg.repo_id, root=cfg.root, episodes=split_episodes(cfg, policy, holdout)[1])
+
+
+def action_error(
+    policy: nn.Module, batch: dict, i: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(sum |error|, sum error^2, steps) of batch i's predicted action chunk against the recorded one.
+
+    Normalized action space; the sums are per action dimension, shape (A,), over the non-padding steps;
+    the sampling noise is fixed by (seed, i).
+    """
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(noise_seed(seed, i))
+        policy.reset()
+        pred = policy.predict_action_chunk(dict(batch))  # (B, chunk, A), normalized
+    target = batch["action"][:, : pred.shape[1], : pred.shape[2]]
+    pad = batch.get("action_is_pad", torch.zeros(target.shape[:2], dtype=torch.bool, device=target.device))
+    diff = (pred - target)[~pad[:, : pred.shape[1]]]  # (valid steps, A)
+    return diff.abs().sum(0), (diff**2).sum(0), diff.shape[0]
 
 
 def offline_eval(
@@ -74,18 +94,10 @@ def offline_eval(
         frames += len(raw["index"])
         with torch.no_grad():
             losses.append(float(loss_fn(i, batch)) * len(raw["index"]))
-            with torch.random.fork_rng():
-                torch.manual_seed(noise_seed(seed, i))
-                policy.reset()
-                pred = policy.predict_action_chunk(dict(batch))  # (B, chunk, A), normalized
-        target = batch["action"][:, : pred.shape[1], : pred.shape[2]]
-        valid = ~batch.get("action_is_pad", torch.zeros(target.shape[:2], dtype=torch.bool))[
-            :, : pred.shape[1]
-        ]
-        diff = (pred - target)[valid]  # (valid steps, A)
-        abs_err = diff.abs().sum(0) if abs_err is None else abs_err + diff.abs().sum(0)
-        sq_err = (diff**2).sum(0) if sq_err is None else sq_err + (diff**2).sum(0)
-        counts += diff.shape[0]
+        err = action_error(policy, batch, i, seed)
+        abs_err = err[0] if abs_err is None else abs_err + err[0]
+        sq_err = err[1] if sq_err is None else sq_err + err[1]
+        counts += err[2]
     if not counts:
         raise VlapruneError("no held-out frames to evaluate; check --dataset.episodes / --eval.holdout")
     l1, mse = (abs_err / counts), (sq_err / counts)

@@ -16,7 +16,8 @@ from vlaprune.adapters.stack import Layout
 from vlaprune.evaluate.cost import count_flops, latency, peak_memory
 
 
-def _select_action(layout: Layout):
+def inference_call(layout: Layout):
+    """A no-argument call that runs one full inference (what latency and peak memory are measured on)."""
     model = layout.model
     if hasattr(getattr(model, "config", None), "input_features"):
         batch = example_batch(model, 1)
@@ -42,7 +43,7 @@ def cost(layout: Layout, n_calls: int = 20, warmup: int = 3) -> dict[str, Any]:
     by_comp["other"] = anat["other"]["params"]
     fwd = layout.training_forward
     flops_forward = sum(count_flops(model, fwd, {}).values()) if fwd else None
-    act = _select_action(layout)
+    act = inference_call(layout)
     device = next(model.parameters()).device
     return {
         "params": anat["total_params"],

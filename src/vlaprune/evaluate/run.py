@@ -129,7 +129,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     from rich.console import Console
     from tqdm.auto import tqdm
 
-    policy = load_model(cfg.policy.path, cfg.policy.trust_remote_code)
+    policy = load_model(cfg.policy.path, cfg.policy.trust_remote_code, cfg.policy.device)
     if not hasattr(getattr(policy, "config", None), "input_features"):
         raise VlapruneError("evaluation runs lerobot policies")
     path = cfg.policy.path if Path(cfg.policy.path).is_dir() else None

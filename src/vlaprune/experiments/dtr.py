@@ -156,7 +156,7 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
     (Path(cfg.output_dir) / "dtr_config.json").write_text(
         json.dumps(asdict(cfg), indent=2, default=str) + "\n"
     )
-    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code)
+    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code, cfg.policy.device)
     lay = find_layout(model)
     cfg = with_splits(cfg, model)
     comps = [c for c in _split(cfg.sweep.components)]
@@ -233,7 +233,7 @@ def with_splits(cfg: DTRConfig, model) -> DTRConfig:
 
     if cfg.holdout <= 0 or cfg.dataset.episodes is not None:
         return cfg
-    train, held = split_episodes(cfg.dataset, model, cfg.holdout)
+    train, held = split_episodes(cfg.dataset, model, cfg.holdout, "--holdout")
     out = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, episodes=train))
     out.heldout = dataclasses.replace(cfg.dataset, episodes=held)
     return out
@@ -282,7 +282,7 @@ def evaluate_policy(policy_path: str, cfg: DTRConfig, probes: bool = False) -> d
     from vlaprune.evaluate.run import EvalConfig, EvalOptions, closed_loop
     from vlaprune.scoring.calibration import load_dataset, pre_post
 
-    policy = load_model(policy_path)
+    policy = load_model(policy_path, device=cfg.policy.device)
     out: dict[str, Any] = {}
     ds = getattr(cfg, "heldout", None) or cfg.dataset
     out["offline"] = offline_eval(
@@ -331,7 +331,7 @@ def _measure(cfg: DTRConfig, mspec: dict, work: Path, baseline: bool) -> dict[st
     from vlaprune.surgery.checkpoint import remember_base
 
     work.mkdir(parents=True, exist_ok=True)
-    model = load_model(cfg.policy.path)
+    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code, cfg.policy.device)
     remember_base(model, source=cfg.policy.path)
     plan = drop_blocks(model, mspec["drops"]) if mspec["drops"] else None
     cut = work / "cut"
@@ -346,7 +346,7 @@ def _measure(cfg: DTRConfig, mspec: dict, work: Path, baseline: bool) -> dict[st
         shutil.rmtree(rec_dir)  # a finished-but-unrecorded recovery: redo it cleanly
     summary = recover(
         RecoverConfig(
-            policy=PolicyConfig(path=str(cut)),
+            policy=PolicyConfig(path=str(cut), device=cfg.policy.device),
             dataset=cfg.dataset,
             output_dir=str(rec_dir),
             steps=b.steps,

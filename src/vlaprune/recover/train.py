@@ -87,11 +87,11 @@ class _StepStats:
         self.extra = {k: v for k, v in out.items() if isinstance(v, int | float)}
 
 
-def build_trainee(cfg: RecoverConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
+def build_trainee(cfg: RecoverConfig, device: str = "") -> tuple[torch.nn.Module, torch.nn.Module]:
     """(policy, module that is trained): the policy itself, its LoRA wrapper, or a Distill wrapper."""
     from vlaprune.surgery.checkpoint import remember_base
 
-    policy = load_model(cfg.policy.path, cfg.policy.trust_remote_code)
+    policy = load_model(cfg.policy.path, cfg.policy.trust_remote_code, device or cfg.policy.device)
     if not hasattr(getattr(policy, "config", None), "input_features"):
         raise VlapruneError("recovery trains lerobot policies (a config with input_features)")
     remember_base(policy, source=cfg.policy.path)
@@ -100,7 +100,7 @@ def build_trainee(cfg: RecoverConfig) -> tuple[torch.nn.Module, torch.nn.Module]
     if cfg.mode == "lora":
         return policy, wrap_lora(policy, cfg.lora_r, cfg.policy.path)
     if cfg.mode == "distill":
-        teacher = load_model(cfg.teacher)
+        teacher = load_model(cfg.teacher, device=device or cfg.policy.device)
         return policy, Distill(policy, teacher, cfg.distill_alpha, cfg.distill_hidden)
     return policy, policy
 
@@ -137,9 +137,15 @@ def run(cfg: RecoverConfig) -> dict[str, Any]:
         )
     if cfg.resume and (out / "final").exists():
         raise VlapruneError(f"{out} holds a finished run (final/); nothing to resume")
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        step_scheduler_with_optimizer=False,
+        cpu=cfg.policy.device == "cpu",
+    )
     set_seed(cfg.seed)
-    policy, trainee = build_trainee(cfg)
+    # Accelerate picks the device (one GPU per process under `accelerate launch`); the policy's config
+    # follows it so that the processors move every batch to the same device.
+    policy, trainee = build_trainee(cfg, str(accelerator.device))
     dataset = load_dataset(policy, cfg.dataset, _shift(cfg.image_shift))
     pre = processors(policy, dataset, cfg.policy.path if Path(cfg.policy.path).is_dir() else None)
     optimizer, scheduler = _optimizer(policy, trainee, cfg)

@@ -103,7 +103,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     """Load, calibrate, score with every requested method, print ranked tables, write scores.json."""
     from rich.console import Console
 
-    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code)
+    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code, cfg.policy.device)
     lay = find_layout(model, cfg.stacks or None)
     stacks = select_stacks(lay.stacks, cfg.components)
     batches, loss = [], None

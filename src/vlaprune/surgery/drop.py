@@ -120,7 +120,7 @@ def run(cfg: DropConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()):
         raise VlapruneError(f"{out} already exists and is not empty; choose a new --output_dir or remove it")
-    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code)
+    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code, cfg.policy.device)
     lay = find_layout(model, cfg.stacks or None)
     request = request_from(cfg.drop, list(lay.stacks))
     remember_base(model, source=cfg.policy.path, stacks=cfg.stacks or None)

@@ -3,17 +3,22 @@
     vlaprune prune-units --policy.path=... --dataset.root=... --criterion=dw_prune_high --base=VLM \
         --ratios=language.mlp=0.3,language.attn=0.1,vision.mlp=0.2 --compare=magnitude,wanda --output_dir=out
     vlaprune prune-units ... --budget=0.2      # search per-module ratios that remove 20% of the parameters
+    vlaprune prune-units ... --env.type=metaworld --env.task=reach-v3 --eval.n_episodes=20   # + success
 
 Ratios are per stack and unit kind (`mlp`: FFN channels, `attn`: attention heads), applied uniformly to
-every block of the stack (the lowest-scoring units of each block go). `--budget` searches the ratios
-greedily in steps of 0.1: each step raises the ratio of the module whose step costs the least calibration
-loss per parameter removed, until the budget is met (the cheap offline proxy; check the result closed-loop
-with `vlaprune eval`). No fine-tuning follows.
+every block of the stack (the lowest-scoring units of each block go). Scores are calibrated on the
+training episodes; every model (the original and each criterion's pruned one) is then judged on the
+held-out episodes (`--holdout`, the last 20% of each task's): the policy's loss and its action L1, plus
+closed-loop success with a Wilson 95% interval when `--env.type` is given, next to parameters and
+`select_action` latency. `--budget` searches the ratios greedily in steps of 0.1: each step raises the
+ratio of the module whose step costs the least held-out loss per parameter removed, until the budget is
+met (the cheap offline proxy; the closed-loop success is the final check). No fine-tuning follows.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,77 +30,23 @@ from vlaprune.adapters import layout as find_layout
 from vlaprune.adapters.load import load_model
 from vlaprune.configs import PolicyConfig
 from vlaprune.errors import VlapruneError
-from vlaprune.evaluate.cost import unique_params
-from vlaprune.scoring.calibration import DatasetConfig, calibration_batches, policy_loss
+from vlaprune.evaluate.closed_loop import wilson
+from vlaprune.evaluate.cost import latency, unique_params
+from vlaprune.evaluate.offline import action_error, split_episodes
+from vlaprune.evaluate.report_cost import inference_call
+from vlaprune.evaluate.run import EnvConfig, EvalConfig, EvalOptions, closed_loop, task_instructions
+from vlaprune.scoring.calibration import (
+    DatasetConfig,
+    calibration_batches,
+    load_dataset,
+    policy_loss,
+    pre_post,
+)
 from vlaprune.scoring.probe import Probe
 from vlaprune.scoring.units import CRITERIA, unit_scores
 from vlaprune.surgery.plan import Plan
+from vlaprune.surgery.ratios import KINDS, parse_ratios, search, select
 from vlaprune.surgery.units import apply_units, sizes
-
-KINDS = {"mlp": {"ffn"}, "attn": {"q", "kv"}}
-
-
-def parse_ratios(spec: str, stacks: dict) -> dict[tuple[str, str], float]:
-    out = {}
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        key, eq, val = item.partition("=")
-        name, _, kind = key.strip().rpartition(".")
-        if not eq or kind not in KINDS or not name:
-            raise VlapruneError(
-                f"--ratios item {item!r} is not STACK.mlp=R or STACK.attn=R (e.g. language.mlp=0.3)"
-            )
-        if name not in stacks:
-            raise VlapruneError(f"--ratios: no stack {name!r} (stacks: {', '.join(stacks)})")
-        try:
-            r = float(val)
-        except ValueError:
-            raise VlapruneError(f"--ratios {key}={val!r}: not a number") from None
-        if not 0 <= r < 1:
-            raise VlapruneError(f"--ratios {key}={r}: a ratio must be in [0, 1)")
-        out[(name, kind)] = r
-    return out
-
-
-def select(scores: dict, ratios: dict[tuple[str, str], float], heads: str = "groups") -> dict:
-    """Units to keep per block: the highest-scoring (1 - ratio) of each kind, in original order."""
-    units: dict[str, dict[str, dict[str, list[int]]]] = {}
-    for stack, blocks in scores.items():
-        for i, sc in enumerate(blocks):
-            spec: dict[str, list[int]] = {}
-            r = ratios.get((stack, "mlp"), 0.0)
-            if r > 0:
-                spec["ffn"] = _top(sc["ffn"], round(r * len(sc["ffn"])), f"{stack} block {i} FFN channels")
-            r = ratios.get((stack, "attn"), 0.0)
-            if r > 0:
-                spec |= _heads(sc["q"], sc["kv"], r, heads, f"{stack} block {i}")
-            if spec:
-                units.setdefault(stack, {})[str(i)] = spec
-    return units
-
-
-def _top(score: torch.Tensor, remove: int, what: str) -> list[int]:
-    n = len(score)
-    if remove >= n:
-        raise VlapruneError(f"the ratio removes all {n} {what}; use a smaller ratio")
-    keep = torch.argsort(score, descending=True, stable=True)[: n - remove]
-    return sorted(int(i) for i in keep)
-
-
-def _heads(q: torch.Tensor, kv: torch.Tensor, r: float, mode: str, where: str) -> dict[str, list[int]]:
-    n_q, n_kv = len(q), len(kv)
-    g = n_q // n_kv
-    if mode == "groups" or g == 1:
-        group_score = q.reshape(n_kv, g).sum(1) + kv
-        kv_keep = _top(group_score, round(r * n_kv), f"{where} KV groups")
-        return {"q": [k * g + j for k in kv_keep for j in range(g)], "kv": kv_keep}
-    if mode != "query":
-        raise VlapruneError(f"--heads={mode!r}; choose groups or query")
-    q_keep = []
-    for k in range(n_kv):
-        q_keep += [
-            k * g + j for j in _top(q[k * g : (k + 1) * g], round(r * g), f"{where} query heads of a group")
-        ]
-    return {"q": q_keep, "kv": list(range(n_kv))}
 
 
 def prune_units(model: nn.Module, units: dict, stacks: str | None = None) -> Plan:
@@ -124,44 +75,21 @@ def prune_units(model: nn.Module, units: dict, stacks: str | None = None) -> Pla
     return plan
 
 
-def search(model, scores, candidates, budget: float, loss_of, heads: str) -> dict[tuple[str, str], float]:
-    """Greedy per-module ratios (steps of 0.1) until `budget` of the parameters are removed."""
-    total = unique_params(model)
-    ratios = {c: 0.0 for c in candidates}
-
-    def trial(rs):
-        m = copy.deepcopy(model)
-        units = select(scores, {k: v for k, v in rs.items() if v > 0}, heads)
-        apply_units(find_layout(m), units)
-        return loss_of(m), total - unique_params(m)
-
-    current_loss, removed = loss_of(model), 0
-    while removed < budget * total:
-        best = None
-        for c in candidates:
-            if ratios[c] + 0.1 >= 0.95:
-                continue
-            rs = {**ratios, c: round(ratios[c] + 0.1, 2)}
-            try:
-                loss, rem = trial(rs)
-            except VlapruneError:
-                continue
-            gain = rem - removed
-            if gain <= 0:
-                continue
-            cost = (loss - current_loss) / gain
-            if best is None or cost < best[0]:
-                best = (cost, rs, loss, rem)
-        if best is None:
-            raise VlapruneError(f"cannot reach --budget={budget}: every module is at its largest ratio")
-        _, ratios, current_loss, removed = best
-    return {k: v for k, v in ratios.items() if v > 0}
+@dataclass
+class EpisodeOptions:
+    # Closed-loop check of every pruned model (with --env.type): episodes per task, first seed, parallel envs.
+    n_episodes: int = 10
+    seed: int = 100_000
+    n_envs: int = 1
 
 
 @dataclass
 class PruneUnitsConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # Optional closed-loop success of the original and every pruned model (see `vlaprune eval`).
+    env: EnvConfig = field(default_factory=EnvConfig)
+    eval: EpisodeOptions = field(default_factory=EpisodeOptions)
     stacks: str = ""
     criterion: str = "wanda"
     compare: str = ""
@@ -172,6 +100,9 @@ class PruneUnitsConfig:
     # Base VLM for the dW criteria, and the VLA -> VLM name mapping (see `vlaprune diverge`).
     base: str = ""
     map: str = "auto"
+    # Fraction of each task's episodes held out (the last ones): scoring calibrates on the rest, the loss /
+    # action error and the --budget search are measured on these. 0: everything on the calibration batches.
+    holdout: float = 0.2
     batches: int = 4
     batch_size: int = 8
     seed: int = 0
@@ -191,10 +122,24 @@ class PruneUnitsConfig:
             raise VlapruneError(f"--budget={self.budget}: a fraction of the parameters in (0, 1)")
         if self.heads not in ("groups", "query"):
             raise VlapruneError(f"--heads={self.heads!r}; choose groups or query")
+        if not 0 <= self.holdout < 1:
+            raise VlapruneError(f"--holdout={self.holdout}: a fraction of the episodes in [0, 1)")
+        if self.env.type:
+            self.episodes()  # validates --env.* and --eval.n_episodes now, before any work
 
     def criteria(self) -> list[str]:
         return list(
             dict.fromkeys([self.criterion, *(c.strip() for c in self.compare.split(",") if c.strip())])
+        )
+
+    def episodes(self) -> EvalConfig:
+        """The closed-loop part of this config as `vlaprune eval` takes it."""
+        e = self.eval
+        return EvalConfig(
+            policy=self.policy,
+            dataset=self.dataset,
+            env=self.env,
+            eval=EvalOptions(n_episodes=e.n_episodes, seed=e.seed, n_envs=e.n_envs),
         )
 
 
@@ -218,30 +163,90 @@ def _dw_lookup(cfg: PruneUnitsConfig, model: nn.Module):
     return lookup
 
 
+def _splits(cfg: PruneUnitsConfig, model: nn.Module) -> tuple[DatasetConfig, DatasetConfig | None]:
+    """(calibration episodes, held-out episodes or None): scoring never sees the episodes it is judged on."""
+    if cfg.holdout <= 0 or cfg.dataset.episodes is not None:
+        return cfg.dataset, None
+    train, held = split_episodes(cfg.dataset, model, cfg.holdout, "--holdout")
+    return (
+        dataclasses.replace(cfg.dataset, episodes=train),
+        dataclasses.replace(cfg.dataset, episodes=held),
+    )
+
+
+class Judge:
+    """Measures one model the same way every time: loss and action L1 on fixed (held-out) batches,
+    `select_action` latency, and, with --env.type, closed-loop success with its Wilson interval."""
+
+    def __init__(self, cfg: PruneUnitsConfig, model: nn.Module, path: str | None):
+        self.cfg = cfg
+        calib_cfg, held_cfg = _splits(cfg, model)
+        self.held_out = held_cfg is not None
+        self.calibration = calibration_batches(model, calib_cfg, cfg.batches, cfg.batch_size, cfg.seed, path)
+        self.batches = (
+            calibration_batches(model, held_cfg, cfg.batches, cfg.batch_size, cfg.seed, path)
+            if held_cfg
+            else self.calibration
+        )
+        self.episodes = held_cfg.episodes if held_cfg else calib_cfg.episodes
+        self.pre_post = None
+        if cfg.env.type:
+            dataset = load_dataset(model, cfg.dataset)
+            self.pre_post = pre_post(model, dataset, path)
+
+    def loss(self, m: nn.Module) -> float:
+        fn = policy_loss(m, self.cfg.seed)
+        with torch.no_grad():
+            return sum(float(fn(i, b)) for i, b in enumerate(self.batches)) / len(self.batches)
+
+    def __call__(self, m: nn.Module, progress=None) -> dict[str, Any]:
+        abs_sum, steps = 0.0, 0
+        for i, b in enumerate(self.batches):
+            err = action_error(m, b, i, self.cfg.seed)
+            abs_sum, steps = abs_sum + float(err[0].sum()), steps + err[2]
+        out = {
+            "loss": self.loss(m),
+            "l1": abs_sum / max(1, steps * self.batches[0]["action"].shape[-1]),
+            "latency_ms": latency(inference_call(find_layout(m, self.cfg.stacks or None)), 10, 2)[
+                "median_ms"
+            ],
+        }
+        if self.pre_post:
+            res = closed_loop(m, *self.pre_post, self.cfg.episodes(), progress=progress)["normal"]
+            k = sum(t["successes"] for t in res["tasks"].values())
+            n = sum(t["episodes"] for t in res["tasks"].values())
+            out |= {
+                "success": res["mean_success"],
+                "success_ci95": list(wilson(k, n)),
+                "success_tasks": {
+                    t: {key: v[key] for key in ("success_rate", "successes", "episodes", "ci95")}
+                    for t, v in res["tasks"].items()
+                },
+            }
+        return out
+
+
 def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
-    """Score units with every criterion, prune at the same ratios, measure the recovery-free loss change."""
+    """Score units with every criterion, prune (same ratios, or each searched under --budget), and judge
+    each pruned model without recovery against the original: held-out loss / action error, closed-loop
+    success (with --env.type), parameters and latency."""
     from rich.console import Console
-    from rich.table import Table
+    from tqdm.auto import tqdm
 
     from vlaprune.surgery.checkpoint import remember_base, save_pruned
 
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()):
         raise VlapruneError(f"{out} already exists and is not empty; choose a new --output_dir")
-    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code)
+    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code, cfg.policy.device)
     remember_base(model, source=cfg.policy.path, stacks=cfg.stacks or None)
     lay = find_layout(model, cfg.stacks or None)
     ratios = parse_ratios(cfg.ratios, lay.stacks) if cfg.ratios else {}
     if not hasattr(getattr(model, "config", None), "input_features"):
         raise VlapruneError("prune-units evaluates lerobot policies (the recovery-free action loss)")
     path = cfg.policy.path if Path(cfg.policy.path).is_dir() else None
-    batches = calibration_batches(model, cfg.dataset, cfg.batches, cfg.batch_size, cfg.seed, path)
-
-    def loss_of(m):
-        fn = policy_loss(m, cfg.seed)
-        with torch.no_grad():
-            return sum(float(fn(i, b)) for i, b in enumerate(batches)) / len(batches)
-
+    n_tasks = len(task_instructions(cfg.episodes())) if cfg.env.type else 0
+    judge = Judge(cfg, model, path)
     candidates = list(ratios) or [
         (s, k) for s in lay.stacks for k in ("mlp", "attn") if k == "mlp" or s not in _coupled(lay)
     ]
@@ -249,55 +254,57 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
     for s, k in candidates:
         kinds.setdefault(s, set()).update(KINDS[k])
     lookup = _dw_lookup(cfg, model)
-    base_loss, total = loss_of(model), unique_params(model)
-    rows, pruned_main, plan_main = [], None, None
     console = Console(width=max(Console().width, 100))
+    bar = tqdm(total=n_tasks * cfg.eval.n_episodes * (1 + len(cfg.criteria())), desc="episodes", disable=None)
+    if not n_tasks:
+        bar.close()
+    original = {"criterion": "unpruned", "params": unique_params(model), **judge(model, bar.update)}
+    total = original["params"]
+    rows, pruned_main, plan_main = [], None, None
     for crit in cfg.criteria():
         m = copy.deepcopy(model)
         mlay = find_layout(m, cfg.stacks or None)
-        probe = Probe(mlay, sorted(kinds), batches, policy_loss(m, cfg.seed), cfg.seed)
+        probe = Probe(mlay, sorted(kinds), judge.calibration, policy_loss(m, cfg.seed), cfg.seed)
         scores = unit_scores(probe, crit, kinds, dw_lookup=lookup)
-        used = ratios or search(m, scores, candidates, cfg.budget, loss_of, cfg.heads)
+        used = ratios or search(m, scores, candidates, cfg.budget, judge.loss, cfg.heads)
         plan = prune_units(m, select(scores, used, cfg.heads), cfg.stacks or None)
-        loss = loss_of(m)
-        rows.append(
-            {
-                "criterion": crit,
-                "ratios": {f"{s}.{k}": r for (s, k), r in used.items()},
-                "params": plan.params_after,
-                "params_removed_pct": 100 * (1 - plan.params_after / total),
-                "loss_before": base_loss,
-                "loss_after": loss,
-                "loss_change": loss - base_loss,
-            }
-        )
+        row = {
+            "criterion": crit,
+            "ratios": {f"{s}.{k}": r for (s, k), r in used.items()},
+            "params": plan.params_after,
+            "params_removed_pct": 100 * (1 - plan.params_after / total),
+            **judge(m, bar.update),
+        }
+        row |= {"loss_before": original["loss"], "loss_change": row["loss"] - original["loss"]}
+        if "success" in row:
+            row["success_change"] = row["success"] - original["success"]
+        rows.append(row)
         console.print(
-            f"{crit}: {rows[-1]['params_removed_pct']:.1f}% params removed, "
-            f"loss {base_loss:.4f} -> {loss:.4f}",
+            f"{crit}: {row['params_removed_pct']:.1f}% params removed ("
+            + ", ".join(f"{k}={v:.2f}" for k, v in row["ratios"].items())
+            + f"), loss {original['loss']:.4f} -> {row['loss']:.4f}"
+            + (f", success {row['success']:.2f}" if "success" in row else "")
         )
         if crit == cfg.criterion:
             pruned_main, plan_main = m, plan
-    t = Table(
-        title="recovery-free unit pruning (same ratios per criterion unless searched)", title_justify="left"
-    )
-    for c in ("criterion", "ratios", "params removed", "loss before", "loss after", "change"):
-        t.add_column(c, justify="left" if c in ("criterion", "ratios") else "right")
-    for r in rows:
-        t.add_row(
-            r["criterion"],
-            ", ".join(f"{k}={v:.2f}" for k, v in r["ratios"].items()),
-            f"{r['params_removed_pct']:.1f}%",
-            f"{r['loss_before']:.4f}",
-            f"{r['loss_after']:.4f}",
-            f"{r['loss_change']:+.4f}",
-        )
-    console.print(t)
+    bar.close()
+    console.print(table(original, rows, judge.held_out))
     from vlaprune.evaluate.report_cost import cost
 
     report = {
+        "original": original,
         "rows": rows,
+        "judged_on": {
+            "episodes": judge.episodes,
+            "held_out": judge.held_out,
+            "batches": cfg.batches,
+            "batch_size": cfg.batch_size,
+            "closed_loop": dataclasses.asdict(cfg.env) | dataclasses.asdict(cfg.eval)
+            if cfg.env.type
+            else None,
+        },
         "cost_original": cost(lay, 5, 1),
-        "cost_pruned": cost(find_layout(pruned_main), 5, 1),
+        "cost_pruned": cost(find_layout(pruned_main, cfg.stacks or None), 5, 1),
     }
     save_pruned(
         pruned_main,
@@ -313,6 +320,35 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
     )
     console.print(f"{cfg.criterion}: select_action {lat0:.1f} -> {lat1:.1f} ms; wrote {out}")
     return report
+
+
+def table(original: dict[str, Any], rows: list[dict[str, Any]], held_out: bool):
+    from rich.table import Table
+
+    where = "held-out episodes" if held_out else "calibration batches"
+    t = Table(title=f"recovery-free unit pruning (loss and action L1 on {where})", title_justify="left")
+    cols = ["criterion", "params cut", "loss", "change", "action L1", "latency ms"]
+    if "success" in original:
+        cols += ["success [95% CI]", "change "]
+    for c in cols:
+        t.add_column(c, justify="left" if c == "criterion" else "right", no_wrap=True)
+    for r in [original, *rows]:
+        cells = [
+            r["criterion"],
+            f"{r.get('params_removed_pct', 0.0):.1f}%",
+            f"{r['loss']:.4f}",
+            f"{r['loss'] - original['loss']:+.4f}",
+            f"{r['l1']:.4f}",
+            f"{r['latency_ms']:.1f}",
+        ]
+        if "success" in original:
+            lo, hi = r["success_ci95"]
+            cells += [
+                f"{r['success']:.2f} [{lo:.2f},{hi:.2f}]",
+                f"{r['success'] - original['success']:+.2f}",
+            ]
+        t.add_row(*cells)
+    return t
 
 
 def _coupled(lay) -> set[str]:
