@@ -67,3 +67,22 @@ def probe_for(tiny_dataset):
         return Probe(lay, list(lay.stacks), data, policy_loss(policy, seed), seed, granularity)
 
     return make
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """cli_error(argv, only=True) -> the error line of a command that must fail cleanly: exit code 2, no
+    traceback, stderr ending in one "vlaprune: error: ..." line (with only=False lerobot / tqdm output may
+    come before it)."""
+    from vlaprune.cli import main
+
+    def run(argv: list[str], only: bool = True) -> str:
+        capsys.readouterr()
+        code = main(argv)
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert code == 2 and lines and lines[-1].startswith("vlaprune: error:"), (argv, err[-2000:])
+        assert "Traceback" not in err and (len(lines) == 1 or not only), (argv, err[-2000:])
+        return lines[-1]
+
+    return run

@@ -97,13 +97,10 @@ def bad_inputs(tmp, act_ckpt):
     ]
 
 
-def test_bad_input_one_line_error_nothing_written(act_ckpt, tmp_path, capsys):
+def test_bad_input_one_line_error_nothing_written(act_ckpt, tmp_path, cli_error):
     out = tmp_path / "out.json"
     for args, message in bad_inputs(tmp_path, act_ckpt):
-        capsys.readouterr()
-        assert main(["inspect", *args, f"--output={out}"]) == 2, args
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("vlaprune: error:") and message in err[0], (args, err)
+        assert message in cli_error(["inspect", *args, f"--output={out}"]), args
         assert not out.exists()
 
 

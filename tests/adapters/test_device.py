@@ -25,17 +25,15 @@ def test_device_moves_model_and_config():
             load_model("tiny:smolvla", device="cuda")
 
 
-def test_cli_reports_an_unusable_device(tiny_dataset, tmp_path, capsys):
+def test_cli_reports_an_unusable_device(tiny_dataset, tmp_path, cli_error):
     want = "cuda:99" if torch.cuda.is_available() else "cuda"
-    args = [
+    argv = [
         "score",
         "--policy.path=tiny:smolvla",
         f"--dataset.root={tiny_dataset}",
-        f"--output={tmp_path}/s.json",
+        f"--policy.device={want}",
     ]
-    assert main([*args, f"--policy.device={want}"]) == 2
-    err = capsys.readouterr().err
-    assert "CUDA device(s) here" in err and err.strip().count("\n") == 0
+    assert "CUDA device(s) here" in cli_error([*argv, f"--output={tmp_path}/s.json"])
     assert not (tmp_path / "s.json").exists()
 
 

@@ -123,7 +123,7 @@ def test_module_types():
     assert module_type("language_model.model.layers.0.mlp.gate_proj.weight") == ("language", "mlp_gate", 0)
 
 
-def test_bad_input(vla_and_vlm, tmp_path, capsys):
+def test_bad_input(vla_and_vlm, tmp_path, cli_error):
     vla, vlm, _ = vla_and_vlm
     from vlaprune.tiny.hf import tiny_decoder_lm
 
@@ -138,10 +138,7 @@ def test_bad_input(vla_and_vlm, tmp_path, capsys):
         ([f"--base={vlm}", f"--tuned={vla}", "--map=nonsense"], "not VLA_PREFIX=>VLM_PREFIX"),
     ]
     for args, message in cases:
-        capsys.readouterr()
-        assert main(["diverge", *args, f"--output_dir={out}"]) == 2, args
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and message in err[0], (args, err)
+        assert message in cli_error(["diverge", *args, f"--output_dir={out}"]), args
         assert not out.exists()
     with pytest.raises(VlapruneError, match="not a valid safetensors"):
         TensorSource(broken)

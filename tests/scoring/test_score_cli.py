@@ -86,7 +86,7 @@ def nan_ckpt(smolvlm_dir, tmp_path_factory):
     return d
 
 
-def test_bad_input(smolvla_ckpt, nan_ckpt, tiny_dataset, mismatched_datasets, tmp_path, capsys):
+def test_bad_input(smolvla_ckpt, nan_ckpt, tiny_dataset, mismatched_datasets, tmp_path, cli_error):
     state6, front = mismatched_datasets
     base = [f"--policy.path={smolvla_ckpt}", f"--dataset.root={tiny_dataset}", "--batch_size=2"]
     cases = [
@@ -104,8 +104,5 @@ def test_bad_input(smolvla_ckpt, nan_ckpt, tiny_dataset, mismatched_datasets, tm
     ]
     out = tmp_path / "scores.json"
     for args, message in cases:
-        capsys.readouterr()
-        assert main(["score", *args, f"--output={out}"]) == 2, args
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and message in err[0], (args, err)
+        assert message in cli_error(["score", *args, f"--output={out}"]), args
         assert not out.exists()

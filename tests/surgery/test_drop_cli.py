@@ -75,7 +75,7 @@ def test_drop_from_scores(smolvla_ckpt, tiny_dataset, tmp_path):
     assert plan["requested"] == {"language": [2, 3]}  # keep-first truncation drops the last two
 
 
-def test_drop_bad_input(smolvla_ckpt, tmp_path, capsys):
+def test_drop_bad_input(smolvla_ckpt, tmp_path, cli_error):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "x").write_text("x")
@@ -95,8 +95,5 @@ def test_drop_bad_input(smolvla_ckpt, tmp_path, capsys):
         ),
     ]
     for args, message in cases:
-        capsys.readouterr()
-        assert main(["drop", *args]) == 2, args
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and message in err[0], (args, err)
+        assert message in cli_error(["drop", *args]), args
         assert not (tmp_path / "o").exists()

@@ -255,9 +255,8 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
         kinds.setdefault(s, set()).update(KINDS[k])
     lookup = _dw_lookup(cfg, model)
     console = Console(width=max(Console().width, 100))
-    bar = tqdm(total=n_tasks * cfg.eval.n_episodes * (1 + len(cfg.criteria())), desc="episodes", disable=None)
-    if not n_tasks:
-        bar.close()
+    episodes = n_tasks * cfg.eval.n_episodes * (1 + len(cfg.criteria()))
+    bar = tqdm(total=episodes, desc="closed-loop episodes", disable=not episodes)
     original = {"criterion": "unpruned", "params": unique_params(model), **judge(model, bar.update)}
     total = original["params"]
     rows, pruned_main, plan_main = [], None, None
