@@ -171,7 +171,8 @@ class LiberoTaskEnv(gym.Env):
     def __init__(self, task: str, image_size: int = 256, max_steps: int | None = None):
         name, tid = _parse(task)
         if tid is None:
-            raise VlapruneError(f"one LIBERO task per env: {task}/0 .. (vlaprune eval expands suites itself)")
+            last = _suite(name).n_tasks - 1
+            raise VlapruneError(f"a LIBERO env runs one task: {task}/0 .. {task}/{last}, not a suite")
         mod = _lerobot_libero()
         self.env = mod.LiberoEnv(
             _suite(name),
