@@ -2,7 +2,8 @@
 # One idempotent set-up step: a virtual environment in .venv with torch, lerobot, vlaprune and its
 # simulators. Safe to re-run; each step is skipped when already done.
 #
-#   VLAPRUNE_EXTRAS   pip extras to install (default "dev,sim"; add "libero" for LIBERO)
+#   VLAPRUNE_EXTRAS   pip extras to install (default "dev,sim,libero"; drop "libero" to skip LIBERO and its
+#                     350 MB of assets)
 #   VLAPRUNE_TORCH    torch requirement when torch is missing (default "torch==2.13.0", the CPU wheel here)
 #   VLAPRUNE_VENV     where the environment goes (default .venv)
 #
@@ -12,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VLAPRUNE_VENV:-.venv}
-EXTRAS=${VLAPRUNE_EXTRAS:-dev,sim}
+EXTRAS=${VLAPRUNE_EXTRAS:-dev,sim,libero}
 TORCH_REQ=${VLAPRUNE_TORCH:-torch==2.13.0}
 PY=${PYTHON:-python3}
 
@@ -38,7 +39,7 @@ fi
 
 # 4. System packages, when apt is available and we are root: OSMesa/EGL for headless MuJoCo rendering
 #    (simulators) and Chromium (the tests render the DTR report in headless Chromium).
-if [[ ",$EXTRAS," == *",sim,"* ]] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+if [[ ",$EXTRAS," == *",sim,"* || ",$EXTRAS," == *",libero,"* ]] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   want=()
   ldconfig -p | grep -q libOSMesa || want+=(libosmesa6 libegl1 libgl1-mesa-dri)
   command -v chromium >/dev/null || want+=(chromium)

@@ -4,10 +4,14 @@ Episodes run in batches of `n_envs` parallel simulator processes (gymnasium Asyn
 batched policy call per step; each episode has its own seed (default range starts at 100000, seeds a
 demo recorder would not use). An episode is a success if `info["success"]` turns true before `max_steps`.
 
+Envs give one image or several named cameras; the policy's `observation.images.<name>` reads the env's camera
+`<name>` (a one-camera policy reads a one-camera env whatever the names).
+
 Probes change what the policy is told or shown, and nothing else:
   instruction: "empty" (""), "other" (another task's instruction), "shuffled" (its words, shuffled)
   camera:      "blank" (all-black frames), "other_seed" (one frame of the same task rendered from another
-               seed, frozen for the whole episode: the scene without the episode's object / goal positions)
+               seed, frozen for the whole episode: the scene without the episode's object / goal positions);
+               each applies to every camera
 """
 
 from __future__ import annotations
@@ -60,54 +64,104 @@ def probe_instruction(instruction: str, mode: str | None, others: list[str], see
     raise VlapruneError(f"unknown instruction probe {mode!r}; choose one of {INSTRUCTION_PROBES}")
 
 
-def io_keys(policy: nn.Module) -> tuple[str, str | None]:
-    """The policy's one camera feature and its state feature (None if it takes no state)."""
+def io_keys(policy: nn.Module) -> tuple[list[str], str | None]:
+    """The policy's camera features and its state feature (None if it takes no state)."""
     from lerobot.configs.types import FeatureType
 
     feats = policy.config.input_features
     cams = [k for k, f in feats.items() if f.type is FeatureType.VISUAL]
-    if len(cams) != 1:
-        raise VlapruneError(f"closed-loop evaluation feeds one camera; the policy expects {cams or 'none'}")
+    if not cams:
+        raise VlapruneError("closed-loop evaluation feeds camera images; the policy expects none")
     state = [k for k, f in feats.items() if f.type is FeatureType.STATE]
-    return cams[0], (state[0] if state else None)
+    return cams, (state[0] if state else None)
 
 
-def to_batch(policy: nn.Module, obs: dict[str, np.ndarray], instructions: list[str]) -> dict[str, Any]:
+def camera_map(policy: nn.Module, env_cameras: list[str] | None) -> dict[str, str | None]:
+    """Policy image feature -> env camera: `observation.images.<name>` reads the env's camera `<name>`; a
+    one-camera policy reads a one-camera env whatever the names (`env_cameras` None: one unnamed image)."""
+    cams, _ = io_keys(policy)
+    if env_cameras is None or (len(cams) == 1 and len(env_cameras) == 1):
+        if len(cams) != 1:
+            raise VlapruneError(f"the policy expects cameras {cams}; the env gives one image")
+        return {cams[0]: env_cameras[0] if env_cameras else None}
+    names = {c: c.removeprefix("observation.images.") for c in cams}
+    missing = [c for c, n in names.items() if n not in env_cameras]
+    if missing:
+        raise VlapruneError(
+            f"the policy expects cameras {cams} but the env has no {', '.join(names[c] for c in missing)}; "
+            f"it gives {env_cameras}"
+        )
+    return names
+
+
+def env_cameras(pixels) -> list[str] | None:
+    """The camera names of an env's "pixels" (observation or space); None for a single unnamed image."""
+    import gymnasium as gym
+
+    return list(pixels.keys()) if isinstance(pixels, dict | gym.spaces.Dict) else None
+
+
+def check_state(policy: nn.Module, dim: int) -> None:
+    _, state = io_keys(policy)
+    if state is not None and dim != (want := policy.config.input_features[state].shape[0]):
+        raise VlapruneError(
+            f"the env gives a {dim}-D state but the policy expects {want}-D; "
+            "wrong --env.type / task for this policy?"
+        )
+
+
+def to_batch(policy: nn.Module, obs: dict[str, Any], instructions: list[str]) -> dict[str, Any]:
     """Vectorised env observations -> the raw batch the policy's preprocessor takes."""
-    cam, state = io_keys(policy)
-    batch: dict[str, Any] = {
-        cam: torch.from_numpy(np.ascontiguousarray(obs["pixels"])).permute(0, 3, 1, 2).float() / 255,
-        "task": list(instructions),
-    }
+    _, state = io_keys(policy)
+    pixels = obs["pixels"]
+    batch: dict[str, Any] = {"task": list(instructions)}
+    for key, cam in camera_map(policy, env_cameras(pixels)).items():
+        img = pixels if cam is None else pixels[cam]  # (B, H, W, 3) uint8
+        batch[key] = torch.from_numpy(np.ascontiguousarray(img)).permute(0, 3, 1, 2).float() / 255
     if state is not None:
         pos = torch.from_numpy(np.asarray(obs["agent_pos"], np.float32))
-        want = policy.config.input_features[state].shape[0]
-        if pos.shape[-1] != want:
-            raise VlapruneError(
-                f"the env gives a {pos.shape[-1]}-D state but the policy expects {want}-D; "
-                "wrong --env.type / task for this policy?"
-            )
+        check_state(policy, pos.shape[-1])
         batch[state] = pos
     return batch
 
 
+def map_pixels(pixels, fn: Callable):
+    """Apply `fn` to every camera's images (one array, or a dict camera -> array)."""
+    return {k: fn(k, v) for k, v in pixels.items()} if isinstance(pixels, dict) else fn(None, pixels)
+
+
+def first_camera(pixels) -> np.ndarray:
+    return next(iter(pixels.values())) if isinstance(pixels, dict) else pixels
+
+
+def frozen(frame, cam: str | None, like: np.ndarray) -> np.ndarray:
+    """Camera `cam` of one env's frame, repeated for every env of the batch `like`."""
+    return np.broadcast_to(frame if cam is None else frame[cam], like.shape).copy()
+
+
 _VECTOR_ENVS: dict[tuple, Any] = {}
+MAX_CACHED_SIMS = 8
 
 
 def _vector_env(factory: functools.partial, n: int):
-    """n simulators of one task, kept alive for the rest of the process (starting them costs seconds)."""
+    """n simulators of one task, kept for later calls (starting them costs seconds; LIBERO ~10 s). At most
+    MAX_CACHED_SIMS simulators stay alive (a LIBERO one holds ~0.9 GB): the least recently used go first."""
     import atexit
 
     import gymnasium as gym
 
     key = (factory.args, tuple(sorted(factory.keywords.items())), n)
-    if key not in _VECTOR_ENVS:
-        fns = [factory] * n
-        vec = gym.vector.SyncVectorEnv(fns) if n == 1 else gym.vector.AsyncVectorEnv(fns, context="spawn")
-        _VECTOR_ENVS[key] = vec
-        if len(_VECTOR_ENVS) == 1:
-            atexit.register(close_envs)
-    return _VECTOR_ENVS[key]
+    if key in _VECTOR_ENVS:
+        _VECTOR_ENVS[key] = _VECTOR_ENVS.pop(key)  # most recently used last
+        return _VECTOR_ENVS[key]
+    while _VECTOR_ENVS and sum(k[-1] for k in _VECTOR_ENVS) + n > MAX_CACHED_SIMS:
+        _VECTOR_ENVS.pop(next(iter(_VECTOR_ENVS))).close()
+    fns = [factory] * n
+    vec = gym.vector.SyncVectorEnv(fns) if n == 1 else gym.vector.AsyncVectorEnv(fns, context="spawn")
+    if not _VECTOR_ENVS:
+        atexit.register(close_envs)
+    _VECTOR_ENVS[key] = vec
+    return vec
 
 
 def close_envs() -> None:
@@ -132,12 +186,15 @@ def rollouts(
     progress: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One result {seed, success, steps} per seed. `instruction` overrides the task's instruction;
-    `camera` applies a camera probe."""
+    `camera` applies a camera probe (to every camera); videos show the env's first camera."""
     env_kw = env_kw or {}
     factory = functools.partial(envs.make, env_type, task, **env_kw)
     probe_env = envs.make(env_type, task, **env_kw)
     text = probe_env.instruction if instruction is None else instruction
     max_steps = probe_env.max_steps
+    space = probe_env.observation_space
+    camera_map(policy, env_cameras(space["pixels"]))  # fail before any simulator starts
+    check_state(policy, space["agent_pos"].shape[0])
     other_frame = None
     if camera == "other_seed":
         other_frame = probe_env.reset(seed=999_999)[0]["pixels"]
@@ -156,11 +213,11 @@ def rollouts(
         frames: list[np.ndarray] = []
         for t in range(max_steps):
             if camera == "blank":
-                obs = {**obs, "pixels": np.zeros_like(obs["pixels"])}
+                obs = {**obs, "pixels": map_pixels(obs["pixels"], lambda cam, x: np.zeros_like(x))}
             elif camera == "other_seed":
-                obs = {**obs, "pixels": np.broadcast_to(other_frame, obs["pixels"].shape).copy()}
+                obs = {**obs, "pixels": map_pixels(obs["pixels"], lambda cam, x: frozen(other_frame, cam, x))}
             if video_dir:
-                frames.append(obs["pixels"][0])
+                frames.append(first_camera(obs["pixels"])[0])
             with torch.no_grad():
                 action = post(policy.select_action(pre(to_batch(policy, obs, [text] * width))))
             obs, _, term, trunc, info = vec.step(action.cpu().numpy())
@@ -173,7 +230,8 @@ def rollouts(
             from lerobot.utils.io_utils import write_video
 
             Path(video_dir).mkdir(parents=True, exist_ok=True)
-            write_video(Path(video_dir) / f"{task}_seed{chunk[0]}.mp4", frames, fps=20)
+            name = task.replace("/", "-")  # LIBERO tasks are SUITE/ID
+            write_video(Path(video_dir) / f"{name}_seed{chunk[0]}.mp4", frames, fps=20)
         results += [{"seed": s, "success": ok, "steps": n} for s, ok, n in zip(chunk, success, steps)]
         if progress:
             progress(len(chunk))

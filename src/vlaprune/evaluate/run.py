@@ -4,6 +4,9 @@ with the language- and vision-sensitivity probes.
     vlaprune eval --policy.path=out/recover/final --dataset.root=data/mw --eval.offline=true --eval.holdout=.2
     vlaprune eval --policy.path=... --env.type=metaworld --env.task=reach-v3,drawer-close-v3 \
         --eval.n_episodes=30 --eval.language_probe=true --eval.vision_probe=true
+    vlaprune eval --policy.path=... --env.type=libero --env.task=libero_spatial --eval.n_episodes=10
+
+Tasks are comma-separated; a LIBERO suite name stands for all its tasks (`libero_spatial/3` is one of them).
 """
 
 from __future__ import annotations
@@ -30,11 +33,15 @@ from vlaprune.scoring.calibration import DatasetConfig, load_dataset, pre_post
 
 @dataclass
 class EnvConfig:
-    # Simulator: metaworld | pusht | libero; tasks comma-separated (e.g. reach-v3,drawer-close-v3).
+    # Simulator: metaworld | pusht | libero. Tasks comma-separated: MetaWorld names (reach-v3,door-open-v3);
+    # PushT-v0; LIBERO suites (libero_spatial, libero_object, libero_goal, libero_10, libero_90: every task
+    # of the suite) or single LIBERO tasks SUITE/ID (libero_spatial/3, ids from 0).
     type: str = ""
     task: str = ""
-    # Episode cap (default: the env's own: MetaWorld 150, PushT 300).
+    # Episode cap (default: the env's own: MetaWorld 150, PushT 300, LIBERO lerobot's per suite, e.g. 280).
     max_steps: int = 0
+    # Camera image side in pixels (default: the env's own: MetaWorld 64, PushT 96, LIBERO 256).
+    image_size: int = 0
 
 
 @dataclass
@@ -64,7 +71,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not self.eval.offline and not self.env.type:
             raise VlapruneError(
-                "nothing to evaluate: pass --eval.offline=true and/or --env.type=metaworld|pusht"
+                f"nothing to evaluate: pass --eval.offline=true and/or --env.type={'|'.join(envs.ENVS)}"
             )
         if self.env.type and self.env.type not in envs.ENVS:
             raise VlapruneError(f"unknown --env.type={self.env.type!r}; choose one of {', '.join(envs.ENVS)}")
@@ -75,32 +82,38 @@ class EvalConfig:
 
 
 def task_instructions(cfg: EvalConfig) -> dict[str, str]:
-    """Each task's instruction; building the envs also validates the task names."""
-    tasks = [t.strip() for t in cfg.env.task.split(",") if t.strip()]
+    """Each single task's instruction (suites expanded into their tasks); building the envs also validates
+    the task names. Building an env starts no simulator (MetaWorld: a model load; LIBERO: nothing)."""
+    names = [t.strip() for t in cfg.env.task.split(",") if t.strip()]
     out = {}
-    for t in tasks:
+    for t in (single for name in names for single in envs.tasks(cfg.env.type, name)):
         env = envs.make(cfg.env.type, t)
         out[t] = env.instruction
         env.close()
     return out
 
 
+def env_kwargs(cfg: EnvConfig) -> dict[str, int]:
+    """The env's keyword arguments that the flags set (unset flags keep each env's defaults)."""
+    return {k: v for k, v in (("max_steps", cfg.max_steps), ("image_size", cfg.image_size)) if v}
+
+
 def closed_loop(policy, pre, post, cfg: EvalConfig, progress=None) -> dict[str, Any]:
-    """Success per task (and per probe), each with its Wilson interval; the mean over tasks."""
+    """Success per task (and per probe), each with its Wilson interval; the mean over tasks. Tasks are the
+    outer loop, so each task's simulators serve all its conditions and can then make room for the next."""
     instructions = task_instructions(cfg)
     tasks = list(instructions)
-    env_kw = {"max_steps": cfg.env.max_steps} if cfg.env.max_steps else {}
+    env_kw = env_kwargs(cfg.env)
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + cfg.eval.n_episodes))
     conditions: list[tuple[str, dict]] = [("normal", {})]
     if cfg.eval.language_probe:
         conditions += [(f"instruction:{m}", {"instruction_mode": m}) for m in INSTRUCTION_PROBES]
     if cfg.eval.vision_probe:
         conditions += [(f"camera:{m}", {"camera": m}) for m in CAMERA_PROBES]
-    out: dict[str, Any] = {}
+    per_task: dict[str, dict[str, Any]] = {name: {} for name, _ in conditions}
     others = sorted(set(instructions.values())) + ["pick up the red cube and place it in the bowl"]
-    for name, cond in conditions:
-        per_task = {}
-        for t in tasks:
+    for t in tasks:
+        for name, cond in conditions:
             text = probe_instruction(instructions[t], cond.get("instruction_mode"), others, seed=len(t))
             res = rollouts(
                 policy,
@@ -116,9 +129,10 @@ def closed_loop(policy, pre, post, cfg: EvalConfig, progress=None) -> dict[str, 
                 video_dir=cfg.eval.video_dir or None if name == "normal" else None,
                 progress=progress,
             )
-            per_task[t] = {**summarize(res), "instruction": text, "episodes_detail": res}
-        mean = sum(v["success_rate"] for v in per_task.values()) / len(per_task)
-        out[name] = {"mean_success": mean, "tasks": per_task}
+            per_task[name][t] = {**summarize(res), "instruction": text, "episodes_detail": res}
+    out: dict[str, Any] = {}
+    for name, rows in per_task.items():
+        out[name] = {"mean_success": sum(v["success_rate"] for v in rows.values()) / len(rows), "tasks": rows}
     base = out["normal"]["mean_success"]
     for name in out:
         out[name]["change_vs_normal"] = out[name]["mean_success"] - base
