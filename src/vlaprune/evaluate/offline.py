@@ -8,6 +8,7 @@ per batch, so numbers reproduce.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -38,11 +39,20 @@ def split_episodes(
     return sorted(train), sorted(held)
 
 
+def split_dataset(
+    cfg: DatasetConfig, policy: nn.Module, holdout: float, flag: str = "--eval.holdout"
+) -> tuple[DatasetConfig, DatasetConfig | None]:
+    """(training part, held-out part) of `cfg` (see split_episodes); no split, (cfg, None), when `holdout`
+    is 0 or the episodes are given explicitly."""
+    if holdout <= 0 or cfg.episodes is not None:
+        return cfg, None
+    train, held = split_episodes(cfg, policy, holdout, flag)
+    return dataclasses.replace(cfg, episodes=train), dataclasses.replace(cfg, episodes=held)
+
+
 def held_out(cfg: DatasetConfig, policy: nn.Module, holdout: float) -> DatasetConfig:
     """The dataset config restricted to held-out episodes (the last `holdout` fraction of each task's)."""
-    if holdout <= 0 or cfg.episodes is not None:
-        return cfg
-    return DatasetConfig(repo_id=cfg.repo_id, root=cfg.root, episodes=split_episodes(cfg, policy, holdout)[1])
+    return split_dataset(cfg, policy, holdout)[1] or cfg
 
 
 def action_error(

@@ -229,13 +229,13 @@ def with_splits(cfg: DTRConfig, model) -> DTRConfig:
     (offline loss) remembered in `heldout` (the last `holdout` fraction of every task's episodes)."""
     import dataclasses
 
-    from vlaprune.evaluate.offline import split_episodes
+    from vlaprune.evaluate.offline import split_dataset
 
-    if cfg.holdout <= 0 or cfg.dataset.episodes is not None:
+    train, held = split_dataset(cfg.dataset, model, cfg.holdout, "--holdout")
+    if held is None:
         return cfg
-    train, held = split_episodes(cfg.dataset, model, cfg.holdout, "--holdout")
-    out = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, episodes=train))
-    out.heldout = dataclasses.replace(cfg.dataset, episodes=held)
+    out = dataclasses.replace(cfg, dataset=train)
+    out.heldout = held
     return out
 
 

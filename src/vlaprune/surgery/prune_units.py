@@ -32,7 +32,7 @@ from vlaprune.configs import PolicyConfig
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.closed_loop import wilson
 from vlaprune.evaluate.cost import latency, unique_params
-from vlaprune.evaluate.offline import action_error, split_episodes
+from vlaprune.evaluate.offline import action_error, split_dataset
 from vlaprune.evaluate.report_cost import inference_call
 from vlaprune.evaluate.run import EnvConfig, EvalConfig, EvalOptions, closed_loop, task_instructions
 from vlaprune.scoring.calibration import (
@@ -163,24 +163,14 @@ def _dw_lookup(cfg: PruneUnitsConfig, model: nn.Module):
     return lookup
 
 
-def _splits(cfg: PruneUnitsConfig, model: nn.Module) -> tuple[DatasetConfig, DatasetConfig | None]:
-    """(calibration episodes, held-out episodes or None): scoring never sees the episodes it is judged on."""
-    if cfg.holdout <= 0 or cfg.dataset.episodes is not None:
-        return cfg.dataset, None
-    train, held = split_episodes(cfg.dataset, model, cfg.holdout, "--holdout")
-    return (
-        dataclasses.replace(cfg.dataset, episodes=train),
-        dataclasses.replace(cfg.dataset, episodes=held),
-    )
-
-
 class Judge:
     """Measures one model the same way every time: loss and action L1 on fixed (held-out) batches,
     `select_action` latency, and, with --env.type, closed-loop success with its Wilson interval."""
 
     def __init__(self, cfg: PruneUnitsConfig, model: nn.Module, path: str | None):
         self.cfg = cfg
-        calib_cfg, held_cfg = _splits(cfg, model)
+        # scoring calibrates on the training episodes and is never judged on them
+        calib_cfg, held_cfg = split_dataset(cfg.dataset, model, cfg.holdout, "--holdout")
         self.held_out = held_cfg is not None
         self.calibration = calibration_batches(model, calib_cfg, cfg.batches, cfg.batch_size, cfg.seed, path)
         self.batches = (
