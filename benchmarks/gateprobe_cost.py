@@ -26,8 +26,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from vlaprune.adapters import layout  # noqa: E402
+from vlaprune.configs import DatasetConfig  # noqa: E402
+from vlaprune.data import Data, policy_loss  # noqa: E402
+from vlaprune.policy import wrap  # noqa: E402
 from vlaprune.scoring import METHODS, Probe  # noqa: E402
-from vlaprune.scoring.calibration import DatasetConfig, calibration_batches, policy_loss  # noqa: E402
 from vlaprune.scoring.score import agreement  # noqa: E402
 from vlaprune.tiny.dataset import write_tiny_dataset  # noqa: E402
 from vlaprune.tiny.smolvla import tiny_smolvla, write_tiny_smolvlm  # noqa: E402
@@ -64,7 +66,7 @@ def main() -> None:
     )
     policy = tiny_smolvla(vlm, num_vlm_layers=args.text_layers)
     data = write_tiny_dataset(tmp / "data", episodes=4, frames=25)
-    batches = calibration_batches(policy, DatasetConfig(root=str(data)), args.batches, args.batch_size, 0)
+    batches = Data(wrap(policy), DatasetConfig(root=str(data))).batches(args.batches, args.batch_size, 0)
     loss = policy_loss(policy, 0)
     lay = layout(policy)
     probe = Probe(lay, list(lay.stacks), batches, loss)

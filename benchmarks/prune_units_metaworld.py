@@ -23,11 +23,14 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from vlaprune.configs import PolicyConfig  # noqa: E402
-from vlaprune.evaluate.run import EnvConfig  # noqa: E402
+from vlaprune.configs import (  # noqa: E402
+    DatasetConfig,
+    EnvConfig,
+    EpisodesConfig,
+    PolicyConfig,  # noqa: E402
+)
 from vlaprune.experiments import assets  # noqa: E402
-from vlaprune.scoring.calibration import DatasetConfig  # noqa: E402
-from vlaprune.surgery.prune_units import EpisodeOptions, PruneUnitsConfig, run  # noqa: E402
+from vlaprune.experiments.prune_units import PruneUnitsConfig, run  # noqa: E402
 
 
 def main() -> None:
@@ -43,7 +46,7 @@ def main() -> None:
             policy=PolicyConfig(path=str(assets.relocated(assets.ASSETS / "policy"))),
             dataset=DatasetConfig(root=str(assets.ASSETS / "dataset")),
             env=EnvConfig(type="metaworld", task=",".join(assets.TASKS)),
-            eval=EpisodeOptions(n_episodes=args.episodes, n_envs=args.n_envs),
+            eval=EpisodesConfig(n_episodes=args.episodes, n_envs=args.n_envs),
             criterion=first,
             compare=",".join(rest),
             ratios=args.ratios,

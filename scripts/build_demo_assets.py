@@ -109,7 +109,9 @@ def write_dataset(root: Path, recorded: list[dict]) -> None:
 def build_policy(out: Path, train_root: Path) -> Path:
     """The untrained demo policy: lerobot SmolVLA on a tiny SmolVLM2-architecture backbone (~1.3 M params),
     saved with its processors (normalization statistics of the training dataset)."""
-    from vlaprune.scoring.calibration import DatasetConfig, load_dataset, pre_post
+    from vlaprune.configs import DatasetConfig
+    from vlaprune.data import Data
+    from vlaprune.policy import wrap
     from vlaprune.tiny.smolvla import tiny_smolvla, write_tiny_smolvlm
 
     vlm = write_tiny_smolvlm(
@@ -119,7 +121,7 @@ def build_policy(out: Path, train_root: Path) -> Path:
     policy.config.vlm_model_name = str(vlm)
     shutil.rmtree(out, ignore_errors=True)
     policy.save_pretrained(out)
-    pre, post = pre_post(policy, load_dataset(policy, DatasetConfig(root=str(train_root))))
+    pre, post = Data(wrap(policy), DatasetConfig(root=str(train_root))).processors()
     pre.save_pretrained(out)
     post.save_pretrained(out)
     return out
@@ -155,9 +157,8 @@ def main() -> None:
         write_dataset(ship_root, recs[len(TASKS) :])
         log(f"datasets written: train {train_root}, shipped {ship_root}")
     init = build_policy(work / "init_policy", train_root)
-    from vlaprune.configs import PolicyConfig
+    from vlaprune.configs import DatasetConfig, PolicyConfig
     from vlaprune.recover.train import RecoverConfig, run
-    from vlaprune.scoring.calibration import DatasetConfig
 
     out = work / "train"
     shutil.rmtree(out, ignore_errors=True)
@@ -188,16 +189,14 @@ def main() -> None:
 
 
 def evaluate(policy_dir: Path, n: int) -> None:
-    from vlaprune.evaluate.run import EnvConfig, EvalConfig, EvalOptions, closed_loop
+    from vlaprune.configs import EnvConfig, EpisodesConfig
+    from vlaprune.evaluate.run import closed_loop
     from vlaprune.experiments.assets import load_demo_policy
 
     policy, pre, post = load_demo_policy(policy_dir)
-    cfg = EvalConfig(
-        env=EnvConfig(type="metaworld", task=",".join(TASKS)),
-        eval=EvalOptions(n_episodes=n, n_envs=2, vision_probe=True),
-    )
+    env = EnvConfig(type="metaworld", task=",".join(TASKS))
     t0 = time.time()
-    res = closed_loop(policy, pre, post, cfg)
+    res = closed_loop(policy, pre, post, env, EpisodesConfig(n_episodes=n, n_envs=2), vision_probe=True)
     for cond, r in res.items():
         per = ", ".join(
             f"{t} {v['success_rate']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]"

@@ -8,6 +8,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import vlaprune.tiny  # noqa: E402,F401  (registers tiny:NAME with the loader, as the CLI does)
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
@@ -57,13 +59,15 @@ def tiny_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def probe_for(tiny_dataset):
     """probe_for(policy, batches=2, seed=0): a Probe over all stacks with calibration from tiny_dataset."""
-    from vlaprune.adapters import layout
+    from vlaprune.configs import DatasetConfig
+    from vlaprune.data import Data, policy_loss
+    from vlaprune.policy import wrap
     from vlaprune.scoring import Probe
-    from vlaprune.scoring.calibration import DatasetConfig, calibration_batches, policy_loss
 
     def make(policy, batches: int = 2, seed: int = 0, granularity: str = "block"):
-        lay = layout(policy)
-        data = calibration_batches(policy, DatasetConfig(root=str(tiny_dataset)), batches, 4, seed)
+        loaded = wrap(policy)
+        lay = loaded.layout()
+        data = Data(loaded, DatasetConfig(root=str(tiny_dataset))).batches(batches, 4, seed)
         return Probe(lay, list(lay.stacks), data, policy_loss(policy, seed), seed, granularity)
 
     return make

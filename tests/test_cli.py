@@ -117,3 +117,12 @@ def test_console_script_no_traceback(tmp_path):
     )
     unknown = subprocess.run([exe, "frobnicate"], capture_output=True, text=True, env=env)
     assert unknown.returncode == 2 and "unknown command" in unknown.stderr
+
+
+@pytest.mark.parametrize("command", sorted(__import__("vlaprune.cli").cli.COMMANDS))
+def test_every_subcommand_prints_its_help(command, capsys):
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage" in out.lower()
+    if command != "report":  # draccus lists every flag of the command's config
+        assert "--policy.path" in out or "--output_dir" in out or "--base" in out, out[:500]

@@ -29,9 +29,21 @@ def _stage(
         mod = importlib.import_module(module)
         if rewrite:
             args = [rewrite(a) for a in args]
-        return mod.run(draccus.parse(getattr(mod, config), args=args))
+        try:
+            cfg = draccus.parse(getattr(mod, config), args=args)
+        except draccus.utils.DecodingError as e:  # a nested config refused a value: show its own message
+            raise _cause(e) from None
+        return mod.run(cfg)
 
     return command
+
+
+def _cause(e: BaseException) -> VlapruneError:
+    """The VlapruneError behind a draccus DecodingError (its one-line message), or one made from it."""
+    c: BaseException | None = e
+    while c is not None and not isinstance(c, VlapruneError):
+        c = c.__cause__ or c.__context__
+    return c if c is not None else VlapruneError(" ".join(str(e).split())[:300])
 
 
 def _from_flag(arg: str) -> str:
@@ -42,20 +54,29 @@ def _from_flag(arg: str) -> str:
 def _report(args: list[str]) -> Any:
     from vlaprune.experiments import report
 
+    if args and args[0] in ("-h", "--help"):
+        print(REPORT_USAGE)
+        return None
     if len(args) != 1 or args[0].startswith("-"):
-        raise VlapruneError("usage: vlaprune report RUN_DIR (the --output_dir of `vlaprune dtr` or the demo)")
+        raise VlapruneError(
+            f"{REPORT_USAGE.splitlines()[0]} (the --output_dir of `vlaprune dtr` or the demo)"
+        )
     html, md = report.build(args[0])
     print(f"wrote {html} and {md}")
     return html
 
 
-_inspect = _stage("vlaprune.adapters.anatomy", "InspectConfig")
+REPORT_USAGE = """usage: vlaprune report RUN_DIR
+  RUN_DIR   a results store: the --output_dir of `vlaprune dtr` or of the demo
+Writes RUN_DIR/report.html (self-contained) and RUN_DIR/report.md from the store's rows alone."""
+
+_inspect = _stage("vlaprune.experiments.inspect", "InspectConfig")
 _score = _stage("vlaprune.scoring.score", "ScoreConfig")
-_drop = _stage("vlaprune.surgery.drop", "DropConfig", rewrite=_from_flag)
+_drop = _stage("vlaprune.experiments.drop", "DropConfig", rewrite=_from_flag)
 _recover = _stage("vlaprune.recover.train", "RecoverConfig")
 _eval = _stage("vlaprune.evaluate.run", "EvalConfig")
 _diverge = _stage("vlaprune.scoring.diverge", "DivergeConfig")
-_prune_units = _stage("vlaprune.surgery.prune_units", "PruneUnitsConfig")
+_prune_units = _stage("vlaprune.experiments.prune_units", "PruneUnitsConfig")
 _dtr = _stage("vlaprune.experiments.dtr", "DTRConfig")
 _demo = _stage("vlaprune.experiments.demo", "DemoConfig")
 
@@ -98,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vlaprune: error: unknown command {cmd!r}\n{usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=os.environ.get("VLAPRUNE_LOG", "WARNING"))
+    import vlaprune.tiny  # noqa: F401  (registers the built-in tiny models: --policy.path=tiny:NAME)
+
     try:
         COMMANDS[cmd][0](args)
     except VlapruneError as e:
@@ -106,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vlaprune: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:  # draccus after --help (0) or a flag it cannot parse (2)
+        return e.code if isinstance(e.code, int) else 2
     return 0
 
 

@@ -1,8 +1,16 @@
-"""One dataclass per stage, parsed from lerobot-style flags (`--policy.path=...`) by draccus."""
+"""The configs several stages share, parsed from lerobot-style flags (`--policy.path=...`) by draccus.
+
+Each command's own config (one dataclass per stage) lives beside its `run(cfg)`; these are the parts they
+have in common: which policy, which dataset, which simulator, and how closed-loop episodes run.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from vlaprune.errors import VlapruneError
+
+ENV_TYPES = ("metaworld", "pusht", "libero")  # vlaprune.evaluate.envs.ENVS has one entry per name
 
 
 @dataclass
@@ -17,16 +25,60 @@ class PolicyConfig:
 
 
 @dataclass
-class InspectConfig:
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    # Name the stacks yourself: "language=model.layers,vision=vision_tower.blocks" or a preset ("openvla").
-    # Empty: the adapter finds them (lerobot SmolVLA / pi0 / pi0.5, transformers models).
-    stacks: str = ""
-    # Where the anatomy JSON goes.
-    output: str = "anatomy.json"
-    # Count FLOPs with one representative forward pass (set false to skip on very large models).
-    flops: bool = True
+class DatasetConfig:
+    # LeRobotDataset repo id (e.g. lerobot/libero_spatial); with `root`, read from that local folder.
+    repo_id: str = ""
+    # Local dataset folder (holds meta/info.json); nothing is downloaded when it exists.
+    root: str | None = None
+    # Episodes to use (default: all).
+    episodes: list[int] | None = None
+
+    @property
+    def given(self) -> bool:
+        return bool(self.repo_id or self.root)
+
+
+@dataclass
+class EnvConfig:
+    # Simulator: metaworld | pusht | libero. Tasks comma-separated: MetaWorld names (reach-v3,door-open-v3);
+    # PushT-v0; LIBERO suites (libero_spatial, libero_object, libero_goal, libero_10, libero_90: every task
+    # of the suite) or single LIBERO tasks SUITE/ID (libero_spatial/3, ids from 0).
+    type: str = ""
+    task: str = ""
+    # Episode cap (default: the env's own: MetaWorld 150, PushT 300, LIBERO lerobot's per suite, e.g. 280).
+    max_steps: int = 0
+    # Camera image side in pixels (default: the env's own: MetaWorld 64, PushT 96, LIBERO 256).
+    image_size: int = 0
 
     def __post_init__(self) -> None:
-        if not self.output:
-            raise ValueError("--output must be a file path")
+        if self.type and self.type not in ENV_TYPES:
+            raise VlapruneError(f"unknown --env.type={self.type!r}; choose one of {', '.join(ENV_TYPES)}")
+        if self.type and not self.task.strip():
+            raise VlapruneError("--env.task is required with --env.type (comma-separated task names)")
+
+    def task_names(self) -> list[str]:
+        return [t.strip() for t in self.task.split(",") if t.strip()]
+
+    def kwargs(self) -> dict[str, int]:
+        """The env's keyword arguments that the flags set (unset flags keep each env's defaults)."""
+        return {k: v for k, v in (("max_steps", self.max_steps), ("image_size", self.image_size)) if v}
+
+
+@dataclass
+class EpisodesConfig:
+    """Closed-loop episodes (`--eval.*`), the same options for eval, dtr, prune-units and the demo."""
+
+    # Episodes per task; episode seeds are seed, seed + 1, ... (from 100000: seeds demo recording never uses).
+    n_episodes: int = 10
+    seed: int = 100_000
+    # Simulators stepped in parallel (processes), with one batched policy call per step.
+    n_envs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.n_episodes < 1:
+            raise VlapruneError(f"--eval.n_episodes={self.n_episodes}: need at least one episode")
+        if self.n_envs < 1:
+            raise VlapruneError(f"--eval.n_envs={self.n_envs}: need at least one simulator")
+
+    def seeds(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.n_episodes))

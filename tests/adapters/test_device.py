@@ -9,9 +9,14 @@ import json
 import pytest
 import torch
 
-from vlaprune.adapters.load import load_model
 from vlaprune.cli import main
+from vlaprune.configs import PolicyConfig
 from vlaprune.errors import VlapruneError
+from vlaprune.policy import load_policy
+
+
+def load_model(path: str, device: str = ""):
+    return load_policy(PolicyConfig(path=path, device=device)).module
 
 
 def test_device_moves_model_and_config():
@@ -83,8 +88,8 @@ def test_pipeline_on_cuda(smolvla, tiny_dataset, tmp_path):
         f"--policy.path={t / 'rec' / 'final'}",
         data,
         dev,
-        "--eval.offline=true",
-        "--eval.holdout=0.3",
+        "--offline=true",
+        "--holdout=0.3",
         "--env.type=metaworld",
         "--env.task=reach-v3",
         "--env.max_steps=5",

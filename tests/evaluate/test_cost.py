@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vlaprune.adapters import layout
 from vlaprune.adapters.anatomy import anatomy
-from vlaprune.evaluate.cost import count_flops, unique_params
+from vlaprune.adapters.counting import count_flops, unique_params
 
 
 def torch_flops(forward):

@@ -5,8 +5,14 @@ import json
 import pytest
 
 from vlaprune.cli import main
+from vlaprune.configs import DatasetConfig
+from vlaprune.data import Data
 from vlaprune.evaluate.closed_loop import probe_instruction, rollouts, summarize, wilson
-from vlaprune.scoring.calibration import DatasetConfig, load_dataset, pre_post
+from vlaprune.policy import wrap
+
+
+def pre_post(policy, root):
+    return Data(wrap(policy), DatasetConfig(root=str(root))).processors()
 
 
 def test_wilson_known_values():
@@ -27,18 +33,19 @@ def test_instruction_probes():
 
 
 def test_offline_eval_is_reproducible(smolvla, tiny_dataset):
-    from vlaprune.evaluate.offline import held_out, offline_eval
+    from vlaprune.evaluate.offline import offline_eval
 
-    ds = held_out(DatasetConfig(root=str(tiny_dataset)), smolvla, 0.34)
-    assert ds.episodes == [2]
-    a = offline_eval(smolvla, ds, batch_size=8)
-    b = offline_eval(smolvla, ds, batch_size=8)
+    data = Data(wrap(smolvla), DatasetConfig(root=str(tiny_dataset)))
+    _, held = data.split(0.34)
+    assert held == [2]
+    a = offline_eval(smolvla, data, held, batch_size=8)
+    b = offline_eval(smolvla, data, held, batch_size=8)
     assert a == b
     assert a["frames"] == 20 and len(a["l1_per_dim"]) == 4 and a["l1"] > 0 and a["loss"] > 0
 
 
 def test_metaworld_episodes_parallel(smolvla, tiny_dataset):
-    pre, post = pre_post(smolvla, load_dataset(smolvla, DatasetConfig(root=str(tiny_dataset))))
+    pre, post = pre_post(smolvla, tiny_dataset)
     res = rollouts(
         smolvla, pre, post, "metaworld", "reach-v3", [100000, 100001], n_envs=2, env_kw={"max_steps": 8}
     )
@@ -56,7 +63,7 @@ def test_pusht_episode(smolvlm_dir, tmp_path):
         tmp_path / "pusht", episodes=2, frames=8, state_dim=2, action_dim=2, image_size=96
     )
     policy = tiny_smolvla(smolvlm_dir, state_dim=2, action_dim=2)
-    pre, post = pre_post(policy, load_dataset(policy, DatasetConfig(root=str(data))))
+    pre, post = pre_post(policy, data)
     res = rollouts(policy, pre, post, "pusht", "PushT-v0", [7], env_kw={"max_steps": 10}, camera="blank")
     assert res[0]["steps"] == 10 and res[0]["success"] is False
 
@@ -67,14 +74,14 @@ def test_eval_cli_offline_closed_loop_and_probes(tiny_dataset, tmp_path):
         "eval",
         "--policy.path=tiny:smolvla",
         f"--dataset.root={tiny_dataset}",
-        "--eval.offline=true",
-        "--eval.holdout=0.34",
+        "--offline=true",
+        "--holdout=0.34",
         "--env.type=metaworld",
         "--env.task=reach-v3,drawer-close-v3",
         "--env.max_steps=5",
         "--eval.n_episodes=2",
-        "--eval.language_probe=true",
-        "--eval.vision_probe=true",
+        "--language_probe=true",
+        "--vision_probe=true",
         f"--output={out}",
     ]
     assert main(args) == 0
@@ -107,7 +114,7 @@ def test_eval_bad_input(tiny_dataset, tmp_path, cli_error):
         (base + ["--env.type=atari", "--env.task=pong"], "unknown --env.type"),
         (base + ["--env.type=metaworld", "--env.task=make-coffee-v3"], "unknown MetaWorld task"),
         (base + ["--env.type=pusht", "--env.task=PushT-v0"], "2-D state but the policy expects 4-D"),
-        (["--policy.path=tiny:smolvla", f"--dataset.root={bad}", "--eval.offline=true"], "no feature"),
+        (["--policy.path=tiny:smolvla", f"--dataset.root={bad}", "--offline=true"], "no feature"),
         (base, "nothing to evaluate"),
         (
             ["--policy.path=tiny:smolvla", "--env.type=metaworld", "--env.task=reach-v3"],

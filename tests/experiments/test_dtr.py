@@ -7,11 +7,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from vlaprune.configs import PolicyConfig
-from vlaprune.evaluate.run import EnvConfig
+from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
 from vlaprune.experiments import dtr, report
 from vlaprune.experiments.store import Store
-from vlaprune.scoring.calibration import DatasetConfig
 
 
 def config(out, data, **kw):
@@ -21,7 +19,7 @@ def config(out, data, **kw):
         env=EnvConfig(type="metaworld", task="reach-v3", max_steps=3),
         sweep=dtr.SweepConfig(components="vision,language", levels="0.5", methods="gateprobe,position_last"),
         recover=dtr.BudgetConfig(steps=2, batch_size=2, trainable="all"),
-        eval_episodes=1,
+        eval=EpisodesConfig(n_episodes=1),
         probe_episodes=1,
         holdout=0.34,
         calib_batches=1,
@@ -97,7 +95,7 @@ def test_killed_sweep_reruns_to_the_same_rows(tiny_dataset, tmp_path, finished_r
 def test_shards_split_the_measurements(tiny_dataset, tmp_path):
     seen = []
 
-    def fake(cfg, mspec, work, baseline):
+    def fake(cfg, mspec, work, baseline, **kw):
         seen.append((cfg.shard, json.dumps(mspec["drops"], sort_keys=True)))
         ev = {"success": 0.5, "offline": {"loss": 1.0}, "tasks": {}}
         return {

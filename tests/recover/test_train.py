@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from vlaprune.cli import main
-from vlaprune.configs import PolicyConfig
+from vlaprune.configs import DatasetConfig, PolicyConfig
+from vlaprune.policy import load_policy, wrap
 from vlaprune.recover.train import RecoverConfig, run
-from vlaprune.scoring.calibration import DatasetConfig
 
 
 def cfg(tmp, data, **kw):
@@ -25,19 +25,16 @@ def cfg(tmp, data, **kw):
 
 
 def mean_loss(policy, data, batches=4):
-    from vlaprune.scoring.calibration import calibration_batches, policy_loss
+    from vlaprune.data import Data, policy_loss
 
-    bs = calibration_batches(policy, DatasetConfig(root=str(data)), batches, 8, seed=5)
+    bs = Data(wrap(policy), DatasetConfig(root=str(data))).batches(batches, 8, seed=5)
     loss = policy_loss(policy, seed=5)
     with torch.no_grad():
         return sum(float(loss(i, b)) for i, b in enumerate(bs)) / batches
 
 
 def test_recovery_lowers_training_loss(tiny_dataset, tmp_path):
-    from vlaprune.adapters.load import load_model
-    from vlaprune.surgery import load
-
-    before = mean_loss(load_model("tiny:smolvla"), tiny_dataset)
+    before = mean_loss(load_policy("tiny:smolvla").module, tiny_dataset)
     summary = run(
         cfg(
             tmp_path / "r",
@@ -50,7 +47,7 @@ def test_recovery_lowers_training_loss(tiny_dataset, tmp_path):
             log_every=10,
         )
     )
-    after = mean_loss(load(tmp_path / "r" / "final"), tiny_dataset)
+    after = mean_loss(load_policy(tmp_path / "r" / "final").module, tiny_dataset)
     assert after < 0.7 * before, (before, after)
     assert summary["steps_this_run"] == 60 and summary["samples_per_s"] > 0
     log = [json.loads(line) for line in (tmp_path / "r" / "train.log").read_text().splitlines()]
@@ -89,10 +86,9 @@ def test_killed_and_resumed_run_reaches_the_same_weights(tiny_dataset, tmp_path,
 )
 def test_lora_and_distill_save_policies_that_load(mode, extra, tiny_dataset, tmp_path):
     from vlaprune.adapters.lerobot_batch import example_batch
-    from vlaprune.surgery import load
 
     run(cfg(tmp_path / mode, tiny_dataset, mode=mode, steps=3, save_every=3, **extra))
-    policy = load(tmp_path / mode / "final")
+    policy = load_policy(tmp_path / mode / "final").module
     assert not any("lora" in n for n, _ in policy.named_parameters())  # adapters merged into the weights
     policy.reset()
     assert torch.isfinite(policy.predict_action_chunk(example_batch(policy))).all()
@@ -103,11 +99,11 @@ def test_lora_and_distill_save_policies_that_load(mode, extra, tiny_dataset, tmp
 
 
 def test_pruned_policy_recovers(tiny_dataset, tmp_path):
-    from vlaprune.surgery import drop_blocks, load, save_pruned
     from vlaprune.tiny.pi import tiny_pi
 
-    policy = tiny_pi("pi0")
-    save_pruned(policy, drop_blocks(policy, {"language": [1]}), tmp_path / "pruned")
+    policy = wrap(tiny_pi("pi0"))
+    policy.drop_blocks({"language": [1]})
+    policy.save(tmp_path / "pruned")
     run(
         cfg(
             tmp_path / "r",
@@ -117,7 +113,7 @@ def test_pruned_policy_recovers(tiny_dataset, tmp_path):
             save_every=2,
         )
     )
-    recovered = load(tmp_path / "r" / "final")
+    recovered = load_policy(tmp_path / "r" / "final").module
     assert len(recovered.model.paligemma_with_expert.gemma_expert.model.layers) == 3
 
 

@@ -1,4 +1,4 @@
-"""Pruned checkpoints: same actions after save -> load (family loader and vlaprune.load); bad ones refused."""
+"""Pruned checkpoints: same actions after save -> load (family loader and vlaprune's); bad ones refused."""
 
 import json
 
@@ -8,15 +8,20 @@ from safetensors.torch import load_file, save_file
 
 from tests.surgery.conftest import actions, logits
 from vlaprune.errors import VlapruneError
-from vlaprune.surgery import drop_blocks, load, save_pruned
+from vlaprune.policy import load_policy, wrap
+
+
+def load(folder):
+    return load_policy(folder).module
 
 
 def test_smolvla_language_drop_loads_with_lerobot_and_vlaprune(fresh, tmp_path):
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
-    policy = fresh("smolvla")
-    plan = drop_blocks(policy, {"language": [2, 3]})
-    out = save_pruned(policy, plan, tmp_path / "ckpt")
+    handle = wrap(fresh("smolvla"))
+    policy = handle.module
+    handle.drop_blocks({"language": [2, 3]})
+    out = handle.save(tmp_path / "ckpt")
     record = json.loads((out / "plan.json").read_text())
     assert record["family_loader_ok"] and record["weights"] == "model.safetensors"
     assert json.loads((out / "config.json").read_text())["num_vlm_layers"] == 2
@@ -34,9 +39,10 @@ def test_smolvla_language_drop_loads_with_lerobot_and_vlaprune(fresh, tmp_path):
 def test_unexpressible_shapes_load_through_vlaprune_only(kind, request_, fresh, tmp_path):
     from lerobot.policies.factory import get_policy_class
 
-    policy = fresh(kind)
-    plan = drop_blocks(policy, request_)
-    out = save_pruned(policy, plan, tmp_path / "ckpt")
+    handle = wrap(fresh(kind))
+    policy = handle.module
+    plan = handle.drop_blocks(request_)
+    out = handle.save(tmp_path / "ckpt")
     record = json.loads((out / "plan.json").read_text())
     assert not record["family_loader_ok"] and (out / "pruned_model.safetensors").is_file()
     assert not (out / "model.safetensors").exists()
@@ -51,28 +57,28 @@ def test_unexpressible_shapes_load_through_vlaprune_only(kind, request_, fresh, 
 def test_transformers_lm_loads_with_transformers_and_vlaprune(fresh, tmp_path):
     import transformers
 
-    lm = fresh("qwen2")
-    plan = drop_blocks(lm, {"language": [1]})
-    out = save_pruned(lm, plan, tmp_path / "lm")
+    handle = wrap(fresh("qwen2"))
+    lm = handle.module
+    handle.drop_blocks({"language": [1]})
+    out = handle.save(tmp_path / "lm")
     expected = logits(lm)
     assert torch.equal(logits(transformers.Qwen2ForCausalLM.from_pretrained(out)), expected)
     assert torch.equal(logits(load(out)), expected)
 
 
 def test_no_pickles_and_plan_recorded(fresh, tmp_path):
-    policy = fresh("pi0")
-    plan = drop_blocks(policy, {"language": [1]})
-    out = save_pruned(policy, plan, tmp_path / "c")
+    handle = wrap(fresh("pi0"))
+    plan = handle.drop_blocks({"language": [1]})
+    out = handle.save(tmp_path / "c")
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "plan.json", "pruned_model.safetensors"]
     assert json.loads((out / "config.json").read_text())["vlaprune_pruned"].startswith("blocks removed")
-    loaded = load(out)
-    assert loaded.vlaprune_plans[0].drops == plan.drops
+    assert load_policy(out).record.plans[0].drops == plan.drops
 
 
 def test_missing_layer_is_refused(fresh, tmp_path):
-    policy = fresh("smolvla")
-    plan = drop_blocks(policy, {"language": [2, 3]})
-    out = save_pruned(policy, plan, tmp_path / "c")
+    handle = wrap(fresh("smolvla"))
+    handle.drop_blocks({"language": [2, 3]})
+    out = handle.save(tmp_path / "c")
     weights = out / "model.safetensors"
     tensors = load_file(weights)
     layer = "model.vlm_with_expert.vlm.model.text_model.layers.1."
@@ -83,9 +89,9 @@ def test_missing_layer_is_refused(fresh, tmp_path):
 
 def test_extra_layer_is_refused(fresh, tmp_path):
     """A checkpoint holding more layers than its plan leaves (e.g. an unpruned file) is refused."""
-    policy = fresh("pi0")
-    plan = drop_blocks(policy, {"language": [1]})
-    out = save_pruned(policy, plan, tmp_path / "c")
+    handle = wrap(fresh("pi0"))
+    handle.drop_blocks({"language": [1]})
+    out = handle.save(tmp_path / "c")
     full = fresh("pi0")
     from safetensors.torch import save_model
 
@@ -95,21 +101,24 @@ def test_extra_layer_is_refused(fresh, tmp_path):
 
 
 def test_incomplete_or_foreign_folders_are_refused(fresh, tmp_path):
-    policy = fresh("pi0")
-    out = save_pruned(policy, drop_blocks(policy, {"vision": [0]}), tmp_path / "c")
+    handle = wrap(fresh("pi0"))
+    handle.drop_blocks({"vision": [0]})
+    out = handle.save(tmp_path / "c")
     (out / "pruned_model.safetensors").unlink()
     with pytest.raises(VlapruneError, match="is missing"):
         load(out)
+    from vlaprune.surgery import load_pruned
+
     with pytest.raises(VlapruneError, match="no plan.json"):
-        load(tmp_path)
+        load_pruned(tmp_path)
 
 
 def test_existing_output_is_not_overwritten(fresh, tmp_path):
-    policy = fresh("pi0")
-    plan = drop_blocks(policy, {"vision": [0]})
+    handle = wrap(fresh("pi0"))
+    handle.drop_blocks({"vision": [0]})
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("mine")
     with pytest.raises(VlapruneError, match="not empty"):
-        save_pruned(policy, plan, tmp_path / "busy")
+        handle.save(tmp_path / "busy")
     assert [p.name for p in (tmp_path / "busy").iterdir()] == ["keep.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["busy"]  # no temp folder left behind

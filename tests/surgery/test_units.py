@@ -10,11 +10,15 @@ from tests.surgery.conftest import IDS, actions, logits, loss
 from vlaprune.adapters import layout
 from vlaprune.cli import main
 from vlaprune.errors import VlapruneError
+from vlaprune.policy import load_policy, wrap
 from vlaprune.scoring import Probe
 from vlaprune.scoring.units import unit_scores
-from vlaprune.surgery import load, save_pruned
-from vlaprune.surgery.prune_units import prune_units
 from vlaprune.surgery.ratios import parse_ratios, select
+from vlaprune.surgery.units import prune_units
+
+
+def load(folder):
+    return load_policy(folder).module
 
 
 def scores_for(model, kinds, criterion="magnitude"):
@@ -51,11 +55,12 @@ def test_ratio_zero_changes_nothing(kind, fresh):
     ],
 )
 def test_pruned_policy_runs_and_round_trips(kind, ratios, fresh, tmp_path):
-    policy = fresh(kind)
+    handle = wrap(fresh(kind))
+    policy = handle.module
     kinds = {}
     for s, k in ratios:
         kinds.setdefault(s, set()).update({"ffn"} if k == "mlp" else {"q", "kv"})
-    plan = prune_units(policy, select(scores_for(policy, kinds), ratios))
+    plan = handle.prune_units(select(scores_for(policy, kinds), ratios))
     assert plan.params_after < plan.params_before
     mlp = layout(policy).stacks[next(iter(kinds))].blocks[0].mlp
     assert mlp is not None
@@ -67,7 +72,7 @@ def test_pruned_policy_runs_and_round_trips(kind, ratios, fresh, tmp_path):
 
     policy.reset()
     assert policy.select_action(example_batch(policy, 1)).shape == (1, 4)
-    out = save_pruned(policy, plan, tmp_path / "ckpt")
+    out = handle.save(tmp_path / "ckpt")
     assert json.loads((out / "plan.json").read_text())["weights"] == "pruned_model.safetensors"
     loaded = load(out)
     assert torch.equal(actions(loaded), a)
@@ -76,9 +81,10 @@ def test_pruned_policy_runs_and_round_trips(kind, ratios, fresh, tmp_path):
 
 @pytest.mark.parametrize("heads, q, kv, groups", [("groups", 2, 1, 2), ("query", 2, 2, 1)])
 def test_gqa_head_pruning_keeps_shapes_valid(heads, q, kv, groups, fresh, tmp_path):
-    lm = fresh("llama")  # 4 query heads, 2 KV heads (groups of 2)
+    handle = wrap(fresh("llama"))  # 4 query heads, 2 KV heads (groups of 2)
+    lm = handle.module
     units = select(scores_for(lm, {"language": {"q", "kv"}}), {("language", "attn"): 0.5}, heads)
-    plan = prune_units(lm, units)
+    handle.prune_units(units)
     attn = lm.model.layers[0].self_attn
     d = attn.head_dim
     assert attn.q_proj.out_features == q * d and attn.k_proj.out_features == kv * d
@@ -88,7 +94,7 @@ def test_gqa_head_pruning_keeps_shapes_valid(heads, q, kv, groups, fresh, tmp_pa
     out = lm.generate(IDS, max_new_tokens=3, do_sample=False)  # KV cache with fewer heads
     assert out.shape == (1, IDS.shape[1] + 3)
     expected = logits(lm)
-    assert torch.equal(logits(load(save_pruned(lm, plan, tmp_path / "lm"))), expected)
+    assert torch.equal(logits(load(handle.save(tmp_path / "lm"))), expected)
 
 
 def test_bad_plans(fresh):

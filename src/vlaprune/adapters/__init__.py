@@ -1,7 +1,9 @@
-"""Adapters: find the vision / language / action stacks of a loaded model and how they are coupled.
+"""Adapters: all architecture knowledge. Where the vision / language / action stacks of a model live, how
+they are coupled, a block's parts, parameter and FLOP counting, and how checkpoints load.
 
 `layout(model, stacks=None)` picks the adapter: an explicit `stacks` spec (generic, path-named) wins;
-lerobot policies go by `config.type`; other transformers models are scanned automatically.
+lerobot policies go by `config.type`; other transformers models are scanned automatically. Later stages
+(scoring, surgery, recover, evaluate) ask the Layout and never name a module path.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from torch import nn
 
 from vlaprune.adapters import hf, paths, pi, smolvla
+from vlaprune.adapters.load import is_lerobot
 from vlaprune.adapters.stack import Counter, Coupling, Layout, Stack
 from vlaprune.errors import VlapruneError
 
@@ -20,8 +23,27 @@ ADAPTERS: dict[str, Callable[[nn.Module], Layout]] = {
     "pi05": pi.layout,
     "hf": hf.layout,
 }
+# VLA -> base VLM tensor-name prefix rules, per family (`vlaprune diverge`, the dW criteria)
+VLM_MAPS: dict[str, list[tuple[str, str]]] = {
+    "identity": [],
+    "smolvla": smolvla.VLM_MAP,
+    "pi0": pi.VLM_MAP,
+    "pi05": pi.VLM_MAP,
+    "pi0-transformers5": pi.VLM_MAP_TRANSFORMERS5,
+    "openvla": paths.VLM_MAP_OPENVLA,
+}
 
-__all__ = ["ADAPTERS", "Coupling", "Counter", "Layout", "Stack", "family", "layout"]
+__all__ = [
+    "ADAPTERS",
+    "VLM_MAPS",
+    "Coupling",
+    "Counter",
+    "Layout",
+    "Stack",
+    "family",
+    "is_lerobot",
+    "layout",
+]
 
 
 def family(model: nn.Module) -> str | None:
@@ -29,10 +51,8 @@ def family(model: nn.Module) -> str | None:
     cfg_type = getattr(getattr(model, "config", None), "type", None)
     if isinstance(cfg_type, str) and cfg_type in ADAPTERS:
         return cfg_type
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:  # pragma: no cover
-        return None
+    from transformers import PreTrainedModel
+
     if isinstance(model, PreTrainedModel) and hf.find_stack_paths(model):
         return "hf"
     return None

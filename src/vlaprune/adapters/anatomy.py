@@ -1,5 +1,5 @@
 """The anatomy of a model: its stacks, each block's parameters and share of a forward pass's FLOPs, and
-the coupling rules between stacks. `run(cfg)` is `vlaprune inspect`.
+the coupling rules between stacks (`vlaprune inspect` prints it: `vlaprune.experiments.inspect`).
 """
 
 from __future__ import annotations
@@ -8,12 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from vlaprune.adapters import layout as find_layout
-from vlaprune.adapters.load import load_model
+from vlaprune.adapters.counting import count_flops, unique_params
 from vlaprune.adapters.stack import Layout
-from vlaprune.atomic import write_json_atomic
-from vlaprune.configs import InspectConfig
-from vlaprune.evaluate.cost import count_flops, unique_params
 
 OTHER = "other"
 
@@ -35,7 +31,7 @@ def anatomy(layout: Layout, flops: bool = True) -> dict[str, Any]:
     """Parameters and FLOPs per block of every stack, per non-block part, and the rest ("other").
 
     Parameters are counted once each (tied weights once), so stacks + parts + other = sum(p.numel()).
-    FLOPs: see `vlaprune.evaluate.cost.count_flops` for how ops are attributed to blocks."""
+    FLOPs: see `vlaprune.adapters.counting.count_flops` for how ops are attributed to blocks."""
     model = layout.model
     seen: set[int] = set()
     block_params = {n: [unique_params(b, seen) for b in s.blocks] for n, s in layout.stacks.items()}
@@ -164,19 +160,3 @@ def table(anat: dict[str, Any]):
     o = anat[OTHER]
     t.add_row("other", "-", num(o["params"]), p(o["params_pct"]), p(o["flops_pct"]), "")
     return t
-
-
-def run(cfg: InspectConfig) -> dict[str, Any]:
-    """`vlaprune inspect`: load, find the stacks, measure, print the table and write the JSON."""
-    from rich.console import Console
-
-    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code, cfg.policy.device)
-    anat = anatomy(find_layout(model, cfg.stacks or None), flops=cfg.flops)
-    anat["source"] = cfg.policy.path
-    console = Console(width=max(Console().width, 110))
-    console.print(table(anat))
-    for c in anat["couplings"]:
-        console.print(f"coupling {c['a']} / {c['b']}: {c['rule']}")
-    write_json_atomic(cfg.output, anat)
-    print(f"wrote {cfg.output}")
-    return anat

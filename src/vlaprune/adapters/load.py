@@ -1,17 +1,19 @@
-"""Load a model to inspect or prune: a local checkpoint folder, a hub id, or a built-in tiny model.
+"""Load a model as its checkpoint stores it: a lerobot policy folder, a transformers folder, a hub id, or a
+registered builder (e.g. the tiny models, `tiny:pi0`, which register themselves from `vlaprune.tiny`).
 
-`--policy.path` accepts
-  tiny:<name>        a built-in tiny random-weight model (tiny:smolvla, tiny:pi0, tiny:pi05, tiny:llama, ...)
-  a folder           a vlaprune pruned checkpoint (plan.json), a lerobot policy checkpoint (config.json
-                     with a "type") or a transformers model (config.json with a "model_type")
-  org/name           a hub id, downloaded with huggingface_hub where the hub is reachable
+This is the raw level: pruned checkpoints (plan.json) are rebuilt by `vlaprune.surgery.checkpoint`, and
+`vlaprune.policy.load_policy` dispatches between the two and returns the one policy handle every stage uses.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,65 +23,91 @@ from vlaprune.errors import VlapruneError
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+@dataclass
+class Source:
+    """A model as loaded, and where it came from.
+
+    kind: "lerobot" (a lerobot policy), "transformers" (a PreTrainedModel) or "module" (anything else).
+    folder: the local checkpoint folder (processors, config), None for built models.
+    builder: for built models, how to build the same architecture again, {"name": "tiny:pi0", **kwargs}
+        (JSON, recorded in pruned checkpoints).
+    tokenizers: hub tokenizer id -> local folder, for processors that hard-code a hub tokenizer.
+    """
+
+    module: nn.Module
+    kind: str
+    folder: Path | None = None
+    builder: dict[str, Any] | None = None
+    tokenizers: dict[str, str] = field(default_factory=dict)
+
+
+# name ("tiny:pi0") -> build(config=None, **kwargs) -> Source; config rebuilds that architecture
+BUILDERS: dict[str, Callable[..., Source]] = {}
+_BUILT: weakref.WeakKeyDictionary[nn.Module, Source] = weakref.WeakKeyDictionary()
+
+
+def register_builder(name: str, build: Callable[..., Source]) -> None:
+    """Make `--policy.path=<name>` build a model (the tiny models register themselves this way)."""
+    BUILDERS[name] = build
+
+
+def is_lerobot(model: nn.Module) -> bool:
+    """Is `model` a lerobot policy (a PreTrainedPolicy with input / output features)?"""
+    cfg = getattr(model, "config", None)
+    return hasattr(cfg, "input_features") and hasattr(cfg, "type")
+
+
+def kind_of(model: nn.Module) -> str:
+    if is_lerobot(model):
+        return "lerobot"
+    return "transformers" if hasattr(getattr(model, "config", None), "to_dict") else "module"
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
-def load_model(path: str, trust_remote_code: bool = False, device: str = "") -> nn.Module:
-    """The model behind `path`, in eval mode, on `device` if given; raises VlapruneError with a one-line
-    fix on bad input."""
-    model = _load(path, trust_remote_code)
-    return place(model, device) if device else model
+def build(name: str, config: Any = None, **kwargs: Any) -> Source:
+    """A registered builder's model (with `config`: that architecture, e.g. to rebuild a pruned one)."""
+    if name not in BUILDERS:
+        what = "tiny model" if name.startswith("tiny:") else "built-in model"
+        known = ", ".join(BUILDERS) or "none registered (import vlaprune.tiny to register the tiny models)"
+        raise VlapruneError(f"unknown {what} {name!r}; choose one of {known}")
+    return BUILDERS[name](config=config, **kwargs)
 
 
-def place(model: nn.Module, device: str) -> nn.Module:
-    """`model` moved to `device`; a lerobot policy's config.device follows, so its processors move every
-    batch there too."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise VlapruneError(
-            f"--policy.device={device!r} is not a device; use cpu, cuda, cuda:N or mps"
-        ) from None
-    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if dev.type == "cuda" and (dev.index or 0) >= n_cuda:
-        raise VlapruneError(
-            f"--policy.device={device}: torch sees {n_cuda or 'no'} CUDA device(s) here; "
-            + (f"use cuda:0..{n_cuda - 1} or cpu" if n_cuda else "use --policy.device=cpu")
-        )
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise VlapruneError(f"--policy.device={device}: MPS is not available here; use --policy.device=cpu")
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "input_features") and hasattr(config, "device"):
-        config.device = str(dev)
-    return model.to(dev)
+def remember(source: Source) -> nn.Module:
+    """Record where a built module came from (its builder and tokenizers) without attributes on the
+    module, so that `source_of(module)` finds it; returns the module."""
+    _BUILT[source.module] = source
+    return source.module
 
 
-def _load(path: str, trust_remote_code: bool) -> nn.Module:
-    if path.startswith("tiny:"):
-        from vlaprune.tiny import TINY
+def source_of(module: nn.Module) -> Source:
+    """Where `module` came from: its Source if a registered builder made it, else a bare Source."""
+    return _BUILT.get(module) or Source(module, kind_of(module))
 
-        name = path.removeprefix("tiny:")
-        if name not in TINY:
-            raise VlapruneError(
-                f"unknown tiny model {name!r}; choose one of {', '.join('tiny:' + k for k in TINY)}"
-            )
-        return TINY[name]()
+
+def load_source(path: str, trust_remote_code: bool = False) -> Source:
+    """The model behind `path` (builder name, local folder or hub id), in eval mode; VlapruneError with a
+    one-line fix on bad input."""
+    if ":" in path and path.split(":", 1)[0].isalpha() and not Path(path).exists():
+        return build(path)
     local = Path(path).expanduser()
     if local.exists():
         return load_folder(local, trust_remote_code)
     if HUB_ID.match(path):
-        return load_folder(_download(path), trust_remote_code)
+        return load_folder(download(path), trust_remote_code)
     raise VlapruneError(f"--policy.path {path!r}: no such file or folder (and not a hub id like org/name)")
 
 
-def _download(repo_id: str) -> Path:
-    from huggingface_hub import hf_hub_download, snapshot_download
+def download(repo_id: str, allow_patterns: list[str] | None = None) -> Path:
+    """A hub snapshot's local folder (huggingface_hub's cache)."""
+    from huggingface_hub import snapshot_download
 
     try:
-        hf_hub_download(repo_id, "config.json")
-        return Path(snapshot_download(repo_id))
+        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns))
     except Exception as e:
         raise VlapruneError(
             f"cannot fetch hub id {repo_id!r} ({_first_line(e)}); check the id and the network "
@@ -103,16 +131,13 @@ def read_config(folder: Path) -> dict:
         raise VlapruneError(f"{cfg_file} is not valid JSON ({e}); re-save the checkpoint") from None
 
 
-def load_folder(folder: Path, trust_remote_code: bool = False) -> nn.Module:
-    if (folder / "plan.json").is_file():  # a vlaprune pruned checkpoint: rebuild, replay, load strictly
-        from vlaprune.surgery.checkpoint import load
-
-        return load(folder)
+def load_folder(folder: Path, trust_remote_code: bool = False) -> Source:
+    """A lerobot policy folder (config.json with a "type") or a transformers one ("model_type")."""
     cfg = read_config(folder)
     if "type" in cfg:
-        return _load_lerobot(folder, cfg["type"])
+        return Source(_load_lerobot(folder, cfg["type"]), "lerobot", folder)
     if "model_type" in cfg or "architectures" in cfg:
-        return _load_transformers(folder, cfg, trust_remote_code)
+        return Source(_load_transformers(folder, cfg, trust_remote_code), "transformers", folder)
     raise VlapruneError(
         f"{folder}/config.json is neither a lerobot policy config (no 'type') nor a transformers config "
         "(no 'model_type'); pass a lerobot or transformers checkpoint folder"
@@ -148,3 +173,25 @@ def _load_transformers(folder: Path, cfg: dict, trust_remote_code: bool) -> nn.M
             " (pass --policy.trust_remote_code=true for remote-code models)" if not trust_remote_code else ""
         )
         raise VlapruneError(f"transformers could not load {folder}: {_first_line(e)}{hint}") from None
+
+
+def place(model: nn.Module, device: str) -> nn.Module:
+    """`model` moved to `device`; a lerobot policy's config.device follows, so its processors move every
+    batch there too."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise VlapruneError(
+            f"--policy.device={device!r} is not a device; use cpu, cuda, cuda:N or mps"
+        ) from None
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if dev.type == "cuda" and (dev.index or 0) >= n_cuda:
+        raise VlapruneError(
+            f"--policy.device={device}: torch sees {n_cuda or 'no'} CUDA device(s) here; "
+            + (f"use cuda:0..{n_cuda - 1} or cpu" if n_cuda else "use --policy.device=cpu")
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise VlapruneError(f"--policy.device={device}: MPS is not available here; use --policy.device=cpu")
+    if is_lerobot(model) and hasattr(model.config, "device"):
+        model.config.device = str(dev)
+    return model.to(dev)

@@ -15,6 +15,7 @@ from torch import nn
 
 from vlaprune.adapters.hf import example_forward, stacks_from_paths
 from vlaprune.adapters.lerobot_batch import inference_pass
+from vlaprune.adapters.load import is_lerobot
 from vlaprune.adapters.stack import COMPONENTS, Layout
 from vlaprune.errors import VlapruneError
 
@@ -23,6 +24,7 @@ PRESETS = {
     "vision.dino=vision_backbone.featurizer.blocks,"
     "vision.siglip=vision_backbone.fused_featurizer.blocks",
 }
+VLM_MAP_OPENVLA = [("language_model.", "")]  # OpenVLA -> its Llama-2 (`vlaprune diverge`)
 HOW = (
     "name the stacks by module path, e.g. --stacks=language=model.layers,vision=vision_tower.blocks "
     "(keys: vision, language, action, projector, optionally with .label)"
@@ -63,7 +65,7 @@ def layout(model: nn.Module, spec: str) -> Layout:
                 f"--stacks {key}={path} names a {type(mod).__name__}, not a non-empty ModuleList of blocks; "
                 f"point it at the list of layers itself"
             )
-    if hasattr(getattr(model, "config", None), "input_features"):  # a lerobot policy
+    if is_lerobot(model):
         forward, desc = inference_pass(model), "predict_action_chunk (batch 1)"
     else:
         forward, desc = example_forward(model)

@@ -22,6 +22,15 @@ PATHS = {
     "language": f"{PALI}.language_model.layers",
     "action": f"{ROOT}.gemma_expert.model.layers",
 }
+# VLA name -> VLM name (`vlaprune diverge`): google/paligemma-3b-pt-224 as stored on the hub, and a PaliGemma
+# saved by transformers 5
+VLM_MAP = [
+    (f"{PALI}.language_model.", "language_model.model."),
+    (f"{PALI}.vision_tower.", "vision_tower."),
+    (f"{PALI}.multi_modal_projector.", "multi_modal_projector."),
+    (f"{ROOT}.paligemma.lm_head.", "language_model.lm_head."),
+]
+VLM_MAP_TRANSFORMERS5 = [(f"{ROOT}.paligemma.", "")]
 PARTS = {
     "vision": [
         f"{PALI}.vision_tower.vision_model.embeddings",
@@ -89,6 +98,7 @@ def layout(policy: nn.Module) -> Layout:
         parts=PARTS,
         forward=inference_pass(policy),
         training_forward=training_pass(policy),
+        action_out="model.action_out_proj",
         config_expresses=set(),
         forward_desc=f"predict_action_chunk (batch 1, {cfg.tokenizer_max_length} text tokens, "
         f"{cfg.num_inference_steps} denoising steps)",

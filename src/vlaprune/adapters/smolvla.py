@@ -23,6 +23,7 @@ PATHS = {
     "language": f"{ROOT}.vlm.model.text_model.layers",
     "action": f"{ROOT}.lm_expert.layers",
 }
+VLM_MAP = [(f"{ROOT}.vlm.", "")]  # VLA name -> SmolVLM2 name (`vlaprune diverge`)
 PARTS = {
     "vision": [f"{ROOT}.vlm.model.vision_model.embeddings", f"{ROOT}.vlm.model.vision_model.post_layernorm"],
     "projector": [f"{ROOT}.vlm.model.connector"],
@@ -101,6 +102,7 @@ def layout(policy: nn.Module) -> Layout:
         parts=PARTS,
         forward=inference_pass(policy),
         training_forward=training_pass(policy),
+        action_out="model.action_out_proj",
         config_expresses={"language", "action"},
         forward_desc=f"predict_action_chunk (batch 1, {cfg.tokenizer_max_length} text tokens, "
         f"{cfg.num_steps} denoising steps)",

@@ -93,7 +93,9 @@ class Layout:
     forward_desc: what that pass is, e.g. "predict_action_chunk, batch 1".
     training_forward: one training-loss forward on an example batch (lerobot policies), or None.
     config_expresses: stacks whose block count the family's own config can express, so that the family's
-        own `from_pretrained` rebuilds a pruned model with the right shape (others need `vlaprune.load`).
+        own `from_pretrained` rebuilds a pruned model with the right shape (others need vlaprune's loader).
+    action_out: dotted path of the module whose output is the policy's action-space prediction (the
+        flow-matching velocity of SmolVLA / pi0 / pi0.5), or None; distillation matches it.
     """
 
     family: str
@@ -105,6 +107,7 @@ class Layout:
     forward_desc: str = ""
     training_forward: Callable[[], Any] | None = None
     config_expresses: set[str] = field(default_factory=set)
+    action_out: str | None = None
 
 
 def resolve(model: nn.Module, path: str) -> tuple[nn.Module, str, nn.Module]:
@@ -119,40 +122,3 @@ def make_stack(model: nn.Module, name: str, path: str, **kw: Any) -> Stack:
     parent, attr, _ = resolve(model, path)
     component = name.split(".")[0]
     return Stack(name=name, component=component, path=path, parent=parent, attr=attr, **kw)
-
-
-ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
-ATTN_OUT_NAMES = ("o_proj", "out_proj", "dense", "proj", "c_proj")
-MLP_NAMES = ("mlp", "feed_forward", "ffn", "ffwd")
-ENTRY_NAMES = ("input_layernorm", "layer_norm1", "ln_1", "norm1", "layernorm_before")
-
-
-@dataclass
-class Branches:
-    """Where a pre-norm residual block's two branches end, as paths inside the block.
-
-    attn: the attention output projection (its output is the branch added to the residual stream).
-    mlp: the MLP (its output is the second branch).
-    entry: the first norm, whose input is the block's input h_in.
-    A VLA may call these directly instead of the block's forward (lerobot SmolVLA / pi0 / pi0.5 do), so
-    gates and probes hook them rather than the block."""
-
-    attn: str
-    mlp: str
-    entry: str | None
-
-
-def find_branches(block: nn.Module) -> Branches | None:
-    """The residual branches of a transformer block (Llama, Gemma, Qwen2, SigLIP, ViT, GPT-2 naming)."""
-    children = dict(block.named_children())
-    attn = next((children[n] for n in ATTN_NAMES if n in children), None)
-    attn_name = next((n for n in ATTN_NAMES if n in children), None)
-    mlp = next((n for n in MLP_NAMES if n in children), None)
-    if attn is None or mlp is None:
-        return None
-    sub = dict(attn.named_children())
-    out = next((n for n in ATTN_OUT_NAMES if n in sub), None)
-    if out is None:
-        return None
-    entry = next((n for n in ENTRY_NAMES if n in children), None)
-    return Branches(attn=f"{attn_name}.{out}", mlp=mlp, entry=entry)

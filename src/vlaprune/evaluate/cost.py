@@ -1,83 +1,23 @@
-"""What each part of a model costs: parameters and forward FLOPs, attributed to blocks.
+"""What a model costs at run time: `select_action` latency and peak memory, and the cost report.
 
-FLOPs come from torch's own counter formulas (`torch.utils.flop_counter.flop_registry`: matmuls,
-convolutions, attention), evaluated on one real forward pass. Attribution rule: every counted op is charged
-to the *region* of the module most recently entered. That charges a block everything its submodules do,
-and also the ops the policy runs between them in its own code: lerobot's SmolVLA / pi0 / pi0.5 call a
-layer's `q/k/v_proj`, `o_proj` and `mlp` directly and do the attention math themselves, so the attention of
-language block i is charged to block i. Joint attention of two coupled stacks (SmolVLA self-attention
-layers, pi0 / pi0.5) runs after the expert block's projections and is charged to the action block.
-Ops in modules outside every region go to `None` ("other").
+Latency: `select_action` with the policy's action queue emptied before every call (`reset()`), so every
+call runs one full inference (prefix + denoising): the latency the robot sees when a new chunk is due.
+For transformers models it is one forward on the example inputs. Parameters and FLOPs come from the
+anatomy (`vlaprune.adapters.anatomy`, torch's own FLOP counter on real passes).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
-
-def unique_params(module: nn.Module, seen: set[int] | None = None) -> int:
-    """Number of parameters of `module` not already in `seen` (shared / tied tensors count once).
-
-    `seen` (ids of parameters) is updated, so calling this over disjoint parts sums to the model total."""
-    seen = set() if seen is None else seen
-    total = 0
-    for p in module.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
-
-
-class _RegionFlops(TorchDispatchMode):
-    """Adds the FLOPs of each counted aten op to `counts[current region]`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.current: Hashable | None = None
-        self.counts: dict[Hashable | None, int] = defaultdict(int)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            self.counts[self.current] += int(formula(*args, **kwargs, out_val=out))
-        return out
-
-
-def count_flops(
-    model: nn.Module, forward: Callable[[], Any], regions: dict[nn.Module, Hashable]
-) -> dict[Hashable | None, int]:
-    """Run `forward()` once under a FLOP counter; return FLOPs per region key (None = outside all regions).
-
-    regions: module -> key (e.g. the block `layers[3]` -> ("language", 3)); a region covers the module's
-    whole subtree. Attention runs on the math backend while counting so that its matmuls are seen
-    (CPU fused kernels have no counter formula). FLOPs = 2 x multiply-accumulates, torch's convention.
-    """
-    key_of: dict[nn.Module, Hashable] = {}
-    for root, key in regions.items():
-        for m in root.modules():
-            key_of[m] = key
-    mode = _RegionFlops()
-
-    def enter(module: nn.Module, args: Any) -> None:
-        mode.current = key_of.get(module)
-
-    handle = nn.modules.module.register_module_forward_pre_hook(enter)
-    try:
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), mode:
-            forward()
-    finally:
-        handle.remove()
-    return dict(mode.counts)
+from vlaprune.adapters import is_lerobot
+from vlaprune.adapters.anatomy import anatomy
+from vlaprune.adapters.counting import count_flops
+from vlaprune.adapters.lerobot_batch import example_batch
+from vlaprune.adapters.stack import Layout
 
 
 def latency(fn: Callable[[], Any], n: int = 20, warmup: int = 3) -> dict[str, float]:
@@ -131,3 +71,79 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
         done.set()
         t.join()
     return int(max(peak[0], proc.memory_info().rss) - start)
+
+
+def inference_call(layout: Layout):
+    """A no-argument call that runs one full inference (what latency and peak memory are measured on)."""
+    model = layout.model
+    if is_lerobot(model):
+        batch = example_batch(model, 1)
+
+        def run():
+            model.reset()
+            return model.select_action(dict(batch))
+
+        return run
+    return layout.forward
+
+
+def cost(layout: Layout, n_calls: int = 20, warmup: int = 3) -> dict[str, Any]:
+    """Measure one model. All FLOPs come from torch's counter on real passes (see evaluate.cost)."""
+    model = layout.model
+    model.eval()
+    anat = anatomy(layout)
+    by_comp: dict[str, int] = {}
+    for s in anat["stacks"]:
+        by_comp[s["component"]] = by_comp.get(s["component"], 0) + s["params"]
+    for r in anat["parts"]:
+        by_comp[r["component"]] = by_comp.get(r["component"], 0) + r["params"]
+    by_comp["other"] = anat["other"]["params"]
+    fwd = layout.training_forward
+    flops_forward = sum(count_flops(model, fwd, {}).values()) if fwd else None
+    act = inference_call(layout)
+    device = next(model.parameters()).device
+    return {
+        "params": anat["total_params"],
+        "params_by_component": by_comp,
+        "blocks": {s["name"]: s["blocks"] for s in anat["stacks"]},
+        "flops_forward": flops_forward,
+        "flops_chunk": anat["total_flops"],
+        "flops_chunk_pass": anat["flops_pass"],
+        "latency": latency(act, n_calls, warmup) if act else None,
+        "peak_memory_bytes": peak_memory(act, device) if act else None,
+    }
+
+
+def cost_table(before: dict[str, Any], after: dict[str, Any]):
+    """A rich Table: each measure for the original, the pruned model, and pruned / original."""
+    from rich.table import Table
+
+    def rows(c: dict[str, Any]) -> dict[str, float | None]:
+        lat = c["latency"] or {}
+        out = {"params": c["params"]}
+        out |= {f"params {k}": v for k, v in c["params_by_component"].items()}
+        out |= {f"blocks {k}": v for k, v in c["blocks"].items()}
+        out |= {
+            "FLOPs per forward (loss)": c["flops_forward"],
+            "FLOPs per action chunk": c["flops_chunk"],
+            "select_action median ms": lat.get("median_ms"),
+            "select_action p90 ms": lat.get("p90_ms"),
+            "peak memory MB": None if c["peak_memory_bytes"] is None else c["peak_memory_bytes"] / 2**20,
+        }
+        return out
+
+    def fmt(v: float | None) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, int) or float(v).is_integer():
+            return f"{int(v):,}"
+        return f"{v:.2f}"
+
+    b, a = rows(before), rows(after)
+    t = Table(title="cost: original vs pruned", title_justify="left")
+    for col in ("measure", "original", "pruned", "pruned / original"):
+        t.add_column(col, justify="left" if col == "measure" else "right")
+    for k in b:
+        ratio = "-" if not b[k] or a.get(k) is None else f"{a[k] / b[k]:.3f}"
+        t.add_row(k, fmt(b[k]), fmt(a.get(k)), ratio)
+    return t

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from torch import nn
 
+from vlaprune.data import processors
 from vlaprune.errors import VlapruneError
+from vlaprune.policy import load_policy
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "metaworld4"
 TASKS = ["button-press-topdown-v3", "drawer-close-v3", "window-open-v3", "button-press-v3"]
@@ -41,14 +43,11 @@ def relocated(policy_dir: Path) -> Path:
 
 
 def load_demo_policy(policy_dir: str | Path | None = None) -> tuple[nn.Module, object, object]:
-    """(policy, preprocessor, postprocessor) of the shipped (or given) demo checkpoint."""
-    from vlaprune.adapters.load import load_model
-    from vlaprune.scoring.calibration import pre_post
-
+    """(policy module, preprocessor, postprocessor) of the shipped (or given) demo checkpoint."""
     policy_dir = Path(policy_dir) if policy_dir else ASSETS / "policy"
     if not (policy_dir / "config.json").is_file():
         raise VlapruneError(f"no demo policy at {policy_dir}; build it with scripts/build_demo_assets.py")
     path = relocated(policy_dir)
-    policy = load_model(str(path))
-    pre, post = pre_post(policy, None, str(path))
-    return policy, pre, post
+    policy = load_policy(str(path))
+    pre, post = processors(policy)
+    return policy.module, pre, post

@@ -15,8 +15,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from vlaprune.configs import PolicyConfig
+from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
 from vlaprune.errors import VlapruneError
+from vlaprune.evaluate.closed_loop import close_envs
+from vlaprune.experiments import assets, report
+from vlaprune.experiments.dtr import BudgetConfig, DTRConfig, SweepConfig
+from vlaprune.experiments.dtr import run as dtr
+from vlaprune.experiments.store import Store
 
 
 @dataclass
@@ -36,13 +41,6 @@ class DemoConfig:
 def run(cfg: DemoConfig) -> dict[str, Any]:
     from rich.console import Console
 
-    from vlaprune.evaluate.closed_loop import close_envs
-    from vlaprune.evaluate.run import EnvConfig
-    from vlaprune.experiments import assets, report
-    from vlaprune.experiments.dtr import BudgetConfig, DTRConfig, SweepConfig
-    from vlaprune.experiments.dtr import run as dtr
-    from vlaprune.scoring.calibration import DatasetConfig
-
     if not assets.available():
         raise VlapruneError(
             f"the demo assets are missing from {assets.ASSETS}; build them with "
@@ -59,8 +57,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
             components="vision,language,action", levels=cfg.levels, methods=cfg.methods, seeds="0"
         ),
         recover=BudgetConfig(steps=cfg.recover_steps, batch_size=16, trainable="all", image_shift=3),
-        eval_episodes=cfg.eval_episodes,
-        n_envs=cfg.n_envs,
+        eval=EpisodesConfig(n_episodes=cfg.eval_episodes, n_envs=cfg.n_envs),
         probe_episodes=cfg.probe_episodes,
         holdout=0.34,
         calib_batches=2,
@@ -76,8 +73,6 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     console.print(
         f"demo finished in {minutes:.1f} min: {summary['measurements']} measurements; report {html} ({md})"
     )
-    for line in report.verdict(
-        report.load(__import__("vlaprune.experiments.store", fromlist=["Store"]).Store(cfg.output_dir))
-    ):
+    for line in report.verdict(report.load(Store(cfg.output_dir))):
         console.print(f"  - {line}", markup=False)
     return {**summary, "minutes": minutes, "report": str(html)}

@@ -12,21 +12,30 @@ share one store.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlaprune.adapters import layout as find_layout
 from vlaprune.adapters.anatomy import anatomy
-from vlaprune.adapters.load import load_model
-from vlaprune.configs import PolicyConfig
+from vlaprune.adapters.stack import Layout
+from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
+from vlaprune.data import Data, policy_loss
 from vlaprune.errors import VlapruneError
-from vlaprune.evaluate.run import EnvConfig
+from vlaprune.evaluate.cost import cost
+from vlaprune.evaluate.offline import offline_eval
+from vlaprune.evaluate.run import closed_loop
 from vlaprune.experiments.store import Store, row_id
-from vlaprune.scoring.calibration import DatasetConfig
+from vlaprune.policy import Loaded, load_policy
+from vlaprune.recover.train import RecoverConfig
+from vlaprune.recover.train import run as recover
+from vlaprune.scoring import METHODS, Probe
+from vlaprune.surgery.plan import coupling_errors, expand_couplings, nearest_valid, plan_to_dict
 
 RECORD_KEYS = ("success_rate", "successes", "episodes", "ci95")
 
@@ -60,10 +69,8 @@ class DTRConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     recover: BudgetConfig = field(default_factory=BudgetConfig)
-    # Closed-loop episodes per task per measurement, parallel simulator processes, first seed.
-    eval_episodes: int = 10
-    n_envs: int = 1
-    eval_seed: int = 100_000
+    # Closed-loop episodes per task per measurement, first seed, parallel simulators (--eval.n_episodes, ...).
+    eval: EpisodesConfig = field(default_factory=EpisodesConfig)
     # Probes (language and vision sensitivity) on the baseline, with this many episodes per task.
     probe_episodes: int = 5
     # Held-out fraction of the dataset's episodes for the offline loss.
@@ -77,8 +84,6 @@ class DTRConfig:
     shard: str = ""
 
     def __post_init__(self) -> None:
-        from vlaprune.scoring import METHODS
-
         for m in _split(self.sweep.methods):
             if m not in METHODS:
                 raise VlapruneError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
@@ -108,17 +113,12 @@ def level_count(level: str, n: int) -> int:
     return max(1, k) if float(level) > 0 else 0
 
 
-def plan_for(lay, component: str, scores: list[float], k: int) -> dict[str, list[int]] | None:
+def plan_for(lay: Layout, component: str, scores: list[float], k: int) -> dict[str, list[int]] | None:
     """Drop k blocks of `component`, the least important by `scores`, under the coupling rules.
 
     Among the valid k-block plans (partners added by coupling; enumerated when there are at most 20000)
     the one with the lowest total score wins; otherwise the k lowest-scoring blocks, made valid by the
     nearest valid plan (supersets first). None when no valid plan exists."""
-    import itertools
-    import math
-
-    from vlaprune.surgery.plan import coupling_errors, expand_couplings, nearest_valid
-
     n = len(scores)
 
     def valid(drops: dict[str, list[int]]) -> bool:
@@ -156,9 +156,10 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
     (Path(cfg.output_dir) / "dtr_config.json").write_text(
         json.dumps(asdict(cfg), indent=2, default=str) + "\n"
     )
-    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code, cfg.policy.device)
-    lay = find_layout(model)
-    cfg = with_splits(cfg, model)
+    policy = load_policy(cfg.policy)
+    lay = policy.layout()
+    data = Data(policy, cfg.dataset)  # opened once for scoring, recovery and every evaluation
+    train, held = data.split(cfg.holdout, "--holdout")
     comps = [c for c in _split(cfg.sweep.components)]
     for c in comps:
         if c not in lay.stacks:
@@ -172,7 +173,10 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
     todo: list[tuple[str, dict, dict]] = []  # (row id, measurement spec, plan rows pointing at it)
     plans: list[tuple[str, dict]] = []
     for seed in (int(s) for s in _split(cfg.sweep.seeds)):
-        scores = {m: _scores(store, cfg, chash, model, comps, m, seed) for m in _split(cfg.sweep.methods)}
+        scores = {
+            m: _scores(store, cfg, chash, policy, data, train, comps, m, seed)
+            for m in _split(cfg.sweep.methods)
+        }
         base_spec = {"drops": {}, "seed": seed, "budget": asdict(cfg.recover), "policy": cfg.policy.path}
         todo.append((row_id(base_spec), base_spec, {}))
         for c in comps:
@@ -214,7 +218,8 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         what = mspec["drops"] or "none (baseline)"
         console.print(f"({i + 1}/{len(mine)}) measuring drops={what} seed={mspec['seed']}", markup=False)
-        result = measure(cfg, mspec, Path(cfg.output_dir) / "work" / mid, baseline=not mspec["drops"])
+        work = Path(cfg.output_dir) / "work" / mid
+        result = measure(cfg, mspec, work, baseline=not mspec["drops"], data=data, splits=(train, held))
         store.put(
             mid,
             {"kind": "measure", "spec": mspec, **result, "seconds": time.perf_counter() - t0},
@@ -224,27 +229,17 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
     return {"measurements": len(todo), "this_shard": len(mine), "rows": len(store.rows())}
 
 
-def with_splits(cfg: DTRConfig, model) -> DTRConfig:
-    """`cfg` with `dataset.episodes` = the training episodes (calibration, recovery) and the held-out ones
-    (offline loss) remembered in `heldout` (the last `holdout` fraction of every task's episodes)."""
-    import dataclasses
-
-    from vlaprune.evaluate.offline import split_dataset
-
-    train, held = split_dataset(cfg.dataset, model, cfg.holdout, "--holdout")
-    if held is None:
-        return cfg
-    out = dataclasses.replace(cfg, dataset=train)
-    out.heldout = held
-    return out
-
-
 def _scores(
-    store: Store, cfg: DTRConfig, chash: str, model, comps: list[str], method: str, seed: int
+    store: Store,
+    cfg: DTRConfig,
+    chash: str,
+    policy: Loaded,
+    data: Data,
+    train: list[int],
+    comps: list[str],
+    method: str,
+    seed: int,
 ) -> dict:
-    from vlaprune.scoring import METHODS, Probe
-    from vlaprune.scoring.calibration import calibration_batches, policy_loss
-
     spec = {
         "kind": "scores",
         "method": method,
@@ -256,9 +251,8 @@ def _scores(
     rid = row_id(spec)
     if store.has(rid):
         return store.get(rid)["scores"]
-    path = cfg.policy.path if Path(cfg.policy.path).is_dir() else None
-    batches = calibration_batches(model, cfg.dataset, cfg.calib_batches, cfg.calib_batch_size, seed, path)
-    probe = Probe(find_layout(model), comps, batches, policy_loss(model, seed), seed)
+    batches = data.batches(cfg.calib_batches, cfg.calib_batch_size, seed, train)
+    probe = Probe(policy.layout(), comps, batches, policy_loss(policy.module, seed), seed)
     t0 = time.perf_counter()
     result = METHODS[method](probe)
     store.put(
@@ -276,39 +270,28 @@ def _scores(
     return result.blocks
 
 
-def evaluate_policy(policy_path: str, cfg: DTRConfig, probes: bool = False) -> dict[str, Any]:
-    """Offline loss on held-out episodes and closed-loop success per task (with CIs) of a checkpoint."""
-    from vlaprune.evaluate.offline import offline_eval
-    from vlaprune.evaluate.run import EvalConfig, EvalOptions, closed_loop
-    from vlaprune.scoring.calibration import load_dataset, pre_post
-
-    policy = load_model(policy_path, device=cfg.policy.device)
+def evaluate_policy(
+    path: str, cfg: DTRConfig, data: Data, held: list[int] | None, probes: bool = False
+) -> dict[str, Any]:
+    """Offline loss on held-out episodes and closed-loop success per task (with CIs) of a checkpoint (cut
+    or recovered from the sweep's policy, so the sweep's processors serve it)."""
+    policy = load_policy(PolicyConfig(path=path, device=cfg.policy.device))
     out: dict[str, Any] = {}
-    ds = getattr(cfg, "heldout", None) or cfg.dataset
     out["offline"] = offline_eval(
-        policy, ds, batch_size=cfg.calib_batch_size, max_batches=cfg.offline_batches, policy_path=policy_path
+        policy.module, data, held, batch_size=cfg.calib_batch_size, max_batches=cfg.offline_batches
     )
     if cfg.env.type:
-        saved = (Path(policy_path) / "policy_preprocessor.json").is_file()
-        pre, post = pre_post(policy, None if saved else load_dataset(policy, cfg.dataset), policy_path)
-        ecfg = EvalConfig(
-            env=cfg.env, eval=EvalOptions(n_episodes=cfg.eval_episodes, n_envs=cfg.n_envs, seed=cfg.eval_seed)
-        )
-        res = closed_loop(policy, pre, post, ecfg)["normal"]
+        pre, post = data.processors()
+        res = closed_loop(policy.module, pre, post, cfg.env, cfg.eval)["normal"]
         out["success"] = res["mean_success"]
         out["tasks"] = {t: {k: v[k] for k in RECORD_KEYS} for t, v in res["tasks"].items()}
         if probes:
-            pcfg = EvalConfig(
-                env=cfg.env,
-                eval=EvalOptions(
-                    n_episodes=cfg.probe_episodes,
-                    n_envs=cfg.n_envs,
-                    seed=cfg.eval_seed,
-                    language_probe=True,
-                    vision_probe=True,
-                ),
+            episodes = EpisodesConfig(
+                n_episodes=cfg.probe_episodes, seed=cfg.eval.seed, n_envs=cfg.eval.n_envs
             )
-            pres = closed_loop(policy, pre, post, pcfg)
+            pres = closed_loop(
+                policy.module, pre, post, cfg.env, episodes, language_probe=True, vision_probe=True
+            )
             out["probes"] = {
                 c: {
                     "mean_success": r["mean_success"],
@@ -320,26 +303,19 @@ def evaluate_policy(policy_path: str, cfg: DTRConfig, probes: bool = False) -> d
     return out
 
 
-def _measure(cfg: DTRConfig, mspec: dict, work: Path, baseline: bool) -> dict[str, Any]:
-    """Cut -> evaluate -> recover (same budget) -> evaluate; cost of the cut model."""
-    import shutil
-
-    from vlaprune.evaluate.report_cost import cost
-    from vlaprune.recover.train import RecoverConfig
-    from vlaprune.recover.train import run as recover
-    from vlaprune.surgery import drop_blocks, save_pruned
-    from vlaprune.surgery.checkpoint import remember_base
-
+def _measure(
+    cfg: DTRConfig, mspec: dict, work: Path, baseline: bool, data: Data, splits: tuple
+) -> dict[str, Any]:
+    """Cut -> evaluate -> recover (same budget, training episodes) -> evaluate; cost of the cut model."""
+    train, held = splits
     work.mkdir(parents=True, exist_ok=True)
-    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code, cfg.policy.device)
-    remember_base(model, source=cfg.policy.path)
-    plan = drop_blocks(model, mspec["drops"]) if mspec["drops"] else None
+    policy = load_policy(cfg.policy)
+    plan = policy.drop_blocks(mspec["drops"]) if mspec["drops"] else None
     cut = work / "cut"
     if not cut.exists():
-        src = cfg.policy.path if Path(cfg.policy.path).is_dir() else None
-        save_pruned(model, plan, cut, processors_from=src)
-    c = cost(find_layout(model), n_calls=15, warmup=3)
-    before = evaluate_policy(str(cut), cfg, probes=baseline)
+        policy.save(cut)
+    c = cost(policy.layout(), n_calls=15, warmup=3)
+    before = evaluate_policy(str(cut), cfg, data, held, probes=baseline)
     b = cfg.recover
     rec_dir = work / "recover"
     if (rec_dir / "final").exists():
@@ -358,13 +334,15 @@ def _measure(cfg: DTRConfig, mspec: dict, work: Path, baseline: bool) -> dict[st
             resume=rec_dir.exists(),
             save_every=max(1, b.steps // 4),
             log_every=max(1, b.steps // 10),
-        )
+        ),
+        data=data,
+        episodes=train,
     )
-    after = evaluate_policy(str(rec_dir / "final"), cfg)
+    after = evaluate_policy(str(rec_dir / "final"), cfg, data, held)
     removed = {s: len(v) for s, v in mspec["drops"].items()}
     return {
         "blocks_removed": removed,
-        "plan": plan.to_dict() if plan else None,
+        "plan": plan_to_dict(plan) if plan else None,
         "cost": {
             "params": c["params"],
             "flops_chunk": c["flops_chunk"],

@@ -18,6 +18,7 @@ from typing import Any
 
 from vlaprune.atomic import write_text_atomic
 from vlaprune.errors import VlapruneError
+from vlaprune.evaluate.closed_loop import wilson
 from vlaprune.experiments.store import Store
 
 TOLERANCE = 0.05  # "keeps success": within 5 points of the recovered baseline
@@ -187,8 +188,6 @@ def figures(data: dict[str, Any]) -> dict[str, bytes]:
 
 def _ci(ev: dict[str, Any]) -> tuple[float, float]:
     """Wilson 95% interval of the success rate pooled over all episodes of all tasks."""
-    from vlaprune.evaluate.closed_loop import wilson
-
     tasks = ev.get("tasks") or {}
     k = sum(t["successes"] for t in tasks.values())
     n = sum(t["episodes"] for t in tasks.values())

@@ -4,7 +4,8 @@
 Distillation: the student's loss is  alpha * (its own flow-matching loss)
   + (1 - alpha) * MSE(student velocity, teacher velocity)  [+ beta * MSE of the final expert hidden states]
 with the same noise and time samples for both (the RNG is replayed for the teacher). The velocity is the
-output of `action_out_proj` (SmolVLA, pi0, pi0.5), the action-space prediction of the flow model.
+output of the module the adapter names as the policy's action output (`Layout.action_out`; SmolVLA, pi0,
+pi0.5: `action_out_proj`), the action-space prediction of the flow model.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlaprune.adapters import layout
 from vlaprune.errors import VlapruneError
 
 MODES = ("full", "lora", "distill")
@@ -59,40 +61,38 @@ class Distill(nn.Module):
         self.student = student
         self._teacher = [teacher.eval().requires_grad_(False)]
         self.alpha, self.hidden_weight = alpha, hidden_weight
-        for name in ("model.action_out_proj",):
-            for m in (student, teacher):
-                try:
-                    m.get_submodule(name)
-                except AttributeError:
-                    raise VlapruneError(
-                        f"distillation needs `{name}` (SmolVLA / pi0 / pi0.5 policies)"
-                    ) from None
+        lays = [layout(m) for m in (student, teacher)]
+        if any(lay.action_out is None for lay in lays):
+            raise VlapruneError(
+                "distillation needs the policy's action output (SmolVLA / pi0 / pi0.5 policies)"
+            )
+        self._out = [m.get_submodule(lay.action_out) for m, lay in zip((student, teacher), lays)]
+        self._exits = [
+            m.get_submodule(lay.stacks["action"].exit)
+            if "action" in lay.stacks and lay.stacks["action"].exit
+            else None
+            for m, lay in zip((student, teacher), lays)
+        ]
 
     @property
     def config(self):
         return self.student.config
-
-    def _exit(self, model: nn.Module) -> nn.Module | None:
-        from vlaprune.adapters import layout
-
-        path = layout(model).stacks["action"].exit
-        return model.get_submodule(path) if path else None
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         teacher = self._teacher[0]
         s_v, t_v, s_h, t_h = [], [], [], []
         rng = torch.get_rng_state()
         with contextlib.ExitStack() as stack:
-            stack.enter_context(_capture(self.student.model.action_out_proj, s_v))
+            stack.enter_context(_capture(self._out[0], s_v))
             if self.hidden_weight:
-                stack.enter_context(_capture(self._exit(self.student), s_h))
+                stack.enter_context(_capture(self._exits[0], s_h))
             task_loss, info = self.student.forward(batch)
         after = torch.get_rng_state()
         torch.set_rng_state(rng)  # the teacher sees the same noise and time samples
         with torch.no_grad(), contextlib.ExitStack() as stack:
-            stack.enter_context(_capture(teacher.model.action_out_proj, t_v))
+            stack.enter_context(_capture(self._out[1], t_v))
             if self.hidden_weight:
-                stack.enter_context(_capture(self._exit(teacher), t_h))
+                stack.enter_context(_capture(self._exits[1], t_h))
             teacher.forward(dict(batch))
         torch.set_rng_state(after)
         match = torch.nn.functional.mse_loss(s_v[-1], t_v[-1])

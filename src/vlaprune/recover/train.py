@@ -12,6 +12,7 @@ epoch), so a resumed run continues sample-exactly; RNG, optimizer and scheduler 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -22,12 +23,13 @@ from typing import Any
 
 import torch
 
-from vlaprune.adapters.load import load_model
-from vlaprune.configs import PolicyConfig
+from vlaprune.configs import DatasetConfig, PolicyConfig
+from vlaprune.data import Data
 from vlaprune.errors import VlapruneError
+from vlaprune.policy import Loaded, load_policy
 from vlaprune.recover import checkpoints
 from vlaprune.recover.modes import MODES, Distill, merge_lora, wrap_lora
-from vlaprune.scoring.calibration import DatasetConfig, load_dataset, processors
+from vlaprune.surgery.checkpoint import save_pruned
 
 
 @dataclass
@@ -87,25 +89,24 @@ class _StepStats:
         self.extra = {k: v for k, v in out.items() if isinstance(v, int | float)}
 
 
-def build_trainee(cfg: RecoverConfig, device: str = "") -> tuple[torch.nn.Module, torch.nn.Module]:
+def build_trainee(cfg: RecoverConfig, device: str = "") -> tuple[Loaded, torch.nn.Module]:
     """(policy, module that is trained): the policy itself, its LoRA wrapper, or a Distill wrapper."""
-    from vlaprune.surgery.checkpoint import remember_base
-
-    policy = load_model(cfg.policy.path, cfg.policy.trust_remote_code, device or cfg.policy.device)
-    if not hasattr(getattr(policy, "config", None), "input_features"):
+    pcfg = dataclasses.replace(cfg.policy, device=device or cfg.policy.device)
+    policy = load_policy(pcfg)
+    if not policy.is_lerobot:
         raise VlapruneError("recovery trains lerobot policies (a config with input_features)")
-    remember_base(policy, source=cfg.policy.path)
+    module = policy.module
     if cfg.trainable == "all":
-        policy.requires_grad_(True)
+        module.requires_grad_(True)
     if cfg.mode == "lora":
-        return policy, wrap_lora(policy, cfg.lora_r, cfg.policy.path)
+        return policy, wrap_lora(module, cfg.lora_r, cfg.policy.path)
     if cfg.mode == "distill":
-        teacher = load_model(cfg.teacher, device=device or cfg.policy.device)
-        return policy, Distill(policy, teacher, cfg.distill_alpha, cfg.distill_hidden)
-    return policy, policy
+        teacher = load_policy(dataclasses.replace(pcfg, path=cfg.teacher)).module
+        return policy, Distill(module, teacher, cfg.distill_alpha, cfg.distill_hidden)
+    return policy, module
 
 
-def _optimizer(policy, trainee, cfg: RecoverConfig):
+def _optimizer(policy: torch.nn.Module, trainee, cfg: RecoverConfig):
     opt_cfg = policy.config.get_optimizer_preset()
     if cfg.lr is not None:
         opt_cfg.lr = cfg.lr
@@ -119,14 +120,13 @@ def _optimizer(policy, trainee, cfg: RecoverConfig):
     return optimizer, scheduler
 
 
-def run(cfg: RecoverConfig) -> dict[str, Any]:
-    """Train, checkpoint every `save_every` steps, resume from the last checkpoint, save the final policy."""
+def run(cfg: RecoverConfig, data: Data | None = None, episodes: list[int] | None = None) -> dict[str, Any]:
+    """Train, checkpoint every `save_every` steps, resume from the last checkpoint, save the final policy.
+
+    data: the dataset, already opened by the caller (e.g. the DTR sweep; its processors serve this policy
+    too); default: opened here from `cfg.dataset`. episodes: train on these only (default: all of it)."""
     from accelerate import Accelerator
-    from lerobot.datasets.sampler import EpisodeAwareSampler, compute_sampler_state
-    from lerobot.scripts.lerobot_train import update_policy
     from lerobot.utils.random_utils import set_seed
-    from lerobot.utils.utils import cycle
-    from tqdm.auto import tqdm
 
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"
@@ -146,9 +146,20 @@ def run(cfg: RecoverConfig) -> dict[str, Any]:
     # Accelerate picks the device (one GPU per process under `accelerate launch`); the policy's config
     # follows it so that the processors move every batch to the same device.
     policy, trainee = build_trainee(cfg, str(accelerator.device))
-    dataset = load_dataset(policy, cfg.dataset, _shift(cfg.image_shift))
-    pre = processors(policy, dataset, cfg.policy.path if Path(cfg.policy.path).is_dir() else None)
-    optimizer, scheduler = _optimizer(policy, trainee, cfg)
+    data = data or Data(policy, cfg.dataset)
+    with data.augmented(_shift(cfg.image_shift)):
+        return _train(cfg, accelerator, policy, trainee, data, episodes, ckpt_root, last)
+
+
+def _train(cfg, accelerator, policy: Loaded, trainee, data: Data, episodes, ckpt_root: Path, last) -> dict:
+    from lerobot.datasets.sampler import EpisodeAwareSampler, compute_sampler_state
+    from lerobot.scripts.lerobot_train import update_policy
+    from lerobot.utils.utils import cycle
+    from tqdm.auto import tqdm
+
+    out = Path(cfg.output_dir)
+    dataset, pre = data.dataset, data.processors()[0]
+    optimizer, scheduler = _optimizer(policy.module, trainee, cfg)
     step = 0
     if cfg.resume and last is not None:
         step = checkpoints.restore(last, trainee, optimizer, scheduler)
@@ -157,7 +168,7 @@ def run(cfg: RecoverConfig) -> dict[str, Any]:
     sampler = EpisodeAwareSampler(
         dataset.meta.episodes["dataset_from_index"],
         dataset.meta.episodes["dataset_to_index"],
-        episode_indices_to_use=dataset.episodes,
+        episode_indices_to_use=episodes if episodes is not None else dataset.episodes,
         shuffle=True,
         seed=cfg.seed,
         absolute_to_relative_idx=dataset.absolute_to_relative_idx,
@@ -175,7 +186,7 @@ def run(cfg: RecoverConfig) -> dict[str, Any]:
         pin_memory=accelerator.device.type == "cuda",
     )
     trainee, optimizer, loader, scheduler = accelerator.prepare(trainee, optimizer, loader, scheduler)
-    grad_clip = getattr(policy.config.get_optimizer_preset(), "grad_clip_norm", 0.0) or 0.0
+    grad_clip = getattr(policy.module.config.get_optimizer_preset(), "grad_clip_norm", 0.0) or 0.0
     log = (out / "train.log").open("a")
     wandb = _wandb(cfg) if cfg.wandb and accelerator.is_main_process else None
     stats, batches = _StepStats(), cycle(loader)
@@ -233,13 +244,12 @@ def run(cfg: RecoverConfig) -> dict[str, Any]:
     return summary
 
 
-def _finish(cfg, policy, trainee, out: Path, steps_run: int, elapsed: float, losses: list[float]) -> dict:
-    """Save the trained policy (LoRA merged, distillation wrapper dropped) as a pruned checkpoint."""
-    from vlaprune.surgery.checkpoint import save_pruned
-
-    final_policy = merge_lora(trainee) if cfg.mode == "lora" else policy
-    final_policy.vlaprune_base = policy.vlaprune_base
-    final_policy.vlaprune_plans = getattr(policy, "vlaprune_plans", [])
+def _finish(
+    cfg, policy: Loaded, trainee, out: Path, steps_run: int, elapsed: float, losses: list[float]
+) -> dict:
+    """Save the trained policy (LoRA merged, distillation wrapper dropped) with the policy's pruning record
+    as a (pruned) checkpoint."""
+    final_module = merge_lora(trainee) if cfg.mode == "lora" else policy.module
     summary = {
         "steps": cfg.steps,
         "steps_this_run": steps_run,
@@ -251,10 +261,10 @@ def _finish(cfg, policy, trainee, out: Path, steps_run: int, elapsed: float, los
         "last_loss": losses[-1] if losses else None,
     }
     save_pruned(
-        final_policy,
-        None,
+        final_module,
+        policy.record,
         out / "final",
-        processors_from=cfg.policy.path if Path(cfg.policy.path).is_dir() else None,
+        processors_from=policy.folder,
         extra_json={"recover.json": summary},
     )
     return summary

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlaprune.adapters.load import HUB_ID, download
 from vlaprune.atomic import atomic_dir
 from vlaprune.errors import VlapruneError
 from vlaprune.scoring.divergence import compare_tensor, match, module_type
@@ -40,17 +41,8 @@ def _resolve(path: str) -> Path:
     p = Path(path)
     if p.exists():
         return p
-    from vlaprune.adapters.load import HUB_ID
-
     if HUB_ID.match(path):
-        from huggingface_hub import snapshot_download
-
-        try:
-            return Path(snapshot_download(path, allow_patterns=["*.safetensors", "*.json"]))
-        except Exception as e:
-            raise VlapruneError(
-                f"cannot fetch {path!r} from the hub ({type(e).__name__}); pass a local folder"
-            ) from None
+        return download(path, allow_patterns=["*.safetensors", "*.json"])
     raise VlapruneError(f"{path}: no such checkpoint file or folder")
 
 

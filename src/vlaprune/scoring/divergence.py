@@ -23,24 +23,11 @@ from typing import Any
 
 import torch
 
+from vlaprune.adapters import VLM_MAPS
 from vlaprune.errors import VlapruneError
 from vlaprune.scoring.tensors import TensorSource
 
-PRESETS: dict[str, list[tuple[str, str]]] = {
-    "identity": [],
-    "smolvla": [("model.vlm_with_expert.vlm.", "")],
-    "pi0": [  # google/paligemma-3b-pt-224 as stored on the hub
-        ("model.paligemma_with_expert.paligemma.model.language_model.", "language_model.model."),
-        ("model.paligemma_with_expert.paligemma.model.vision_tower.", "vision_tower."),
-        ("model.paligemma_with_expert.paligemma.model.multi_modal_projector.", "multi_modal_projector."),
-        ("model.paligemma_with_expert.paligemma.lm_head.", "language_model.lm_head."),
-    ],
-    "pi0-transformers5": [
-        ("model.paligemma_with_expert.paligemma.", "")
-    ],  # a PaliGemma saved by transformers 5
-    "openvla": [("language_model.", "")],
-}
-PRESETS["pi05"] = PRESETS["pi0"]
+PRESETS = VLM_MAPS  # name mapping presets live with the adapters (architecture knowledge)
 
 SUBTYPES = [
     (r"(q_proj|\.query)\.", "attn_q"),

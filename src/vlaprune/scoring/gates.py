@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlaprune.adapters.stack import Layout, find_branches
+from vlaprune.adapters.parts import find_branches
+from vlaprune.adapters.stack import Layout
 from vlaprune.errors import VlapruneError
 
 GRANULARITIES = ("block", "sublayer")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vlaprune.adapters.stack import Layout
-from vlaprune.scoring.calibration import LossFn
+from vlaprune.data import LossFn
 
 
 @dataclass

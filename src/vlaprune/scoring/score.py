@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlaprune import __version__
-from vlaprune.adapters import layout as find_layout
-from vlaprune.adapters.load import load_model
 from vlaprune.atomic import write_json_atomic
-from vlaprune.configs import PolicyConfig
+from vlaprune.configs import DatasetConfig, PolicyConfig
+from vlaprune.data import Data, policy_loss
 from vlaprune.errors import VlapruneError
+from vlaprune.policy import load_policy
 from vlaprune.scoring import METHODS, NEEDS_DATA
-from vlaprune.scoring.calibration import DatasetConfig, calibration_batches, policy_loss
 from vlaprune.scoring.gates import GRANULARITIES
 from vlaprune.scoring.probe import Probe, Scores
 
@@ -103,18 +102,17 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     """Load, calibrate, score with every requested method, print ranked tables, write scores.json."""
     from rich.console import Console
 
-    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code, cfg.policy.device)
-    lay = find_layout(model, cfg.stacks or None)
+    policy = load_policy(cfg.policy, cfg.stacks)
+    lay = policy.layout()
     stacks = select_stacks(lay.stacks, cfg.components)
     batches, loss = [], None
     if any(m in NEEDS_DATA for m in cfg.methods()):
-        if not hasattr(getattr(model, "config", None), "input_features"):
+        if not policy.is_lerobot:
             raise VlapruneError(
                 "data-driven scoring needs a lerobot policy; use --method=magnitude for others"
             )
-        path = cfg.policy.path if not cfg.policy.path.startswith("tiny:") else None
-        batches = calibration_batches(model, cfg.dataset, cfg.batches, cfg.batch_size, cfg.seed, path)
-        loss = policy_loss(model, cfg.seed)
+        batches = Data(policy, cfg.dataset).batches(cfg.batches, cfg.batch_size, cfg.seed)
+        loss = policy_loss(policy.module, cfg.seed)
     probe = Probe(lay, stacks, batches, loss, cfg.seed, cfg.granularity)
     base = probe.mean_loss() if batches else None
     results: dict[str, Any] = {}

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlaprune.adapters.parts import attn_parts, ffn_parts
 from vlaprune.errors import VlapruneError
 from vlaprune.scoring.probe import Probe
-from vlaprune.surgery.units import attn_parts, ffn_parts
 
 CRITERIA = ("magnitude", "wanda", "taylor", "dw_prune_high", "dw_prune_low", "random")
 
@@ -35,11 +35,12 @@ def unit_weights(block: nn.Module, kinds: set[str]) -> list[tuple[str, nn.Linear
     if kinds & {"q", "kv"}:
         p = attn_parts(block)
         a, d = p["attn"], p["head_dim"]
+        at = p["path"]
         out += [
-            ("self_attn.q_proj", a.q_proj, "q", "row", d),
-            (f"self_attn.{p['o']}", getattr(a, p["o"]), "q", "col", d),
-            ("self_attn.k_proj", a.k_proj, "kv", "row", d),
-            ("self_attn.v_proj", a.v_proj, "kv", "row", d),
+            (f"{at}.q_proj", a.q_proj, "q", "row", d),
+            (f"{at}.{p['o']}", getattr(a, p["o"]), "q", "col", d),
+            (f"{at}.k_proj", a.k_proj, "kv", "row", d),
+            (f"{at}.v_proj", a.v_proj, "kv", "row", d),
         ]
     return out
 

@@ -1,7 +1,16 @@
-"""Surgery: remove blocks (and later units) for real, and save / load the smaller model."""
+"""Surgery: remove blocks and units for real, and save / load the smaller model with its PruningRecord."""
 
 from vlaprune.surgery.blocks import drop_blocks
-from vlaprune.surgery.checkpoint import load, save_pruned
-from vlaprune.surgery.plan import Plan
+from vlaprune.surgery.checkpoint import load_pruned, save_pruned
+from vlaprune.surgery.plan import BlockPlan, PruningRecord, UnitPlan
+from vlaprune.surgery.units import prune_units
 
-__all__ = ["Plan", "drop_blocks", "load", "save_pruned"]
+__all__ = [
+    "BlockPlan",
+    "PruningRecord",
+    "UnitPlan",
+    "drop_blocks",
+    "load_pruned",
+    "prune_units",
+    "save_pruned",
+]

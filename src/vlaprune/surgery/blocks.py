@@ -13,15 +13,14 @@ KV cache, `save_pretrained` all run. What is kept consistent (from the adapter's
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from torch import nn
 
 from vlaprune.adapters import layout as find_layout
+from vlaprune.adapters.counting import unique_params
 from vlaprune.adapters.stack import Layout, Stack
-from vlaprune.evaluate.cost import unique_params
-from vlaprune.surgery.plan import Plan, resolve_drops
+from vlaprune.surgery.plan import BlockPlan, resolve_drops
 
 PER_LAYER_LISTS = ("layer_types",)
 
@@ -59,23 +58,21 @@ def _component_params(lay: Layout) -> dict[str, int]:
 
 def drop_blocks(
     model: nn.Module, request: dict[str, list[int]], layout: Layout | None = None, stacks: str | None = None
-) -> Plan:
-    """Physically remove the requested blocks (plus their coupled partners) and return the Plan.
+) -> BlockPlan:
+    """Physically remove the requested blocks (plus their coupled partners) and return the plan (keep it
+    in the model's PruningRecord: `Loaded.drop_blocks` does).
 
     request: {stack or component: [block indices]} (0-based, indices of the model as it is now).
     Raises VlapruneError, before touching anything, for unknown stacks, out-of-range or duplicate
     indices, emptied stacks, and plans that break a coupling rule (with the nearest valid plans)."""
-    from vlaprune.surgery.checkpoint import remember_base
-
     lay = layout or find_layout(model, stacks)
     requested, drops, coupled = resolve_drops(lay, request)
-    remember_base(model, stacks=stacks)
     before = {n: len(s) for n, s in lay.stacks.items()}
     params_before = unique_params(model)
     comp_before = _component_params(lay)
     for name, idx in drops.items():
         shrink_stack(lay.stacks[name], idx)
-    plan = Plan(
+    return BlockPlan(
         family=lay.family,
         model_class=type(model).__name__,
         drops={n: drops.get(n, []) for n in lay.stacks},
@@ -85,8 +82,6 @@ def drop_blocks(
         blocks_after={n: len(s) for n, s in lay.stacks.items()},
         params_before=params_before,
         params_after=unique_params(model),
-        extra={"component_params_before": comp_before, "component_params_after": _component_params(lay)},
+        component_params_before=comp_before,
+        component_params_after=_component_params(lay),
     )
-    history = list(getattr(model, "vlaprune_plans", []))
-    model.vlaprune_plans = history + [copy.deepcopy(plan)]
-    return plan

@@ -1,23 +1,23 @@
 """Pruned checkpoints: the family's own format plus `plan.json`, weights only through safetensors.
 
-    save_pruned(policy, plan, "out/pruned")          # config.json + weights + plan.json (+ processors)
-    policy = vlaprune.surgery.load("out/pruned")     # rebuild base, replay plans, load weights strictly
+    save_pruned(module, record, "out/pruned")        # config.json + weights + plan.json (+ processors)
+    source, record = load_pruned("out/pruned")       # rebuild base, replay plans, load weights strictly
+
+(`vlaprune.policy.load_policy` and `Loaded.save` call these; the record is the model's PruningRecord.)
 
 Where the family's config can express the new shape (SmolVLA language / action drops via num_vlm_layers /
 num_expert_layers; transformers models via num_hidden_layers), the weights are `model.safetensors` and the
 family's own `from_pretrained` loads the folder with no vlaprune code. Otherwise (SmolVLA vision drops,
 pi0 / pi0.5, path-named models) they are `pruned_model.safetensors` and config.json carries an extra
 `vlaprune_pruned` key: lerobot's loader then fails loudly (unknown config field) instead of silently
-re-creating the removed layers with random weights, and `load` is the way in. `load` refuses missing and
-unexpected keys.
+re-creating the removed layers with random weights, and vlaprune's loader is the way in. It refuses
+missing and unexpected keys.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,72 +25,66 @@ from torch import nn
 
 from vlaprune import __version__
 from vlaprune.adapters import layout as find_layout
+from vlaprune.adapters.load import Source, build, kind_of, load_source
 from vlaprune.atomic import atomic_dir
 from vlaprune.errors import VlapruneError
 from vlaprune.surgery.blocks import drop_blocks
-from vlaprune.surgery.plan import Plan
+from vlaprune.surgery.plan import BlockPlan, PruningRecord, plan_from_dict, plan_to_dict
+from vlaprune.surgery.units import apply_units
 
 FORMAT = "vlaprune-pruned/1"
 OWN_WEIGHTS, PRUNED_WEIGHTS = "model.safetensors", "pruned_model.safetensors"
 PRUNED_KEY = "vlaprune_pruned"
 PRUNED_NOTE = (
-    "blocks removed that this config cannot express: load with vlaprune.surgery.load(folder), see plan.json"
+    "blocks removed that this config cannot express: load with vlaprune.policy.load_policy, see plan.json"
 )
 PROCESSOR_GLOBS = ("policy_preprocessor*", "policy_postprocessor*")
 
 
-def base_record(model: nn.Module, source: str | None = None, stacks: str | None = None) -> dict[str, Any]:
-    """How to rebuild the unpruned architecture (called before the first surgery)."""
-    cfg = getattr(model, "config", None)
-    if hasattr(cfg, "input_features") and hasattr(cfg, "type"):  # a lerobot policy
+def base_record(source: Source, stacks: str | None = None, trust_remote_code: bool = False) -> dict | None:
+    """How to rebuild the unpruned architecture of a freshly loaded model (taken before any surgery, since
+    surgery changes the config's counters); None when it cannot be rebuilt."""
+    model, cfg = source.module, getattr(source.module, "config", None)
+    if source.kind == "lerobot":
         import draccus
 
         rec = {"kind": "lerobot", "type": cfg.type, "config": draccus.encode(cfg)}
-        if getattr(model, "vlaprune_tiny", None):
-            rec["tiny"] = model.vlaprune_tiny
-        return rec
-    if hasattr(cfg, "to_dict") and not stacks:
+        return rec | ({"builder": source.builder} if source.builder else {})
+    if source.kind == "transformers" and not stacks:
         return {"kind": "transformers", "class": type(model).__name__, "config": cfg.to_dict()}
-    if source is None:
-        raise VlapruneError(
-            "this model can only be rebuilt from its source; pass the checkpoint path it came from"
-        )
-    return {"kind": "source", "path": source, "stacks": stacks}
-
-
-def remember_base(model: nn.Module, source: str | None = None, stacks: str | None = None) -> None:
-    """Record the base architecture on the model once, before its first surgery."""
-    if not hasattr(model, "vlaprune_base"):
-        try:
-            model.vlaprune_base = base_record(model, source, stacks)
-        except VlapruneError:
-            model.vlaprune_base = None
+    if source.folder is not None:
+        return {"kind": "source", "path": str(source.folder), "trust_remote_code": trust_remote_code}
+    if source.builder:
+        return {"kind": "builder", "builder": source.builder}
+    return None
 
 
 def save_pruned(
     model: nn.Module,
-    plan: Plan,
+    record: PruningRecord,
     out_dir: str | Path,
     *,
     processors_from: str | Path | None = None,
-    stacks: str | None = None,
     extra_json: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the (pruned) model to a new folder `out_dir` atomically (temp folder + rename). `plan` may be
-    None for a model no surgery touched (a recovered baseline): the checkpoint then has no plans.
+    """Write `model` with its PruningRecord to a new folder `out_dir` atomically (temp folder + rename).
+    A record without plans (e.g. a recovered baseline) gives a checkpoint with no plans.
 
     extra_json: more files to write alongside, {file name: JSON-able object} (e.g. the cost report)."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise VlapruneError(f"{out} already exists and is not empty; choose a new --output_dir or remove it")
-    plans = list(getattr(model, "vlaprune_plans", None) or ([plan] if plan else []))
-    base = getattr(model, "vlaprune_base", None)
+    base = record.base
     if base is None:
-        raise VlapruneError("the model has no record of its base architecture; prune it with drop_blocks")
-    lay = find_layout(model, stacks)
-    dropped = {n for p in plans for n, idx in p.drops.items() if idx}
-    unit_plans = any(p.kind == "units" for p in plans)  # per-layer widths: no family config expresses them
-    expressible = base["kind"] != "source" and dropped <= lay.config_expresses and not unit_plans
+        raise VlapruneError(
+            "this model's base architecture cannot be rebuilt (no config and no source folder); load it "
+            "from a checkpoint folder or a registered builder before pruning it"
+        )
+    lay = find_layout(model, record.stacks)
+    dropped = {n for p in record.plans if isinstance(p, BlockPlan) for n, idx in p.drops.items() if idx}
+    unit_plans = any(p.kind == "units" for p in record.plans)  # per-layer widths: no family config has them
+    expressible = base["kind"] not in ("source", "builder") and dropped <= lay.config_expresses
+    expressible = expressible and not unit_plans and not base.get("builder")
     with atomic_dir(out) as tmp:
         _write_weights_and_config(model, tmp, base)
         if not expressible:
@@ -100,7 +94,7 @@ def save_pruned(
             for pattern in PROCESSOR_GLOBS:
                 for f in Path(processors_from).glob(pattern):
                     shutil.copy2(f, tmp / f.name)
-        record = {
+        plan_json = {
             "format": FORMAT,
             "vlaprune_version": __version__,
             "family": lay.family,
@@ -108,10 +102,11 @@ def save_pruned(
             "weights": OWN_WEIGHTS if expressible else PRUNED_WEIGHTS,
             "family_loader_ok": expressible,
             "base": base,
-            "stacks": stacks,
-            "plans": [p.to_dict() for p in plans],
+            "stacks": record.stacks,
+            "plans": [plan_to_dict(p) for p in record.plans],
+            "trained_on": record.trained_on,
         }
-        (tmp / "plan.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        (tmp / "plan.json").write_text(json.dumps(plan_json, indent=2, default=str) + "\n")
         for name, obj in (extra_json or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
     return out
@@ -128,7 +123,7 @@ def _mark_config(config_file: Path) -> None:
 
 
 def _write_weights_and_config(model: nn.Module, folder: Path, base: dict) -> None:
-    if hasattr(model, "save_pretrained") and base["kind"] in ("lerobot", "transformers"):
+    if hasattr(model, "save_pretrained") and kind_of(model) in ("lerobot", "transformers"):
         model.save_pretrained(str(folder))
     else:
         from safetensors.torch import save_model
@@ -138,7 +133,8 @@ def _write_weights_and_config(model: nn.Module, folder: Path, base: dict) -> Non
         raise VlapruneError(f"saving wrote no {OWN_WEIGHTS} (sharded checkpoints are not supported yet)")
 
 
-def _build_base(base: dict[str, Any]) -> nn.Module:
+def rebuild(base: dict[str, Any]) -> Source:
+    """A fresh (random-weight) instance of the unpruned architecture a base record describes."""
     kind = base["kind"]
     if kind == "lerobot":
         import draccus
@@ -148,56 +144,49 @@ def _build_base(base: dict[str, Any]) -> nn.Module:
         cfg = draccus.decode(PreTrainedConfig, {"type": base["type"], **base["config"]})
         if hasattr(cfg, "load_vlm_weights"):
             cfg.load_vlm_weights = False  # every weight comes from the checkpoint
-        cls = get_policy_class(base["type"])
-        ctx = contextlib.nullcontext()
-        if base.get("tiny"):
-            from vlaprune.tiny.pi import tiny_pi_factories
-
-            ctx = tiny_pi_factories(base["tiny"]["kind"], base["tiny"]["depth"])
-        with ctx:
-            model = cls(cfg)
-        if base.get("tiny"):
-            from vlaprune.tiny.hub import write_paligemma_like_tokenizer
-
-            model.vlaprune_tiny = base["tiny"]
-            model.vlaprune_tokenizer_dir = write_paligemma_like_tokenizer(
-                tempfile.mkdtemp(prefix="vlaprune-tok-")
-            )
-        return model
+        if base.get("builder"):
+            b = dict(base["builder"])
+            return build(b.pop("name"), config=cfg, **b)
+        return Source(get_policy_class(base["type"])(cfg), "lerobot")
     if kind == "transformers":
         import transformers
 
         cls = getattr(transformers, base["class"])
-        return cls(cls.config_class.from_dict(base["config"]))
-    from vlaprune.adapters.load import load_model
+        return Source(cls(cls.config_class.from_dict(base["config"])), "transformers")
+    if kind == "builder":
+        b = dict(base["builder"])
+        return build(b.pop("name"), **b)
+    return load_source(base["path"], base.get("trust_remote_code", False))
 
-    return load_model(base["path"])
 
-
-def load(folder: str | Path) -> nn.Module:
-    """Rebuild the base architecture, replay the plans, load the weights (strict), return it in eval mode."""
+def load_pruned(folder: str | Path) -> tuple[Source, PruningRecord]:
+    """Rebuild the base architecture, replay the plans, load the weights (strict): (the model in eval mode
+    with where it came from, its PruningRecord)."""
     folder = Path(folder)
     plan_file = folder / "plan.json"
     if not plan_file.is_file():
         raise VlapruneError(
             f"{folder} has no plan.json: not a vlaprune pruned checkpoint (use its family's loader)"
         )
-    record = json.loads(plan_file.read_text())
-    if record.get("format") != FORMAT:
-        raise VlapruneError(f"{plan_file} has format {record.get('format')!r}; this vlaprune reads {FORMAT}")
-    weights = folder / record["weights"]
+    saved = json.loads(plan_file.read_text())
+    if saved.get("format") != FORMAT:
+        raise VlapruneError(f"{plan_file} has format {saved.get('format')!r}; this vlaprune reads {FORMAT}")
+    weights = folder / saved["weights"]
     if not weights.is_file():
         raise VlapruneError(f"{weights} is missing; the checkpoint is incomplete (re-save it)")
-    model = _build_base(record["base"])
-    model.vlaprune_base = record["base"]
-    for p in record["plans"]:
-        if p.get("kind") == "units":
-            from vlaprune.surgery.units import apply_units
-
-            apply_units(find_layout(model, record.get("stacks")), p["units"])
+    record = PruningRecord(
+        base=saved["base"],
+        stacks=saved.get("stacks"),
+        plans=[plan_from_dict(p) for p in saved["plans"]],
+        trained_on=saved.get("trained_on"),
+    )
+    source = rebuild(record.base)
+    model = source.module
+    for plan in record.plans:
+        if plan.kind == "units":
+            apply_units(find_layout(model, record.stacks), plan.units)
         else:
-            drop_blocks(model, {n: idx for n, idx in p["drops"].items() if idx}, stacks=record.get("stacks"))
-    model.vlaprune_plans = [Plan.from_dict(p) for p in record["plans"]]
+            drop_blocks(model, {n: idx for n, idx in plan.drops.items() if idx}, stacks=record.stacks)
     from safetensors.torch import load_model
 
     try:
@@ -207,4 +196,6 @@ def load(folder: str | Path) -> nn.Module:
         raise VlapruneError(
             f"refusing {weights}: the weights do not match the pruned architecture ({msg})"
         ) from None
-    return model.eval()
+    source.module, source.folder = model.eval(), folder
+    source.kind = kind_of(model)
+    return source, record

@@ -1,4 +1,5 @@
-"""A `Plan` records one surgery; `resolve_drops` turns a request into a plan that respects the couplings.
+"""`BlockPlan` / `UnitPlan` record one surgery and `PruningRecord` all of a model's; `resolve_drops` turns a
+request into a plan that respects the couplings.
 
 Coupling rules enforced (from the adapters' `Coupling` records):
   lockstep (pi0 / pi0.5)  the two stacks keep the same depth: dropping block i of either drops it in both.
@@ -13,7 +14,7 @@ A plan that breaks (1)-(3) is refused with the nearest valid plans (fewest block
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from vlaprune.adapters.stack import Coupling, Layout
@@ -21,8 +22,11 @@ from vlaprune.errors import VlapruneError
 
 
 @dataclass
-class Plan:
-    """What a block surgery removed. Indices are those of the model the plan was applied to (0-based)."""
+class BlockPlan:
+    """What a block drop removed. Indices are those of the model the plan was applied to (0-based).
+
+    drops: per stack, every block removed (partners included); requested: what was asked for; coupled: what
+    the coupling rules added. component_params_*: parameters per component before / after."""
 
     family: str
     model_class: str
@@ -33,17 +37,9 @@ class Plan:
     blocks_after: dict[str, int]
     params_before: int = 0
     params_after: int = 0
+    component_params_before: dict[str, int] = field(default_factory=dict)
+    component_params_after: dict[str, int] = field(default_factory=dict)
     kind: str = "blocks"
-    extra: dict[str, Any] = field(default_factory=dict)
-    # unit plans (kind "units"): {stack: {block: {"ffn": kept channels, "q": kept q heads, "kv": kept KV}}}
-    units: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Plan:
-        return cls(**d)
 
     def summary(self) -> str:
         parts = []
@@ -53,9 +49,75 @@ class Plan:
                 parts.append(
                     f"{s}: drop {idx}{extra}, {self.blocks_before[s]} -> {self.blocks_after[s]} blocks"
                 )
-        saved = self.params_before - self.params_after
-        pct = 100 * saved / self.params_before if self.params_before else 0
-        return "; ".join(parts) + f"; params {self.params_before:,} -> {self.params_after:,} (-{pct:.1f}%)"
+        return "; ".join(parts) + _params(self.params_before, self.params_after)
+
+
+@dataclass
+class UnitPlan:
+    """What a unit pruning removed: per stack, per block (index as a string), the units kept,
+    {"ffn": channels, "q": query heads, "kv": KV heads}; `sizes`: each block's widths afterwards."""
+
+    family: str
+    model_class: str
+    units: dict[str, dict[str, dict[str, list[int]]]]
+    sizes: dict[str, list[dict[str, int]]] = field(default_factory=dict)
+    params_before: int = 0
+    params_after: int = 0
+    kind: str = "units"
+
+    def summary(self) -> str:
+        return ", ".join(f"{s}: {len(b)} blocks pruned" for s, b in self.units.items()) + _params(
+            self.params_before, self.params_after
+        )
+
+
+Plan = BlockPlan | UnitPlan
+
+
+def _params(before: int, after: int) -> str:
+    pct = 100 * (before - after) / before if before else 0
+    return f"; params {before:,} -> {after:,} (-{pct:.1f}%)"
+
+
+def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    return asdict(plan)
+
+
+def plan_from_dict(d: dict[str, Any]) -> Plan:
+    """A plan from its JSON (also reads the single-class format of vlaprune 0.1 checkpoints)."""
+    d = dict(d)
+    extra = d.pop("extra", None) or {}
+    if d.get("kind") == "units":
+        return UnitPlan(
+            family=d["family"],
+            model_class=d["model_class"],
+            units=d["units"],
+            sizes=d.get("sizes") or extra.get("sizes", {}),
+            params_before=d.get("params_before", 0),
+            params_after=d.get("params_after", 0),
+        )
+    names = {f.name for f in fields(BlockPlan)}
+    d = {k: v for k, v in d.items() if k in names}
+    d.setdefault("component_params_before", extra.get("component_params_before", {}))
+    d.setdefault("component_params_after", extra.get("component_params_after", {}))
+    return BlockPlan(**d)
+
+
+@dataclass
+class PruningRecord:
+    """A pruned model's history, kept beside the model (never as attributes on it) and saved as plan.json.
+
+    base: how to rebuild the unpruned architecture ({"kind": "lerobot" | "transformers" | "source", ...}),
+        None when it cannot be rebuilt (the model can then not be saved as a pruned checkpoint).
+    stacks: the --stacks spec the plans' stack names refer to (None: the family adapter's names).
+    plans: every surgery applied, in order.
+    trained_on: the dataset episodes a recovery trained this model on (None: never fine-tuned by vlaprune).
+    """
+
+    base: dict[str, Any] | None
+    stacks: str | None = None
+    plans: list[Plan] = field(default_factory=list)
+    trained_on: dict[str, Any] | None = None
 
 
 def normalize(layout: Layout, request: dict[str, list[int]]) -> dict[str, list[int]]:

@@ -1,4 +1,5 @@
-"""Which units go: per-module ratios (given, or searched under a parameter budget) applied to unit scores.
+"""Which units go: per-module ratios applied to unit scores (the `--budget` search that chooses ratios is
+part of the prune-units protocol, `vlaprune.experiments.prune_units`).
 
 Scores come from `vlaprune.scoring.units` (higher = keep); a ratio r removes the round(r * n) lowest-scoring
 units of every block of a stack, FFN channels (`mlp`) or attention heads (`attn`: whole KV groups, or query
@@ -7,14 +8,9 @@ heads inside each group).
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
-from vlaprune.adapters import layout as find_layout
 from vlaprune.errors import VlapruneError
-from vlaprune.evaluate.cost import unique_params
-from vlaprune.surgery.units import apply_units
 
 KINDS = {"mlp": {"ffn"}, "attn": {"q", "kv"}}
 
@@ -80,37 +76,3 @@ def _heads(q: torch.Tensor, kv: torch.Tensor, r: float, mode: str, where: str) -
             k * g + j for j in _top(q[k * g : (k + 1) * g], round(r * g), f"{where} query heads of a group")
         ]
     return {"q": q_keep, "kv": list(range(n_kv))}
-
-
-def search(model, scores, candidates, budget: float, loss_of, heads: str) -> dict[tuple[str, str], float]:
-    """Greedy per-module ratios (steps of 0.1) until `budget` of the parameters are removed."""
-    total = unique_params(model)
-    ratios = {c: 0.0 for c in candidates}
-
-    def trial(rs):
-        m = copy.deepcopy(model)
-        units = select(scores, {k: v for k, v in rs.items() if v > 0}, heads)
-        apply_units(find_layout(m), units)
-        return loss_of(m), total - unique_params(m)
-
-    current_loss, removed = loss_of(model), 0
-    while removed < budget * total:
-        best = None
-        for c in candidates:
-            if ratios[c] + 0.1 >= 0.95:
-                continue
-            rs = {**ratios, c: round(ratios[c] + 0.1, 2)}
-            try:
-                loss, rem = trial(rs)
-            except VlapruneError:
-                continue
-            gain = rem - removed
-            if gain <= 0:
-                continue
-            cost = (loss - current_loss) / gain
-            if best is None or cost < best[0]:
-                best = (cost, rs, loss, rem)
-        if best is None:
-            raise VlapruneError(f"cannot reach --budget={budget}: every module is at its largest ratio")
-        _, ratios, current_loss, removed = best
-    return {k: v for k, v in ratios.items() if v > 0}

@@ -13,46 +13,15 @@ and action streams together (and pi0 hard-codes 8 query heads), so their heads c
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
+from vlaprune.adapters import layout as find_layout
+from vlaprune.adapters.counting import unique_params
+from vlaprune.adapters.parts import attn_parts, ffn_parts
 from vlaprune.adapters.stack import Layout
 from vlaprune.errors import VlapruneError
-
-FFN_IN = (("gate_proj", "up_proj"), ("fc1",))
-FFN_OUT = ("down_proj", "fc2")
-ATTN_O = ("o_proj", "out_proj")
-
-
-def ffn_parts(block: nn.Module) -> tuple[nn.Module, list[str], str]:
-    """(mlp module, names of the Linear layers whose rows are channels, name of the one whose columns are)."""
-    mlp = getattr(block, "mlp", None)
-    if mlp is None:
-        raise VlapruneError(f"{type(block).__name__} has no `mlp`; FFN channels cannot be pruned there")
-    for ins in FFN_IN:
-        if all(hasattr(mlp, n) for n in ins):
-            out = next(n for n in FFN_OUT if hasattr(mlp, n))
-            return mlp, list(ins), out
-    raise VlapruneError(f"{type(mlp).__name__}: no gate/up/down (or fc1/fc2) projections to prune")
-
-
-def attn_parts(block: nn.Module) -> dict[str, Any]:
-    attn = getattr(block, "self_attn", None)
-    if attn is None or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj")):
-        raise VlapruneError(
-            f"{type(block).__name__}: no self_attn with q/k/v projections; heads cannot be pruned"
-        )
-    o_name = next(n for n in ATTN_O if hasattr(attn, n))
-    d = attn.head_dim
-    return {
-        "attn": attn,
-        "o": o_name,
-        "head_dim": d,
-        "n_q": attn.q_proj.out_features // d,
-        "n_kv": attn.k_proj.out_features // d,
-    }
+from vlaprune.surgery.plan import UnitPlan
 
 
 @torch.no_grad()
@@ -119,10 +88,8 @@ def _check_keep(keep: list[int], n: int, what: str) -> None:
 
 
 def coupled_stacks(layout: Layout) -> set[str]:
-    names = {n for c in layout.couplings for n in (c.a, c.b)}
-    if layout.family in ("pi0", "pi05"):
-        names |= {"language", "action"}
-    return names
+    """Stacks whose attention runs jointly with another stack's (every stack named by a coupling)."""
+    return {n for c in layout.couplings for n in (c.a, c.b)}
 
 
 def apply_units(layout: Layout, units: dict[str, dict[str, dict[str, list[int]]]]) -> None:
@@ -166,3 +133,21 @@ def sizes(layout: Layout, stacks: list[str]) -> dict[str, list[dict[str, int]]]:
             rows.append(row)
         out[s] = rows
     return out
+
+
+def prune_units(
+    model: nn.Module, units: dict, layout: Layout | None = None, stacks: str | None = None
+) -> UnitPlan:
+    """Apply a unit plan ({stack: {block: {"ffn" | "q" | "kv": kept}}}) to `model` in place and return its
+    UnitPlan (with the per-layer sizes afterwards); keep it in the model's PruningRecord."""
+    lay = layout or find_layout(model, stacks)
+    before = unique_params(model)
+    apply_units(lay, units)
+    return UnitPlan(
+        family=lay.family,
+        model_class=type(model).__name__,
+        units=units,
+        sizes=sizes(lay, list(units)),
+        params_before=before,
+        params_after=unique_params(model),
+    )

@@ -1,43 +1,47 @@
 """Tiny random-weight instances of the real policy and model classes, built offline in seconds.
 
-Used by the tests, by `vlaprune inspect --policy.path=tiny:<name>` and by the demo until trained assets ship.
-Same classes users load from the hub (lerobot SmolVLAPolicy / PI0Policy / PI05Policy, transformers models),
-just small, with non-trivial random weights.
+Used by the tests and by `--policy.path=tiny:<name>` (the CLI imports this package, which registers the
+names with the loader: `vlaprune.adapters.load.BUILDERS`). Same classes users load from the hub (lerobot
+SmolVLAPolicy / PI0Policy / PI05Policy, transformers models), just small, with non-trivial random weights.
+No other part of vlaprune imports this package.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from typing import Any
 
-from torch import nn
+from vlaprune.adapters.load import Source, register_builder, source_of
 
 
-def _smolvla() -> nn.Module:
+def _smolvla(config: Any = None, **kw: Any) -> Source:
+    """A tiny SmolVLA (no rebuild config needed: its lerobot config names its VLM folder)."""
     from vlaprune.tiny.smolvla import tiny_smolvla, write_tiny_smolvlm
 
-    return tiny_smolvla(write_tiny_smolvlm(tempfile.mkdtemp(prefix="vlaprune-tiny-smolvlm-")))
+    vlm = write_tiny_smolvlm(tempfile.mkdtemp(prefix="vlaprune-tiny-smolvlm-"))
+    return Source(tiny_smolvla(vlm, **kw), "lerobot")
 
 
-def _pi(kind: str) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
+def _pi(kind: str):
+    def build(config: Any = None, **kw: Any) -> Source:
         from vlaprune.tiny.pi import tiny_pi
 
-        return tiny_pi(kind)
+        return source_of(tiny_pi(kind, config=config, **kw))
 
     return build
 
 
-def _hf(name: str) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
+def _hf(name: str):
+    def build(config: Any = None, **kw: Any) -> Source:
         from vlaprune.tiny import hf
 
-        return hf.tiny_siglip() if name == "siglip" else hf.tiny_decoder_lm(name)
+        model = hf.tiny_siglip() if name == "siglip" else hf.tiny_decoder_lm(name, **kw)
+        return Source(model, "transformers")
 
     return build
 
 
-TINY: dict[str, Callable[[], nn.Module]] = {
+TINY = {
     "smolvla": _smolvla,
     "pi0": _pi("pi0"),
     "pi05": _pi("pi05"),
@@ -45,3 +49,5 @@ TINY: dict[str, Callable[[], nn.Module]] = {
     "qwen2": _hf("qwen2"),
     "siglip": _hf("siglip"),
 }
+for _name, _build in TINY.items():
+    register_builder(f"tiny:{_name}", _build)

@@ -15,6 +15,10 @@ from collections.abc import Iterator
 
 import torch
 
+from vlaprune.adapters.load import Source, remember
+from vlaprune.tiny.hub import PALIGEMMA_TOKENIZER, write_paligemma_like_tokenizer
+from vlaprune.tiny.weights import make_nontrivial
+
 TEXT = {  # paligemma_variant -> language stack; action_expert_variant -> expert stack
     "gemma_2b": dict(width=64, depth=4, mlp_dim=128, num_heads=8, num_kv_heads=1, head_dim=8),
     "gemma_300m": dict(width=48, depth=4, mlp_dim=96, num_heads=8, num_kv_heads=1, head_dim=8),
@@ -80,17 +84,20 @@ def tiny_pi_config(kind: str = "pi0", *, state_dim: int = 4, action_dim: int = 4
     )
 
 
-def tiny_pi(kind: str = "pi0", seed: int = 0, depth: int = 4, **config_kw):
-    """A tiny random-weight `PI0Policy` or `PI05Policy` (~0.4 M parameters), in eval mode."""
-    from vlaprune.tiny.hub import write_paligemma_like_tokenizer
-    from vlaprune.tiny.weights import make_nontrivial
-
+def tiny_pi(kind: str = "pi0", seed: int = 0, depth: int = 4, config=None, **config_kw) -> torch.nn.Module:
+    """A tiny random-weight `PI0Policy` or `PI05Policy` (~0.4 M parameters), in eval mode, with a local tiny
+    tokenizer standing in for the PaliGemma one lerobot's processors hard-code. `config`: rebuild that
+    (e.g. saved) configuration at the tiny size instead of the default one."""
     pkg, policy_name, _ = KINDS[kind]
     policy_cls = getattr(importlib.import_module(f"lerobot.policies.{pkg}.modeling_{pkg}"), policy_name)
     torch.manual_seed(seed)
     with tiny_pi_factories(kind, depth):
-        policy = policy_cls(tiny_pi_config(kind, **config_kw))
-    # the processors hard-code google/paligemma-3b-pt-224's tokenizer: point them at a local tiny one
-    policy.vlaprune_tokenizer_dir = write_paligemma_like_tokenizer(tempfile.mkdtemp(prefix="vlaprune-tok-"))
-    policy.vlaprune_tiny = {"kind": kind, "depth": depth}  # how to rebuild this architecture (vlaprune.load)
-    return make_nontrivial(policy, seed).eval()
+        policy = policy_cls(config if config is not None else tiny_pi_config(kind, **config_kw))
+    tok = write_paligemma_like_tokenizer(tempfile.mkdtemp(prefix="vlaprune-tok-"))
+    source = Source(
+        make_nontrivial(policy, seed).eval(),
+        "lerobot",
+        builder={"name": f"tiny:{kind}", "depth": depth},
+        tokenizers={PALIGEMMA_TOKENIZER: str(tok)},
+    )
+    return remember(source)  # vlaprune.adapters.load.source_of(policy) finds its builder and tokenizer

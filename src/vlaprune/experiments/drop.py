@@ -1,4 +1,5 @@
-"""`vlaprune drop`: remove blocks, save the pruned checkpoint, and report what the cut saves.
+"""`vlaprune drop`: remove blocks, save the pruned checkpoint, and report what the cut saves (params,
+FLOPs, latency: it combines surgery with evaluation's cost report, hence it lives here).
 
 vlaprune drop --policy.path=lerobot/smolvla_base --drop.language=2,3 --output_dir=out/smolvla-14
 vlaprune drop --policy.path=... --drop.from=scores.json --drop.k=8 --drop.components=language --output_dir=...
@@ -11,13 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlaprune.adapters import layout as find_layout
-from vlaprune.adapters.load import load_model
 from vlaprune.configs import PolicyConfig
 from vlaprune.errors import VlapruneError
-from vlaprune.evaluate.report_cost import cost, cost_table
-from vlaprune.surgery.blocks import drop_blocks
-from vlaprune.surgery.checkpoint import remember_base, save_pruned
+from vlaprune.evaluate.cost import cost, cost_table
+from vlaprune.policy import load_policy
+from vlaprune.surgery.plan import plan_to_dict
 
 
 @dataclass
@@ -120,21 +119,17 @@ def run(cfg: DropConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()):
         raise VlapruneError(f"{out} already exists and is not empty; choose a new --output_dir or remove it")
-    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code, cfg.policy.device)
-    lay = find_layout(model, cfg.stacks or None)
+    policy = load_policy(cfg.policy, cfg.stacks or None)
+    lay = policy.layout()
     request = request_from(cfg.drop, list(lay.stacks))
-    remember_base(model, source=cfg.policy.path, stacks=cfg.stacks or None)
     console.print("measuring the original ...")
     before = cost(lay, cfg.latency_calls, cfg.warmup_calls)
-    plan = drop_blocks(model, request, layout=lay)
+    plan = policy.drop_blocks(request)
     console.print(f"[bold]plan[/]: {plan.summary()}")
     console.print("measuring the pruned model ...")
-    after = cost(find_layout(model, cfg.stacks or None), cfg.latency_calls, cfg.warmup_calls)
+    after = cost(policy.layout(), cfg.latency_calls, cfg.warmup_calls)
     console.print(cost_table(before, after))
-    src = cfg.policy.path if Path(cfg.policy.path).is_dir() else None
-    report = {"plan": plan.to_dict(), "cost_original": before, "cost_pruned": after}
-    saved = save_pruned(
-        model, plan, out, processors_from=src, stacks=cfg.stacks or None, extra_json={"cost.json": report}
-    )
+    report = {"plan": plan_to_dict(plan), "cost_original": before, "cost_pruned": after}
+    saved = policy.save(out, extra_json={"cost.json": report})
     console.print(f"wrote {saved} (plan.json, cost.json, weights)")
     return report

@@ -17,7 +17,6 @@ met (the cheap offline proxy; the closed-loop success is the final check). No fi
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,61 +25,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlaprune.adapters import layout as find_layout
-from vlaprune.adapters.load import load_model
-from vlaprune.configs import PolicyConfig
+from vlaprune.adapters.counting import unique_params
+from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
+from vlaprune.data import Data, action_error, policy_loss
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.closed_loop import wilson
-from vlaprune.evaluate.cost import latency, unique_params
-from vlaprune.evaluate.offline import action_error, split_dataset
-from vlaprune.evaluate.report_cost import inference_call
-from vlaprune.evaluate.run import EnvConfig, EvalConfig, EvalOptions, closed_loop, task_instructions
-from vlaprune.scoring.calibration import (
-    DatasetConfig,
-    calibration_batches,
-    load_dataset,
-    policy_loss,
-    pre_post,
-)
+from vlaprune.evaluate.cost import cost, inference_call, latency
+from vlaprune.evaluate.run import closed_loop, task_instructions
+from vlaprune.policy import Loaded, load_policy
 from vlaprune.scoring.probe import Probe
 from vlaprune.scoring.units import CRITERIA, unit_scores
-from vlaprune.surgery.plan import Plan
-from vlaprune.surgery.ratios import KINDS, parse_ratios, search, select
-from vlaprune.surgery.units import apply_units, sizes
-
-
-def prune_units(model: nn.Module, units: dict, stacks: str | None = None) -> Plan:
-    """Apply a unit plan to `model` in place and return its Plan (records per-layer sizes)."""
-    from vlaprune.surgery.checkpoint import remember_base
-
-    lay = find_layout(model, stacks)
-    remember_base(model, stacks=stacks)
-    before = unique_params(model)
-    apply_units(lay, units)
-    plan = Plan(
-        family=lay.family,
-        model_class=type(model).__name__,
-        drops={},
-        requested={},
-        coupled={},
-        blocks_before={n: len(s) for n, s in lay.stacks.items()},
-        blocks_after={n: len(s) for n, s in lay.stacks.items()},
-        params_before=before,
-        params_after=unique_params(model),
-        kind="units",
-        units=units,
-        extra={"sizes": sizes(lay, list(units))},
-    )
-    model.vlaprune_plans = list(getattr(model, "vlaprune_plans", [])) + [plan]
-    return plan
-
-
-@dataclass
-class EpisodeOptions:
-    # Closed-loop check of every pruned model (with --env.type): episodes per task, first seed, parallel envs.
-    n_episodes: int = 10
-    seed: int = 100_000
-    n_envs: int = 1
+from vlaprune.surgery.ratios import KINDS, parse_ratios, select
+from vlaprune.surgery.units import coupled_stacks
 
 
 @dataclass
@@ -89,7 +45,7 @@ class PruneUnitsConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     # Optional closed-loop success of the original and every pruned model (see `vlaprune eval`).
     env: EnvConfig = field(default_factory=EnvConfig)
-    eval: EpisodeOptions = field(default_factory=EpisodeOptions)
+    eval: EpisodesConfig = field(default_factory=EpisodesConfig)
     stacks: str = ""
     criterion: str = "wanda"
     compare: str = ""
@@ -125,21 +81,11 @@ class PruneUnitsConfig:
         if not 0 <= self.holdout < 1:
             raise VlapruneError(f"--holdout={self.holdout}: a fraction of the episodes in [0, 1)")
         if self.env.type:
-            self.episodes()  # validates --env.* and --eval.n_episodes now, before any work
+            task_instructions(self.env)  # validates the task names now, before any work
 
     def criteria(self) -> list[str]:
         return list(
             dict.fromkeys([self.criterion, *(c.strip() for c in self.compare.split(",") if c.strip())])
-        )
-
-    def episodes(self) -> EvalConfig:
-        """The closed-loop part of this config as `vlaprune eval` takes it."""
-        e = self.eval
-        return EvalConfig(
-            policy=self.policy,
-            dataset=self.dataset,
-            env=self.env,
-            eval=EvalOptions(n_episodes=e.n_episodes, seed=e.seed, n_envs=e.n_envs),
         )
 
 
@@ -165,44 +111,37 @@ def _dw_lookup(cfg: PruneUnitsConfig, model: nn.Module):
 
 class Judge:
     """Measures one model the same way every time: loss and action L1 on fixed (held-out) batches,
-    `select_action` latency, and, with --env.type, closed-loop success with its Wilson interval."""
+    `select_action` latency, and, with --env.type, closed-loop success with its Wilson interval. The
+    dataset is opened once (`data`); scoring calibrates on the training episodes, never judged on."""
 
-    def __init__(self, cfg: PruneUnitsConfig, model: nn.Module, path: str | None):
+    def __init__(self, cfg: PruneUnitsConfig, data: Data):
         self.cfg = cfg
-        # scoring calibrates on the training episodes and is never judged on them
-        calib_cfg, held_cfg = split_dataset(cfg.dataset, model, cfg.holdout, "--holdout")
-        self.held_out = held_cfg is not None
-        self.calibration = calibration_batches(model, calib_cfg, cfg.batches, cfg.batch_size, cfg.seed, path)
-        self.batches = (
-            calibration_batches(model, held_cfg, cfg.batches, cfg.batch_size, cfg.seed, path)
-            if held_cfg
-            else self.calibration
-        )
-        self.episodes = held_cfg.episodes if held_cfg else calib_cfg.episodes
-        self.pre_post = None
-        if cfg.env.type:
-            dataset = load_dataset(model, cfg.dataset)
-            self.pre_post = pre_post(model, dataset, path)
+        train, held = data.split(cfg.holdout, "--holdout")
+        self.held_out = held is not None
+        self.calibration = data.batches(cfg.batches, cfg.batch_size, cfg.seed, train)
+        self.batches = data.batches(cfg.batches, cfg.batch_size, cfg.seed, held) if held else self.calibration
+        self.episodes = held if held else train
+        self.pre_post = data.processors() if cfg.env.type else None
 
     def loss(self, m: nn.Module) -> float:
         fn = policy_loss(m, self.cfg.seed)
         with torch.no_grad():
             return sum(float(fn(i, b)) for i, b in enumerate(self.batches)) / len(self.batches)
 
-    def __call__(self, m: nn.Module, progress=None) -> dict[str, Any]:
+    def __call__(self, m: Loaded, progress=None) -> dict[str, Any]:
         abs_sum, steps = 0.0, 0
         for i, b in enumerate(self.batches):
-            err = action_error(m, b, i, self.cfg.seed)
+            err = action_error(m.module, b, i, self.cfg.seed)
             abs_sum, steps = abs_sum + float(err[0].sum()), steps + err[2]
         out = {
-            "loss": self.loss(m),
+            "loss": self.loss(m.module),
             "l1": abs_sum / max(1, steps * self.batches[0]["action"].shape[-1]),
-            "latency_ms": latency(inference_call(find_layout(m, self.cfg.stacks or None)), 10, 2)[
-                "median_ms"
-            ],
+            "latency_ms": latency(inference_call(m.layout()), 10, 2)["median_ms"],
         }
         if self.pre_post:
-            res = closed_loop(m, *self.pre_post, self.cfg.episodes(), progress=progress)["normal"]
+            res = closed_loop(m.module, *self.pre_post, self.cfg.env, self.cfg.eval, progress=progress)[
+                "normal"
+            ]
             k = sum(t["successes"] for t in res["tasks"].values())
             n = sum(t["episodes"] for t in res["tasks"].values())
             out |= {
@@ -223,40 +162,36 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
     from rich.console import Console
     from tqdm.auto import tqdm
 
-    from vlaprune.surgery.checkpoint import remember_base, save_pruned
-
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()):
         raise VlapruneError(f"{out} already exists and is not empty; choose a new --output_dir")
-    model = load_model(cfg.policy.path, cfg.policy.trust_remote_code, cfg.policy.device)
-    remember_base(model, source=cfg.policy.path, stacks=cfg.stacks or None)
-    lay = find_layout(model, cfg.stacks or None)
+    policy = load_policy(cfg.policy, cfg.stacks or None)
+    lay = policy.layout()
     ratios = parse_ratios(cfg.ratios, lay.stacks) if cfg.ratios else {}
-    if not hasattr(getattr(model, "config", None), "input_features"):
+    if not policy.is_lerobot:
         raise VlapruneError("prune-units evaluates lerobot policies (the recovery-free action loss)")
-    path = cfg.policy.path if Path(cfg.policy.path).is_dir() else None
-    n_tasks = len(task_instructions(cfg.episodes())) if cfg.env.type else 0
-    judge = Judge(cfg, model, path)
+    n_tasks = len(task_instructions(cfg.env)) if cfg.env.type else 0
+    judge = Judge(cfg, Data(policy, cfg.dataset))
+    coupled = coupled_stacks(lay)
     candidates = list(ratios) or [
-        (s, k) for s in lay.stacks for k in ("mlp", "attn") if k == "mlp" or s not in _coupled(lay)
+        (s, k) for s in lay.stacks for k in ("mlp", "attn") if k == "mlp" or s not in coupled
     ]
     kinds: dict[str, set[str]] = {}
     for s, k in candidates:
         kinds.setdefault(s, set()).update(KINDS[k])
-    lookup = _dw_lookup(cfg, model)
+    lookup = _dw_lookup(cfg, policy.module)
     console = Console(width=max(Console().width, 100))
     episodes = n_tasks * cfg.eval.n_episodes * (1 + len(cfg.criteria()))
     bar = tqdm(total=episodes, desc="closed-loop episodes", disable=not episodes)
-    original = {"criterion": "unpruned", "params": unique_params(model), **judge(model, bar.update)}
+    original = {"criterion": "unpruned", "params": unique_params(policy.module), **judge(policy, bar.update)}
     total = original["params"]
-    rows, pruned_main, plan_main = [], None, None
+    rows, pruned_main = [], None
     for crit in cfg.criteria():
-        m = copy.deepcopy(model)
-        mlay = find_layout(m, cfg.stacks or None)
-        probe = Probe(mlay, sorted(kinds), judge.calibration, policy_loss(m, cfg.seed), cfg.seed)
+        m = policy.copy()
+        probe = Probe(m.layout(), sorted(kinds), judge.calibration, policy_loss(m.module, cfg.seed), cfg.seed)
         scores = unit_scores(probe, crit, kinds, dw_lookup=lookup)
         used = ratios or search(m, scores, candidates, cfg.budget, judge.loss, cfg.heads)
-        plan = prune_units(m, select(scores, used, cfg.heads), cfg.stacks or None)
+        plan = m.prune_units(select(scores, used, cfg.heads))
         row = {
             "criterion": crit,
             "ratios": {f"{s}.{k}": r for (s, k), r in used.items()},
@@ -275,11 +210,9 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
             + (f", success {row['success']:.2f}" if "success" in row else "")
         )
         if crit == cfg.criterion:
-            pruned_main, plan_main = m, plan
+            pruned_main = m
     bar.close()
     console.print(table(original, rows, judge.held_out))
-    from vlaprune.evaluate.report_cost import cost
-
     report = {
         "original": original,
         "rows": rows,
@@ -293,22 +226,51 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
             else None,
         },
         "cost_original": cost(lay, 5, 1),
-        "cost_pruned": cost(find_layout(pruned_main, cfg.stacks or None), 5, 1),
+        "cost_pruned": cost(pruned_main.layout(), 5, 1),
     }
-    save_pruned(
-        pruned_main,
-        plan_main,
-        out,
-        processors_from=path,
-        stacks=cfg.stacks or None,
-        extra_json={"prune.json": report},
-    )
+    pruned_main.save(out, extra_json={"prune.json": report})
     lat0, lat1 = (
         report["cost_original"]["latency"]["median_ms"],
         report["cost_pruned"]["latency"]["median_ms"],
     )
     console.print(f"{cfg.criterion}: select_action {lat0:.1f} -> {lat1:.1f} ms; wrote {out}")
     return report
+
+
+def search(
+    policy: Loaded, scores, candidates, budget: float, loss_of, heads: str
+) -> dict[tuple[str, str], float]:
+    """Greedy per-module ratios (steps of 0.1) until `budget` of the parameters are removed: each step raises
+    the ratio of the module whose step costs the least `loss_of` per parameter removed."""
+    total = unique_params(policy.module)
+    ratios = {c: 0.0 for c in candidates}
+
+    def trial(rs):
+        m = policy.copy()
+        m.prune_units(select(scores, {k: v for k, v in rs.items() if v > 0}, heads))
+        return loss_of(m.module), total - unique_params(m.module)
+
+    current_loss, removed = loss_of(policy.module), 0
+    while removed < budget * total:
+        best = None
+        for c in candidates:
+            if ratios[c] + 0.1 >= 0.95:
+                continue
+            rs = {**ratios, c: round(ratios[c] + 0.1, 2)}
+            try:
+                loss, rem = trial(rs)
+            except VlapruneError:
+                continue
+            gain = rem - removed
+            if gain <= 0:
+                continue
+            cost = (loss - current_loss) / gain
+            if best is None or cost < best[0]:
+                best = (cost, rs, loss, rem)
+        if best is None:
+            raise VlapruneError(f"cannot reach --budget={budget}: every module is at its largest ratio")
+        _, ratios, current_loss, removed = best
+    return {k: v for k, v in ratios.items() if v > 0}
 
 
 def table(original: dict[str, Any], rows: list[dict[str, Any]], held_out: bool):
@@ -338,9 +300,3 @@ def table(original: dict[str, Any], rows: list[dict[str, Any]], held_out: bool):
             ]
         t.add_row(*cells)
     return t
-
-
-def _coupled(lay) -> set[str]:
-    from vlaprune.surgery.units import coupled_stacks
-
-    return coupled_stacks(lay)

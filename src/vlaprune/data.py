@@ -1,0 +1,256 @@
+"""The data layer: a LeRobotDataset opened once per command, its episode splits, the policy's processors,
+calibration batches, and the policy's own loss and action error on them, reproducibly.
+
+    data = Data(policy, DatasetConfig(root="data/mw"))     # policy: a vlaprune.policy.Loaded
+    train, held = data.split(0.2)                          # the last 20% of each task's episodes held out
+    batches = data.batches(4, 8, seed=0, episodes=train)   # preprocessed, the same for the same seed
+    loss = policy_loss(policy.module, seed=0)              # loss(i, batch) with noise fixed per (seed, i)
+
+Every scoring method and every judge sees the same batches and the same loss: batch i is drawn by a
+DataLoader seeded with `seed` and preprocessed by the policy's processor pipeline (its saved one when the
+checkpoint has it, else a fresh one with the dataset's statistics), and its loss is computed with the RNG
+seeded to `noise_seed(seed, i)`, so the flow-matching noise and time samples (SmolVLA, pi0, pi0.5) are fixed
+per batch whatever gates or hooks are active. Losses are computed in eval mode (no dropout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlaprune.configs import DatasetConfig
+from vlaprune.errors import VlapruneError
+from vlaprune.policy import Loaded
+
+LossFn = Callable[[int, dict], torch.Tensor]
+
+__all__ = ["Data", "DatasetConfig", "LossFn", "action_error", "noise_seed", "policy_loss", "processors"]
+
+
+def noise_seed(seed: int, batch_index: int) -> int:
+    return seed * 1_000_003 + batch_index
+
+
+def check_features(policy: nn.Module, features: dict) -> None:
+    """Every input/output feature of the policy must be in the dataset; state/action sizes must match."""
+    from lerobot.configs.types import FeatureType
+
+    wanted = {**policy.config.input_features, **policy.config.output_features}
+    for key, feat in wanted.items():
+        if key not in features:
+            have = ", ".join(k for k in features if k.startswith(("observation", "action")))
+            raise VlapruneError(
+                f"the dataset has no feature {key!r} that the policy needs (it has: {have}); "
+                "use a dataset recorded for this policy or rename its features"
+            )
+        if feat.type is not FeatureType.VISUAL and tuple(features[key]["shape"]) != tuple(feat.shape):
+            raise VlapruneError(
+                f"feature {key!r} has shape {tuple(features[key]['shape'])} in the dataset but "
+                f"{tuple(feat.shape)} in the policy; the dataset does not match this policy"
+            )
+
+
+@contextlib.contextmanager
+def redirect_tokenizers(mapping: dict[str, str]) -> Iterator[None]:
+    """While active, `AutoTokenizer.from_pretrained(<hub id>)` loads the local folder `mapping[hub id]`
+    (for processors that hard-code a hub tokenizer, e.g. pi0's PaliGemma one, on models built offline)."""
+    if not mapping:
+        yield
+        return
+    from transformers import AutoTokenizer
+
+    original = AutoTokenizer.from_pretrained.__func__
+
+    def from_pretrained(cls, name, *args, **kwargs):
+        return original(cls, str(mapping.get(name, name)), *args, **kwargs)
+
+    AutoTokenizer.from_pretrained = classmethod(from_pretrained)
+    try:
+        yield
+    finally:
+        AutoTokenizer.from_pretrained = classmethod(original)
+
+
+def processors(policy: Loaded, stats: dict | None = None) -> tuple[Any, Any]:
+    """(preprocessor, postprocessor): the pipelines saved with the checkpoint if it has them, else fresh
+    ones normalized with the dataset statistics `stats`."""
+    from lerobot.policies.factory import make_pre_post_processors
+
+    saved = policy.folder is not None and (policy.folder / "policy_preprocessor.json").is_file()
+    if not saved and stats is None:
+        raise VlapruneError(
+            "the policy's normalization statistics are needed: use a checkpoint saved with its processors "
+            "(policy_preprocessor.json) or pass --dataset.repo_id / --dataset.root"
+        )
+    with redirect_tokenizers(policy.tokenizers):
+        if saved:
+            return make_pre_post_processors(policy.config, pretrained_path=str(policy.folder))
+        return make_pre_post_processors(policy.config, dataset_stats=stats)
+
+
+class Data:
+    """A LeRobotDataset opened once, with the policy's action-chunk timestamps (features checked against
+    the policy), and what every stage draws from it."""
+
+    def __init__(self, policy: Loaded, cfg: DatasetConfig) -> None:
+        from lerobot.datasets.factory import resolve_delta_timestamps
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+
+        if not policy.is_lerobot:
+            raise VlapruneError("datasets feed lerobot policies; this model is not one")
+        if not cfg.given:
+            raise VlapruneError(
+                "no dataset given; pass --dataset.repo_id=ORG/NAME and/or --dataset.root=FOLDER"
+            )
+        if cfg.root and not (Path(cfg.root) / "meta" / "info.json").is_file():
+            raise VlapruneError(f"--dataset.root {cfg.root} is not a LeRobotDataset (no meta/info.json)")
+        repo_id = cfg.repo_id or f"local/{Path(cfg.root).name}"
+        try:
+            meta = LeRobotDatasetMetadata(repo_id, root=cfg.root)
+        except Exception as e:
+            raise VlapruneError(
+                f"cannot open dataset {repo_id!r}: {type(e).__name__}: {str(e)[:200]}"
+            ) from None
+        check_features(policy.module, meta.features)
+        self.cfg, self.policy, self.meta = cfg, policy, meta
+        self.dataset = LeRobotDataset(
+            repo_id,
+            root=cfg.root,
+            episodes=cfg.episodes,
+            delta_timestamps=resolve_delta_timestamps(policy.config, meta),
+        )
+        self._processors: tuple[Any, Any] | None = None
+
+    @property
+    def episodes(self) -> list[int]:
+        """The episodes this dataset reads (`--dataset.episodes`, or all)."""
+        return sorted(self.cfg.episodes) if self.cfg.episodes is not None else self._all_episodes()
+
+    def _all_episodes(self) -> list[int]:
+        return [int(e) for e in self.meta.episodes["episode_index"]]
+
+    def split(self, holdout: float, flag: str = "--eval.holdout") -> tuple[list[int], list[int] | None]:
+        """(training episodes, held-out episodes): the last `holdout` fraction of each task's episodes.
+        No split, (episodes, None), when `holdout` is 0 or the episodes were given explicitly."""
+        if holdout <= 0 or self.cfg.episodes is not None:
+            return self.episodes, None
+        if not 0 < holdout < 1:
+            raise VlapruneError(f"{flag}={holdout}: must be in (0, 1)")
+        by_task: dict[str, list[int]] = {}
+        for ep in self.meta.episodes:
+            task = ep["tasks"][0] if isinstance(ep["tasks"], list) and ep["tasks"] else str(ep["tasks"])
+            by_task.setdefault(task, []).append(int(ep["episode_index"]))
+        train, held = [], []
+        for eps in by_task.values():
+            k = max(1, round(holdout * len(eps))) if len(eps) > 1 else 0
+            train += eps[: len(eps) - k]
+            held += eps[len(eps) - k :]
+        if not held:
+            raise VlapruneError(f"too few episodes to hold any out; add episodes or set {flag}=0")
+        return sorted(train), sorted(held)
+
+    def frames(self, episodes: list[int] | None = None) -> torch.utils.data.Dataset:
+        """The frames of `episodes` (default: all), in dataset order: the same frames, in the same order, as a
+        LeRobotDataset opened on just those episodes."""
+        if episodes is None or sorted(episodes) == self.episodes:
+            return self.dataset
+        unknown = sorted(set(episodes) - set(self.episodes))
+        if unknown:
+            raise VlapruneError(
+                f"episodes {unknown[:5]} are not in this dataset (it has {len(self.episodes)})"
+            )
+        bounds = self.meta.episodes
+        rel = self.dataset.absolute_to_relative_idx
+        rows = []
+        for e in sorted(episodes):
+            lo, hi = int(bounds["dataset_from_index"][e]), int(bounds["dataset_to_index"][e])
+            rows += [rel[i] for i in range(lo, hi)] if rel is not None else list(range(lo, hi))
+        return torch.utils.data.Subset(self.dataset, rows)
+
+    @contextlib.contextmanager
+    def augmented(self, transform: Callable | None) -> Iterator[Data]:
+        """While active, every image read goes through `transform` (recovery's augmentation)."""
+        before = self.dataset.image_transforms
+        self.dataset.set_image_transforms(transform)
+        try:
+            yield self
+        finally:
+            self.dataset.set_image_transforms(before)
+
+    def processors(self) -> tuple[Any, Any]:
+        """(preprocessor, postprocessor) of the policy for this dataset (see `processors`), built once."""
+        if self._processors is None:
+            self._processors = processors(self.policy, self.meta.stats)
+        return self._processors
+
+    def batches(
+        self, n_batches: int, batch_size: int, seed: int = 0, episodes: list[int] | None = None
+    ) -> list[dict]:
+        """`n_batches` preprocessed batches of `batch_size` frames of `episodes`, the same for the same seed,
+        on the policy's device."""
+        if n_batches < 1 or batch_size < 1:
+            raise VlapruneError(
+                f"need at least one batch of at least one frame (got {n_batches} x {batch_size})"
+            )
+        frames = self.frames(episodes)
+        if len(frames) < batch_size:
+            raise VlapruneError(f"the dataset has {len(frames)} frames, fewer than --batch_size={batch_size}")
+        loader = torch.utils.data.DataLoader(
+            frames,
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        pre = self.processors()[0]
+        device = next(self.policy.module.parameters()).device
+        out = []
+        for batch in loader:
+            batch = pre(batch)
+            out.append({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+            if len(out) == n_batches:
+                break
+        return out
+
+
+def policy_loss(policy: nn.Module, seed: int = 0) -> LossFn:
+    """loss(i, batch): the policy's own training loss on batch i with noise/time fixed by (seed, i)."""
+    device = next(policy.parameters()).device
+    devices = [device] if device.type == "cuda" else []
+
+    def loss(i: int, batch: dict) -> torch.Tensor:
+        policy.eval()
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(noise_seed(seed, i))
+            value, _ = policy.forward(dict(batch))
+        if not torch.isfinite(value):
+            raise VlapruneError(
+                f"the loss is {value.item()} on calibration batch {i}; check the checkpoint and the "
+                "dataset's normalization statistics (a constant feature gives zero std)"
+            )
+        return value
+
+    return loss
+
+
+def action_error(
+    policy: nn.Module, batch: dict, i: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(sum |error|, sum error^2, steps) of batch i's predicted action chunk against the recorded one.
+
+    Normalized action space; the sums are per action dimension, shape (A,), over the non-padding steps;
+    the sampling noise is fixed by (seed, i).
+    """
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(noise_seed(seed, i))
+        policy.reset()
+        pred = policy.predict_action_chunk(dict(batch))  # (B, chunk, A), normalized
+    target = batch["action"][:, : pred.shape[1], : pred.shape[2]]
+    pad = batch.get("action_is_pad", torch.zeros(target.shape[:2], dtype=torch.bool, device=target.device))
+    diff = (pred - target)[~pad[:, : pred.shape[1]]]  # (valid steps, A)
+    return diff.abs().sum(0), (diff**2).sum(0), diff.shape[0]

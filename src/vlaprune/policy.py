@@ -1,0 +1,142 @@
+"""The one policy handle: `load_policy(cfg) -> Loaded`, used by every stage and command.
+
+    policy = load_policy("lerobot/smolvla_base")          # or a PolicyConfig; a folder; tiny:pi0; a hub id
+    plan = policy.drop_blocks({"language": [3, 7]})         # surgery, recorded in policy.record
+    policy.save("out/pruned")                               # family format + plan.json (+ processors)
+    policy = load_policy("out/pruned")                      # rebuild base, replay plans, load strictly
+
+`--policy.path` accepts a registered builder name (`tiny:smolvla`, `tiny:pi0`, ... once `vlaprune.tiny` is
+imported, as the CLI does), a vlaprune pruned checkpoint folder (plan.json), a lerobot policy folder, a
+transformers model folder, or a hub id (downloaded with huggingface_hub where the hub is reachable).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from vlaprune.adapters import family as find_family
+from vlaprune.adapters import layout as find_layout
+from vlaprune.adapters.load import Source, is_lerobot, load_source, place, source_of
+from vlaprune.adapters.stack import Layout
+from vlaprune.configs import PolicyConfig
+from vlaprune.surgery.blocks import drop_blocks
+from vlaprune.surgery.checkpoint import base_record, load_pruned, save_pruned
+from vlaprune.surgery.plan import BlockPlan, PruningRecord, UnitPlan
+from vlaprune.surgery.units import prune_units
+
+
+@dataclass
+class Loaded:
+    """A loaded policy and everything later stages need to know about it.
+
+    module: the nn.Module (in eval mode). path: what --policy.path named. folder: the local checkpoint
+    folder (its processors and config live there), None for built models. stacks: the --stacks spec, if
+    any. record: the pruning history (base architecture + plans), owned by surgery's checkpoint code.
+    tokenizers: hub tokenizer id -> local folder, for processors that hard-code a hub tokenizer."""
+
+    module: nn.Module
+    path: str
+    folder: Path | None = None
+    stacks: str | None = None
+    record: PruningRecord = field(default_factory=lambda: PruningRecord(base=None))
+    tokenizers: dict[str, str] = field(default_factory=dict)
+    trust_remote_code: bool = False
+
+    @property
+    def is_lerobot(self) -> bool:
+        return is_lerobot(self.module)
+
+    @property
+    def family(self) -> str:
+        return "paths" if self.stacks else (find_family(self.module) or "unknown")
+
+    @property
+    def config(self) -> Any:
+        return getattr(self.module, "config", None)
+
+    def layout(self) -> Layout:
+        """The model's Layout as it is now (surgery changes it, so it is found afresh on every call)."""
+        return find_layout(self.module, self.stacks)
+
+    def drop_blocks(self, request: dict[str, list[int]]) -> BlockPlan:
+        """Remove blocks (plus coupled partners) for real; the plan joins the record."""
+        plan = drop_blocks(self.module, request, layout=self.layout())
+        self.record.plans.append(plan)
+        return plan
+
+    def prune_units(self, units: dict) -> UnitPlan:
+        """Remove FFN channels / attention heads for real; the plan joins the record."""
+        plan = prune_units(self.module, units, layout=self.layout())
+        self.record.plans.append(plan)
+        return plan
+
+    def save(self, out_dir: str | Path, extra_json: dict[str, Any] | None = None) -> Path:
+        """The model as a (pruned) checkpoint in a new folder, with its processors when it has saved ones."""
+        return save_pruned(
+            self.module, self.record, out_dir, processors_from=self.folder, extra_json=extra_json
+        )
+
+    def copy(self) -> Loaded:
+        """An independent copy (module and record deep-copied), e.g. to try a cut on the side."""
+        return Loaded(
+            copy.deepcopy(self.module),
+            self.path,
+            self.folder,
+            self.stacks,
+            copy.deepcopy(self.record),
+            dict(self.tokenizers),
+            self.trust_remote_code,
+        )
+
+
+def from_source(
+    source: Source, path: str = "", stacks: str | None = None, trust_remote_code: bool = False
+) -> Loaded:
+    """The handle of a model loaded or built outside `load_policy` (e.g. `vlaprune.tiny.build(...)`)."""
+    return Loaded(
+        source.module,
+        path,
+        source.folder,
+        stacks or None,
+        PruningRecord(base=base_record(source, stacks or None, trust_remote_code), stacks=stacks or None),
+        dict(source.tokenizers),
+        trust_remote_code,
+    )
+
+
+def wrap(module: nn.Module, path: str = "", stacks: str | None = None) -> Loaded:
+    """The handle of a module built in Python (e.g. `vlaprune.tiny.pi.tiny_pi()`); a builder's module keeps
+    its builder and tokenizers (`vlaprune.adapters.load.source_of`)."""
+    return from_source(source_of(module), path, stacks)
+
+
+def load_policy(cfg: PolicyConfig | str | Path, stacks: str | None = None) -> Loaded:
+    """Load what `cfg.path` names (see the module docstring), on `cfg.device` if set, in eval mode.
+    Raises VlapruneError with a one-line fix on bad input."""
+    cfg = cfg if isinstance(cfg, PolicyConfig) else PolicyConfig(path=str(cfg))
+    folder = Path(cfg.path).expanduser()
+    if (folder / "plan.json").is_file():
+        source, record = load_pruned(folder)
+        loaded = Loaded(
+            source.module,
+            cfg.path,
+            folder,
+            record.stacks,
+            record,
+            dict(source.tokenizers),
+            cfg.trust_remote_code,
+        )
+    else:
+        loaded = from_source(
+            load_source(cfg.path, cfg.trust_remote_code), cfg.path, stacks, cfg.trust_remote_code
+        )
+    if stacks and stacks != loaded.stacks:
+        loaded.stacks = stacks
+    if cfg.device:
+        place(loaded.module, cfg.device)
+    return loaded
