@@ -103,6 +103,7 @@ def layout(policy: nn.Module) -> Layout:
         forward=inference_pass(policy),
         training_forward=training_pass(policy),
         action_out="model.action_out_proj",
+        noise="model",
         config_expresses={"language", "action"},
         forward_desc=f"predict_action_chunk (batch 1, {cfg.tokenizer_max_length} text tokens, "
         f"{cfg.num_steps} denoising steps)",

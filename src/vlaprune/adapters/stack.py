@@ -96,6 +96,8 @@ class Layout:
         own `from_pretrained` rebuilds a pruned model with the right shape (others need vlaprune's loader).
     action_out: dotted path of the module whose output is the policy's action-space prediction (the
         flow-matching velocity of SmolVLA / pi0 / pi0.5), or None; distillation matches it.
+    noise: dotted path of the module whose `sample_noise(shape, device)` draws the policy's sampling noise
+        at inference (SmolVLA / pi0 / pi0.5: "model"), or None; closed-loop evaluation seeds it per episode.
     """
 
     family: str
@@ -108,6 +110,7 @@ class Layout:
     training_forward: Callable[[], Any] | None = None
     config_expresses: set[str] = field(default_factory=set)
     action_out: str | None = None
+    noise: str | None = None
 
 
 def resolve(model: nn.Module, path: str) -> tuple[nn.Module, str, nn.Module]:

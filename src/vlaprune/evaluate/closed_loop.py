@@ -16,6 +16,7 @@ Probes change what the policy is told or shown, and nothing else:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import random
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlaprune.adapters import layout as find_layout
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate import envs
 
@@ -139,6 +141,29 @@ def frozen(frame, cam: str | None, like: np.ndarray) -> np.ndarray:
     return np.broadcast_to(frame if cam is None else frame[cam], like.shape).copy()
 
 
+@contextlib.contextmanager
+def episode_noise(policy: nn.Module, seeds: list[int]):
+    """While active, row i of every noise draw of the policy's sampler comes from its own generator seeded
+    by `seeds[i]` (the episode seed), drawn on the CPU: an episode's noise is a function of its seed and of
+    how many chunks it has asked for, whatever the batch width, the device or what ran before."""
+    where = find_layout(policy).noise
+    if where is None:
+        yield
+        return
+    owner = policy.get_submodule(where) if where else policy
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def sample_noise(shape, device):  # (B, chunk, action_dim), standard normal like lerobot's own
+        rows = [torch.randn(tuple(shape[1:]), generator=g, dtype=torch.float32) for g in gens]
+        return torch.stack(rows).to(device)
+
+    owner.sample_noise = sample_noise  # an instance attribute shadows the class method
+    try:
+        yield
+    finally:
+        del owner.sample_noise
+
+
 _VECTOR_ENVS: dict[tuple, Any] = {}
 MAX_CACHED_SIMS = 8
 
@@ -185,7 +210,8 @@ def rollouts(
     video_dir: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One result {seed, success, steps} per seed. `instruction` overrides the task's instruction;
+    """One result {seed, success, steps, return} per seed (the episode is a function of the seed: scene and
+    policy noise both follow it). `instruction` overrides the task's instruction;
     `camera` applies a camera probe (to every camera); videos show the env's first camera."""
     env_kw = env_kw or {}
     factory = functools.partial(envs.make, env_type, task, **env_kw)
@@ -210,29 +236,37 @@ def rollouts(
         obs, _ = vec.reset(seed=padded)
         policy.reset()
         done, success, steps = [False] * width, [False] * width, [max_steps] * width
+        returns = [0.0] * width
         frames: list[np.ndarray] = []
-        for t in range(max_steps):
-            if camera == "blank":
-                obs = {**obs, "pixels": map_pixels(obs["pixels"], lambda cam, x: np.zeros_like(x))}
-            elif camera == "other_seed":
-                obs = {**obs, "pixels": map_pixels(obs["pixels"], lambda cam, x: frozen(other_frame, cam, x))}
-            if video_dir:
-                frames.append(first_camera(obs["pixels"])[0])
-            with torch.no_grad():
-                action = post(policy.select_action(pre(to_batch(policy, obs, [text] * width))))
-            obs, _, term, trunc, info = vec.step(action.cpu().numpy())
-            for i in range(width):
-                if not done[i] and (term[i] or trunc[i]):
-                    done[i], success[i], steps[i] = True, bool(info["success"][i]), t + 1
-            if all(done[: len(chunk)]):
-                break
+        with episode_noise(policy, padded):  # the policy's noise follows each episode's seed
+            for t in range(max_steps):
+                if camera == "blank":
+                    obs = {**obs, "pixels": map_pixels(obs["pixels"], lambda cam, x: np.zeros_like(x))}
+                elif camera == "other_seed":
+                    frozen_pixels = map_pixels(obs["pixels"], lambda cam, x: frozen(other_frame, cam, x))
+                    obs = {**obs, "pixels": frozen_pixels}
+                if video_dir:
+                    frames.append(first_camera(obs["pixels"])[0])
+                with torch.no_grad():
+                    action = post(policy.select_action(pre(to_batch(policy, obs, [text] * width))))
+                obs, reward, term, trunc, info = vec.step(action.cpu().numpy())
+                for i in range(width):
+                    if not done[i]:
+                        returns[i] += float(reward[i])
+                    if not done[i] and (term[i] or trunc[i]):
+                        done[i], success[i], steps[i] = True, bool(info["success"][i]), t + 1
+                if all(done[: len(chunk)]):
+                    break
         if video_dir:
             from lerobot.utils.io_utils import write_video
 
             Path(video_dir).mkdir(parents=True, exist_ok=True)
             name = task.replace("/", "-")  # LIBERO tasks are SUITE/ID
             write_video(Path(video_dir) / f"{name}_seed{chunk[0]}.mp4", frames, fps=20)
-        results += [{"seed": s, "success": ok, "steps": n} for s, ok, n in zip(chunk, success, steps)]
+        results += [
+            {"seed": s, "success": ok, "steps": n, "return": round(r, 6)}
+            for s, ok, n, r in zip(chunk, success, steps, returns)
+        ]
         if progress:
             progress(len(chunk))
     return results

@@ -1,6 +1,7 @@
 """MetaWorld v3 tasks as a small gymnasium env made for CPU evaluation and demonstration data.
 
-- random object / goal positions at every reset (`_freeze_rand_vec = False`), seeded by `reset(seed=)`;
+- random object / goal positions at every reset (`_freeze_rand_vec = False`), a function of `reset(seed=)`
+  alone (`seeded_rand_vec = True`: drawn from the env's seeded generator, not from the global np.random);
 - the policy sees a (size x size) RGB image from the `topview` camera and `agent_pos` = hand xyz + gripper
   opening only: object and goal positions are never in the state;
 - fast CPU rendering (no multisampling, shadows or reflections: ~10x faster than MetaWorld's defaults);
@@ -57,7 +58,12 @@ class MetaWorldEnv(gym.Env):
             render_mode="rgb_array", width=image_size, height=image_size, camera_name=camera
         )
         env._partially_observable = False  # experts need the goal; the policy never sees it
+        # New object / goal positions at every reset, drawn from the env's own generator (`np_random`, which
+        # `seed()` re-creates) rather than from the global np.random: with `seeded_rand_vec` MetaWorld 3.0's
+        # `_get_state_rand_vec` uses `self.np_random`, so `reset(seed=s)` gives the same scene in any
+        # process whatever ran before (as in lerobot's MetaWorld env). reset() alone continues that stream.
         env._freeze_rand_vec = False
+        env.seeded_rand_vec = True
         try:
             del env.sawyer_observation_space  # else the goal in the full observation is clipped to 0
         except AttributeError:
@@ -93,7 +99,7 @@ class MetaWorldEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options=None):
         if seed is not None:
-            self.env.seed(seed)
+            self.env.seed(seed)  # MetaWorld's reset ignores its seed argument; seed() re-creates np_random
         full, info = self.env.reset()
         self._t = 0
         return self._obs(full), {"full_obs": full, "success": False}
