@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlaprune.adapters import family
 from vlaprune.adapters import layout as find_layout
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate import envs
@@ -146,7 +147,7 @@ def episode_noise(policy: nn.Module, seeds: list[int]):
     """While active, row i of every noise draw of the policy's sampler comes from its own generator seeded
     by `seeds[i]` (the episode seed), drawn on the CPU: an episode's noise is a function of its seed and of
     how many chunks it has asked for, whatever the batch width, the device or what ran before."""
-    where = find_layout(policy).noise
+    where = find_layout(policy).noise if family(policy) else None  # unknown policies: their own RNG
     if where is None:
         yield
         return
