@@ -75,3 +75,55 @@ def test_split_frames_equal_a_dataset_opened_on_those_episodes(smolvla, tiny_dat
         a, b = frames[i], direct[i]
         assert a["episode_index"] == b["episode_index"] == 2
         assert torch.equal(a["action"], b["action"]) and a["index"] == b["index"]
+
+
+def test_train_validation_test_splits_per_task(smolvla, tmp_path):
+    from vlaprune.errors import VlapruneError
+    from vlaprune.tiny.dataset import write_tiny_dataset
+
+    root = write_tiny_dataset(tmp_path / "six", episodes=6, frames=6)  # tasks alternate: A 0,2,4; B 1,3,5
+    data = Data(wrap(smolvla), DatasetConfig(root=str(root)))
+    parts = data.splits(test=0.34, validation=0.34)
+    assert (parts.train, parts.validation, parts.test) == ([0, 1], [2, 3], [4, 5])  # per task, last = test
+    assert data.split(0.34) == ([0, 1, 2, 3], [4, 5])
+    assert data.splits() == type(parts)([0, 1, 2, 3, 4, 5], [], [])
+    chosen = Data(wrap(smolvla), DatasetConfig(root=str(root), episodes=[0, 1, 2, 4]))
+    parts = chosen.splits(test=0.34)  # --dataset.episodes: the split is made inside the chosen episodes
+    assert (parts.train, parts.test) == ([0, 1, 2], [4])  # task B has one chosen episode: it trains
+    for kw, msg in [
+        ({"test": 0.5, "validation": 0.5}, "leave episodes to train on"),
+        ({"test": 1.0}, "--holdout=1.0"),
+        ({"validation": -0.1}, "--validation=-0.1"),
+    ]:
+        with pytest.raises(VlapruneError, match=msg):
+            data.splits(**kw)
+    two = Data(wrap(smolvla), DatasetConfig(root=str(root), episodes=[0, 2]))
+    with pytest.raises(VlapruneError, match="validation split"):
+        two.splits(test=0.5, validation=0.5 - 1e-9)
+
+
+def test_recovered_checkpoint_records_its_training_episodes_and_eval_refuses_them(
+    tiny_dataset, tmp_path, cli_error
+):
+    from vlaprune.policy import load_policy
+    from vlaprune.recover.train import RecoverConfig, run
+
+    run(
+        RecoverConfig(
+            dataset=DatasetConfig(root=str(tiny_dataset)),
+            output_dir=str(tmp_path / "r"),
+            steps=1,
+            batch_size=2,
+            holdout=0.34,
+        )
+    )
+    final = tmp_path / "r" / "final"
+    trained = load_policy(final).record.trained_on
+    assert trained == [{"dataset": f"local/{tiny_dataset.name}", "episodes": [0, 1]}]  # episode 2 held out
+    out = tmp_path / "e.json"
+    common = [f"--policy.path={final}", f"--dataset.root={tiny_dataset}", "--offline=true", f"--output={out}"]
+    assert main(["eval", *common, "--holdout=0.34", "--max_batches=1"]) == 0  # episode 2: truly held out
+    out.unlink()
+    for bad in (["--dataset.episodes=[1]"], ["--dataset.episodes=[0,1]"]):
+        assert "trained on" in cli_error(["eval", *common, *bad], only=False), bad
+        assert not out.exists()

@@ -77,6 +77,11 @@ class EpisodesConfig:
     def __post_init__(self) -> None:
         if self.n_episodes < 1:
             raise VlapruneError(f"--eval.n_episodes={self.n_episodes}: need at least one episode")
+        if not 0 <= self.seed <= 2**31 - 1 - self.n_episodes:
+            raise VlapruneError(
+                f"--eval.seed={self.seed}: episode seeds must lie in [0, 2^31) (simulators take unsigned "
+                "seeds); pass a seed >= 0"
+            )
         if self.n_envs < 1:
             raise VlapruneError(f"--eval.n_envs={self.n_envs}: need at least one simulator")
 

@@ -2,7 +2,7 @@
 calibration batches, and the policy's own loss and action error on them, reproducibly.
 
     data = Data(policy, DatasetConfig(root="data/mw"))     # policy: a vlaprune.policy.Loaded
-    train, held = data.split(0.2)                          # the last 20% of each task's episodes held out
+    parts = data.splits(test=0.2, validation=0.1)         # per task: train | validation | test (the last)
     batches = data.batches(4, 8, seed=0, episodes=train)   # preprocessed, the same for the same seed
     loss = policy_loss(policy.module, seed=0)              # loss(i, batch) with noise fixed per (seed, i)
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,16 @@ from vlaprune.policy import Loaded
 
 LossFn = Callable[[int, dict], torch.Tensor]
 
-__all__ = ["Data", "DatasetConfig", "LossFn", "action_error", "noise_seed", "policy_loss", "processors"]
+__all__ = [
+    "Data",
+    "Splits",
+    "DatasetConfig",
+    "LossFn",
+    "action_error",
+    "noise_seed",
+    "policy_loss",
+    "processors",
+]
 
 
 def noise_seed(seed: int, batch_index: int) -> int:
@@ -93,6 +103,15 @@ def processors(policy: Loaded, stats: dict | None = None) -> tuple[Any, Any]:
         return make_pre_post_processors(policy.config, dataset_stats=stats)
 
 
+@dataclass(frozen=True)
+class Splits:
+    """Episode indices of the three parts (each sorted; validation / test empty when not asked for)."""
+
+    train: list[int]
+    validation: list[int]
+    test: list[int]
+
+
 class Data:
     """A LeRobotDataset opened once, with the policy's action-chunk timestamps (features checked against
     the policy), and what every stage draws from it."""
@@ -134,25 +153,72 @@ class Data:
     def _all_episodes(self) -> list[int]:
         return [int(e) for e in self.meta.episodes["episode_index"]]
 
-    def split(self, holdout: float, flag: str = "--eval.holdout") -> tuple[list[int], list[int] | None]:
-        """(training episodes, held-out episodes): the last `holdout` fraction of each task's episodes.
-        No split, (episodes, None), when `holdout` is 0 or the episodes were given explicitly."""
-        if holdout <= 0 or self.cfg.episodes is not None:
-            return self.episodes, None
-        if not 0 < holdout < 1:
-            raise VlapruneError(f"{flag}={holdout}: must be in (0, 1)")
+    def split(self, holdout: float, flag: str = "--holdout") -> tuple[list[int], list[int] | None]:
+        """(training episodes, test episodes | None): `splits(test=holdout)` without a validation part."""
+        s = self.splits(test=holdout, test_flag=flag)
+        return s.train, s.test or None
+
+    def splits(
+        self,
+        test: float = 0.0,
+        validation: float = 0.0,
+        test_flag: str = "--holdout",
+        validation_flag: str = "--validation",
+    ) -> Splits:
+        """Train / validation / test episodes, per task, in episode order: the last `test` fraction of each
+        task's episodes is test, the `validation` fraction before it is validation, the rest is train (at
+        least one episode per part asked for, and every task keeps one training episode; a task with a
+        single episode trains on it). `--dataset.episodes` restricts all three to the episodes given.
+        Raises when a part asked for ends up empty: numbers "held out" must never be training episodes."""
+        for value, flag in ((test, test_flag), (validation, validation_flag)):
+            if not 0 <= value < 1:
+                raise VlapruneError(f"{flag}={value}: a fraction of each task's episodes in [0, 1)")
+        if test + validation >= 1:
+            raise VlapruneError(
+                f"{test_flag} + {validation_flag} = {test + validation}: leave episodes to train on"
+            )
+        chosen = set(self.episodes)
         by_task: dict[str, list[int]] = {}
         for ep in self.meta.episodes:
+            if int(ep["episode_index"]) not in chosen:
+                continue
             task = ep["tasks"][0] if isinstance(ep["tasks"], list) and ep["tasks"] else str(ep["tasks"])
             by_task.setdefault(task, []).append(int(ep["episode_index"]))
-        train, held = [], []
+        train, val, held = [], [], []
         for eps in by_task.values():
-            k = max(1, round(holdout * len(eps))) if len(eps) > 1 else 0
-            train += eps[: len(eps) - k]
-            held += eps[len(eps) - k :]
-        if not held:
-            raise VlapruneError(f"too few episodes to hold any out; add episodes or set {flag}=0")
-        return sorted(train), sorted(held)
+            n = len(eps)
+            k_test = max(1, round(test * n)) if test > 0 and n > 1 else 0
+            k_val = max(1, round(validation * n)) if validation > 0 and n - k_test > 1 else 0
+            k_val = min(k_val, n - k_test - 1)
+            train += eps[: n - k_test - k_val]
+            val += eps[n - k_test - k_val : n - k_test]
+            held += eps[n - k_test :]
+        if test > 0 and not held:
+            raise VlapruneError(
+                f"too few episodes per task to hold any out for testing; add episodes or set {test_flag}=0"
+            )
+        if validation > 0 and not val:
+            raise VlapruneError(
+                f"too few episodes per task for a validation split; add episodes or set {validation_flag}=0"
+            )
+        return Splits(sorted(train), sorted(val), sorted(held))
+
+    def identity(self) -> str:
+        """The dataset's name in records (`trained_on`): its repo id, or local/FOLDER for a local one."""
+        return self.meta.repo_id
+
+    def check_held_out(self, record_trained_on: list[dict] | None, episodes: list[int], what: str) -> None:
+        """Refuse to call `episodes` held out when the policy's record says it trained on any of them."""
+        for entry in record_trained_on or []:
+            if entry.get("dataset") != self.identity():
+                continue
+            seen = sorted(set(entry.get("episodes") or []) & set(episodes))
+            if seen:
+                raise VlapruneError(
+                    f"{what} episodes {seen[:8]} of {self.identity()} are ones this checkpoint was trained "
+                    "on (plan.json trained_on); hold out other episodes (e.g. the --holdout the recovery "
+                    "used) or evaluate on another dataset"
+                )
 
     def frames(self, episodes: list[int] | None = None) -> torch.utils.data.Dataset:
         """The frames of `episodes` (default: all), in dataset order: the same frames, in the same order, as a

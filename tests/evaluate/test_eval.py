@@ -117,11 +117,16 @@ def test_eval_bad_input(tiny_dataset, tmp_path, cli_error):
         (["--policy.path=tiny:smolvla", f"--dataset.root={bad}", "--offline=true"], "no feature"),
         (base, "nothing to evaluate"),
         (
+            base + ["--env.type=metaworld", "--env.task=reach-v3", "--eval.n_episodes=0"],
+            "at least one episode",
+        ),
+        (base + ["--env.type=metaworld", "--env.task=reach-v3", "--eval.seed=-1"], "--eval.seed=-1"),
+        (
             ["--policy.path=tiny:smolvla", "--env.type=metaworld", "--env.task=reach-v3"],
             "normalization statistics",
         ),
     ]
     for args, message in cases:
-        argv = ["eval", *args, "--env.max_steps=2", "--eval.n_episodes=1", f"--output={out}"]
+        argv = ["eval", "--env.max_steps=2", "--eval.n_episodes=1", *args, f"--output={out}"]
         assert message in cli_error(argv, only=False), args
         assert not out.exists()

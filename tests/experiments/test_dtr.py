@@ -88,8 +88,60 @@ def test_killed_sweep_reruns_to_the_same_rows(tiny_dataset, tmp_path, finished_r
     assert len(ids) == len(set(ids))
     assert kinds(Store(out)) == kinds(Store(finished_run[0]))
     assert summary["measurements"] == kinds(Store(out))["measure"]
-    again = dtr.run(config(out, tiny_dataset), measure=lambda *a, **k: pytest.fail("nothing left to measure"))
+    again = dtr.run(config(out, tiny_dataset), measure=nothing)
     assert again["rows"] == len(ids)
+
+
+def fake_result() -> dict:
+    ev = {"success": 0.5, "offline": {"loss": 1.0}, "tasks": {}}
+    return {
+        "blocks_removed": {},
+        "plan": None,
+        "cost": {"params": 1, "flops_chunk": 1, "latency_ms": 1.0},
+        "before": ev,
+        "after": ev,
+        "recovery": {},
+    }
+
+
+def nothing(*a, **k):
+    pytest.fail("nothing should be measured")
+
+
+def test_rerun_remeasures_exactly_the_rows_whose_settings_changed(tiny_dataset, tmp_path):
+    seen = []
+
+    def fake(cfg, mspec, work, baseline, **kw):
+        seen.append(cfg.eval.n_episodes)
+        return fake_result()
+
+    out = tmp_path / "run"
+    first = dtr.run(config(out, tiny_dataset), measure=fake)
+    n = first["measurements"]
+    assert seen == [1] * n
+    dtr.run(config(out, tiny_dataset), measure=nothing)  # unchanged settings: every row is reused
+    more = config(out, tiny_dataset, eval=EpisodesConfig(n_episodes=2))
+    dtr.run(more, measure=fake)  # more episodes per task: every closed-loop row is measured again
+    assert seen == [1] * n + [2] * n
+    # the number of parallel simulators does not change an episode, so it reuses rows
+    dtr.run(config(out, tiny_dataset, eval=EpisodesConfig(n_episodes=2, n_envs=2)), measure=nothing)
+    dtr.run(config(out, tiny_dataset, eval=EpisodesConfig(n_episodes=2, seed=7)), measure=fake)
+    assert seen[2 * n :] == [2] * n  # another eval seed: other episodes
+    measures = Store(out).rows("measure")
+    assert len(measures) == 3 * n and len({m["spec"]["settings_id"] for m in measures}) == 3
+    # the report shows the newest settings only and says so
+    data = report.load(Store(out))
+    assert len(data["measures"]) == n and data["other_settings"] == 2 * n
+
+
+def test_held_out_must_exist_and_tasks_must_be_known(tiny_dataset, tmp_path):
+    from vlaprune.errors import VlapruneError
+
+    with pytest.raises(VlapruneError, match="--holdout=0"):
+        config(tmp_path / "a", tiny_dataset, holdout=0.0)
+    with pytest.raises(VlapruneError, match="MetaWorld task"):
+        config(tmp_path / "a", tiny_dataset, env=EnvConfig(type="metaworld", task="fly-v3"))
+    assert not (tmp_path / "a").exists()
 
 
 def test_shards_split_the_measurements(tiny_dataset, tmp_path):
@@ -97,15 +149,7 @@ def test_shards_split_the_measurements(tiny_dataset, tmp_path):
 
     def fake(cfg, mspec, work, baseline, **kw):
         seen.append((cfg.shard, json.dumps(mspec["drops"], sort_keys=True)))
-        ev = {"success": 0.5, "offline": {"loss": 1.0}, "tasks": {}}
-        return {
-            "blocks_removed": {},
-            "plan": None,
-            "cost": {"params": 1, "flops_chunk": 1, "latency_ms": 1.0},
-            "before": ev,
-            "after": ev,
-            "recovery": {},
-        }
+        return fake_result()
 
     out = tmp_path / "sharded"
     a = dtr.run(config(out, tiny_dataset, shard="0/2"), measure=fake)
@@ -178,3 +222,55 @@ def test_bad_config(tiny_dataset, tmp_path):
         config(tmp_path, tiny_dataset, shard="3/2")
     with pytest.raises(VlapruneError, match="unknown component"):
         dtr.run(config(tmp_path / "x", tiny_dataset, sweep=dtr.SweepConfig(components="brain")))
+
+
+def _episodes(successes: list[bool]) -> dict:
+    """Two tasks, seeds 0.. : per-task records as the closed loop writes them."""
+    half = len(successes) // 2
+    tasks = {}
+    for t, chunk in (("a", successes[:half]), ("b", successes[half:])):
+        recs = [{"seed": i, "success": ok, "steps": 5, "return": 0.0} for i, ok in enumerate(chunk)]
+        k = sum(chunk)
+        tasks[t] = {"success_rate": k / len(chunk), "successes": k, "episodes": len(chunk), "ci95": [0, 1]}
+        tasks[t]["episodes_detail"] = recs
+    return {"success": sum(successes) / len(successes), "offline": {"loss": 1.0}, "tasks": tasks}
+
+
+def test_verdict_uses_the_paired_interval(tmp_path):
+    """Hand-made store: the verdict per component follows evaluate.paired on the same episodes."""
+    from vlaprune.evaluate.paired import compare, newcombe_paired_ci
+
+    store = Store(tmp_path)
+    extra = {"params": 10, "params_pct": 50.0, "flops_pct": None, "coupling": "-"}
+    stacks = [{"name": "language", "blocks": 8, **extra}, {"name": "vision", "blocks": 4, **extra}]
+    store.put("anat", {"kind": "anatomy", "spec": {}, "anatomy": {"stacks": stacks}})
+    n = 100
+    outcomes = {
+        "base": [True] * n,
+        "language-2": [True] * n,  # identical on every episode: keeps success within 5 points
+        "language-4": [True] * 60 + [False] * 40,  # loses success
+        "vision-1": [True] * 97 + [False] * 3,  # 3 discordant of 100: cannot tell
+    }
+    for name, succ in outcomes.items():
+        comp, _, k = name.partition("-")
+        drops = {comp: list(range(int(k)))} if k else {}
+        ev = _episodes(succ)
+        row = {"kind": "measure", "spec": {"drops": drops, "settings_id": "s"}, "before": ev, "after": ev}
+        row |= {"blocks_removed": {comp: int(k)} if k else {}, "recovery": {}}
+        row["cost"] = {"params": 10 - (int(k) if k else 0), "flops_chunk": 10, "latency_ms": 1.0}
+        store.put(name, row)
+        if k:
+            spec = {"component": comp, "level": k, "method": "gateprobe", "seed": 0, "settings_id": "s"}
+            store.put(f"plan-{name}", {"kind": "plan", "spec": spec, "drops": drops, "measurement": name})
+    lines = report.verdict(report.load(store))
+    lang = next(x for x in lines if x.startswith("language:"))
+    vision = next(x for x in lines if x.startswith("vision:"))
+    assert "2 of 8 blocks can go" in lang and "keeps success within 5 points" in lang
+    assert "not distinguishable at this episode count" in vision
+    # the numbers quoted are the paired ones: 3 episodes lost, none gained, over 100 pairs
+    low, high = newcombe_paired_ci(97, 0, 3, 0)
+    assert low < -0.05 and high > 0  # includes both no change and a loss of more than 5 points
+    assert f"{-0.03:+.0%}" in vision and f"{low:+.0%}" in vision
+    assert compare([True] * n, outcomes["language-4"])["ci_high"] < 0
+    md = report.build(tmp_path)[1].read_text()
+    assert "loses success" in md  # the 4-block language cut's row in the measurements table

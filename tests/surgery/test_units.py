@@ -172,13 +172,24 @@ def test_prune_units_cli(smolvla, tiny_dataset, tmp_path, cli_error):
     assert len({round(r["params_removed_pct"], 6) for r in report["rows"]}) == 1  # same ratios for all
     assert report["cost_pruned"]["params"] < report["cost_original"]["params"]
     assert load(out) is not None
+    from vlaprune.evaluate.paired import LOSES, UNDECIDED
+
+    for r in report["rows"]:  # each pruned model against the original on the same episodes
+        p = r["success_paired"]
+        assert p["n"] == 2 and p["verdict"] in (LOSES, UNDECIDED, "keeps success within 5 points")
+        assert p["ci_low"] <= p["difference"] <= p["ci_high"]
+    from vlaprune.tiny.dataset import write_tiny_dataset
+
+    six = write_tiny_dataset(tmp_path / "six", episodes=6, frames=8)  # per task: train, validation, test
     budget = tmp_path / "budget"
     assert (
         main(
             [
                 "prune-units",
                 f"--policy.path={tmp_path / 'vla'}",
-                f"--dataset.root={tiny_dataset}",
+                f"--dataset.root={six}",
+                "--holdout=0.34",
+                "--validation=0.34",
                 "--batches=1",
                 "--batch_size=4",
                 "--budget=0.1",
@@ -188,8 +199,12 @@ def test_prune_units_cli(smolvla, tiny_dataset, tmp_path, cli_error):
         )
         == 0
     )
-    row = json.loads((budget / "prune.json").read_text())["rows"][0]
+    report = json.loads((budget / "prune.json").read_text())
+    row = report["rows"][0]
     assert row["params_removed_pct"] >= 10
+    splits = report["judged_on"]["splits"]  # the search selected on validation, the numbers are on test
+    assert splits == {"train": [0, 1], "validation": [2, 3], "test": [4, 5]}
+    assert report["judged_on"]["budget_search_on"] == "validation"
     for bad, msg in [
         (["--ratios=language.mlp=1.5"], "[0, 1)"),
         (["--ratios=language.mlp=0.3", "--budget=0.2"], "either --ratios"),

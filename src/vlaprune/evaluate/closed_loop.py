@@ -32,6 +32,7 @@ from vlaprune.adapters import family
 from vlaprune.adapters import layout as find_layout
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate import envs
+from vlaprune.evaluate.threads import single_threaded_children, sized_threads
 
 INSTRUCTION_PROBES = ("empty", "other", "shuffled")
 CAMERA_PROBES = ("blank", "other_seed")
@@ -183,7 +184,8 @@ def _vector_env(factory: functools.partial, n: int):
     while _VECTOR_ENVS and sum(k[-1] for k in _VECTOR_ENVS) + n > MAX_CACHED_SIMS:
         _VECTOR_ENVS.pop(next(iter(_VECTOR_ENVS))).close()
     fns = [factory] * n
-    vec = gym.vector.SyncVectorEnv(fns) if n == 1 else gym.vector.AsyncVectorEnv(fns, context="spawn")
+    with single_threaded_children():  # spawned workers: one OpenMP / BLAS thread each (evaluate/threads.py)
+        vec = gym.vector.SyncVectorEnv(fns) if n == 1 else gym.vector.AsyncVectorEnv(fns, context="spawn")
     if not _VECTOR_ENVS:
         atexit.register(close_envs)
     _VECTOR_ENVS[key] = vec
@@ -228,6 +230,27 @@ def rollouts(
     elif camera not in (None, "blank"):
         raise VlapruneError(f"unknown camera probe {camera!r}; choose one of {CAMERA_PROBES}")
     probe_env.close()
+    with sized_threads():  # torch threads = the cores this process may use (evaluate/threads.py)
+        return _rollouts(
+            policy,
+            pre,
+            post,
+            factory,
+            task,
+            seeds,
+            n_envs,
+            text,
+            max_steps,
+            camera,
+            other_frame,
+            video_dir,
+            progress,
+        )
+
+
+def _rollouts(
+    policy, pre, post, factory, task, seeds, n_envs, text, max_steps, camera, other_frame, video_dir, progress
+) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     width = max(1, min(n_envs, len(seeds)))
     vec = _vector_env(factory, width)  # one set of simulator processes for all episodes of this task

@@ -38,7 +38,8 @@ class EvalConfig:
     # Closed loop: episodes per task, first episode seed, parallel simulators (--eval.n_episodes, ...).
     eval: EpisodesConfig = field(default_factory=EpisodesConfig)
     # Offline loss / action error on held-out episodes: the last `holdout` fraction of each task's episodes
-    # (or pass --dataset.episodes); batches of `batch_size`, at most `max_batches` (0: every frame).
+    # (within --dataset.episodes when given); batches of `batch_size`, at most `max_batches` (0: every
+    # frame). Episodes a vlaprune recovery trained the checkpoint on are refused (plan.json trained_on).
     offline: bool = False
     holdout: float = 0.0
     batch_size: int = 8
@@ -54,6 +55,8 @@ class EvalConfig:
             raise VlapruneError(
                 f"nothing to evaluate: pass --offline=true and/or --env.type={'|'.join(envs.ENVS)}"
             )
+        if self.env.type:
+            task_instructions(self.env)  # unknown task names fail now, before any work
 
 
 def task_instructions(env: EnvConfig) -> dict[str, str]:
@@ -135,6 +138,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         if data is None:
             raise VlapruneError("--offline needs a dataset: --dataset.repo_id / --dataset.root")
         _, held = data.split(cfg.holdout, "--holdout")
+        if held is not None or cfg.dataset.episodes is not None:  # episodes named as held out
+            data.check_held_out(policy.record.trained_on, held or data.episodes, "the held-out")
         result["offline"] = offline_eval(
             policy.module, data, held, batch_size=cfg.batch_size, max_batches=cfg.max_batches
         )

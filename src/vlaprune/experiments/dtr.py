@@ -22,14 +22,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlaprune import __version__
 from vlaprune.adapters.anatomy import anatomy
 from vlaprune.adapters.stack import Layout
 from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
-from vlaprune.data import Data, policy_loss
+from vlaprune.data import Data, Splits, policy_loss
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.cost import cost
 from vlaprune.evaluate.offline import offline_eval
-from vlaprune.evaluate.run import closed_loop
+from vlaprune.evaluate.run import closed_loop, task_instructions
 from vlaprune.experiments.store import Store, row_id
 from vlaprune.policy import Loaded, load_policy
 from vlaprune.recover.train import RecoverConfig
@@ -37,7 +38,7 @@ from vlaprune.recover.train import run as recover
 from vlaprune.scoring import METHODS, Probe
 from vlaprune.surgery.plan import coupling_errors, expand_couplings, nearest_valid, plan_to_dict
 
-RECORD_KEYS = ("success_rate", "successes", "episodes", "ci95")
+RECORD_KEYS = ("success_rate", "successes", "episodes", "ci95", "episodes_detail")
 
 
 @dataclass
@@ -91,6 +92,13 @@ class DTRConfig:
             raise VlapruneError("--recover.steps must be >= 1 (the same budget for every variant)")
         if self.shard and not _parse_shard(self.shard):
             raise VlapruneError(f"--shard={self.shard!r}: expected i/n with 0 <= i < n")
+        if not 0 < self.holdout < 1:
+            raise VlapruneError(
+                f"--holdout={self.holdout}: the offline loss is measured on held-out episodes; give a "
+                "fraction in (0, 1)"
+            )
+        if self.env.type:
+            task_instructions(self.env)  # unknown task names fail now, before anything is written
 
 
 def _split(text: str) -> list[str]:
@@ -143,6 +151,23 @@ def plan_for(lay: Layout, component: str, scores: list[float], k: int) -> dict[s
     return near[0] if near else None
 
 
+def settings(cfg: DTRConfig, data: Data, parts: Splits) -> dict[str, Any]:
+    """Every setting besides the plan, seed and budget that changes a measurement: part of each row's spec,
+    so a row measured under other settings is never reused. `n_envs` and the device are left out: an
+    episode does not depend on them (tested)."""
+    root = str(Path(cfg.dataset.root).resolve()) if cfg.dataset.root else None
+    return {
+        "policy": cfg.policy.path,
+        "dataset": {"id": data.identity(), "root": root, "episodes": cfg.dataset.episodes},
+        "splits": {"train": parts.train, "test": parts.test},
+        "calibration": {"batches": cfg.calib_batches, "batch_size": cfg.calib_batch_size},
+        "offline_batches": cfg.offline_batches,
+        "env": asdict(cfg.env) if cfg.env.type else None,
+        "episodes": {"n_episodes": cfg.eval.n_episodes, "seed": cfg.eval.seed} if cfg.env.type else None,
+        "vlaprune_version": __version__,
+    }
+
+
 def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
     """Run (or resume) the sweep; returns counts. `measure` is injectable for tests."""
     from rich.console import Console
@@ -159,7 +184,10 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
     policy = load_policy(cfg.policy)
     lay = policy.layout()
     data = Data(policy, cfg.dataset)  # opened once for scoring, recovery and every evaluation
-    train, held = data.split(cfg.holdout, "--holdout")
+    parts = data.splits(test=cfg.holdout)  # recovery and scoring: train; offline loss: test
+    train, held = parts.train, parts.test
+    setting = settings(cfg, data, parts)
+    sid = row_id(setting)
     comps = [c for c in _split(cfg.sweep.components)]
     for c in comps:
         if c not in lay.stacks:
@@ -174,10 +202,17 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
     plans: list[tuple[str, dict]] = []
     for seed in (int(s) for s in _split(cfg.sweep.seeds)):
         scores = {
-            m: _scores(store, cfg, chash, policy, data, train, comps, m, seed)
+            m: _scores(store, cfg, chash, policy, data, train, comps, m, seed, setting)
             for m in _split(cfg.sweep.methods)
         }
-        base_spec = {"drops": {}, "seed": seed, "budget": asdict(cfg.recover), "policy": cfg.policy.path}
+        base_spec = {
+            "drops": {},
+            "seed": seed,
+            "budget": asdict(cfg.recover),
+            "settings": setting,
+            "settings_id": sid,
+            "probe_episodes": cfg.probe_episodes if cfg.env.type else None,
+        }
         todo.append((row_id(base_spec), base_spec, {}))
         for c in comps:
             n = len(lay.stacks[c])
@@ -193,32 +228,41 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
                         "drops": drops,
                         "seed": seed,
                         "budget": asdict(cfg.recover),
-                        "policy": cfg.policy.path,
+                        "settings": setting,
+                        "settings_id": sid,
                     }
                     prow = {
                         "kind": "plan",
-                        "spec": {"component": c, "level": level, "method": m, "seed": seed},
+                        "spec": {
+                            "component": c,
+                            "level": level,
+                            "method": m,
+                            "seed": seed,
+                            "settings_id": sid,
+                        },
                         "requested_blocks": k,
                         "drops": drops,
                         "measurement": row_id(mspec),
                     }
-                    plans.append((row_id(prow["spec"] | {"policy": cfg.policy.path}), prow))
+                    plans.append((row_id(prow["spec"]), prow))
                     if all(t[0] != prow["measurement"] for t in todo):
                         todo.append((prow["measurement"], mspec, prow))
     for pid, prow in plans:
-        if not store.has(pid):
+        if not store.has(pid, prow["spec"]) or store.get(pid).get("measurement") != prow["measurement"]:
             store.put(pid, prow, chash, prow["spec"]["seed"])
     shard = _parse_shard(cfg.shard) if cfg.shard else (0, 1)
     mine = [t for i, t in enumerate(todo) if i % shard[1] == shard[0]]
-    done = sum(store.has(t[0]) for t in mine)
+    done = sum(store.has(t[0], t[1]) for t in mine)
     console.print(f"DTR: {len(todo)} measurements ({len(mine)} in this shard, {done} already in the store)")
     for i, (mid, mspec, _) in enumerate(mine):
-        if store.has(mid):
+        if store.has(mid, mspec):
             continue
         t0 = time.perf_counter()
         what = mspec["drops"] or "none (baseline)"
         console.print(f"({i + 1}/{len(mine)}) measuring drops={what} seed={mspec['seed']}", markup=False)
         work = Path(cfg.output_dir) / "work" / mid
+        if store.has(mid) and work.exists():
+            shutil.rmtree(work)  # a row measured under another spec: its checkpoints are stale too
         result = measure(cfg, mspec, work, baseline=not mspec["drops"], data=data, splits=(train, held))
         store.put(
             mid,
@@ -239,17 +283,18 @@ def _scores(
     comps: list[str],
     method: str,
     seed: int,
+    setting: dict,
 ) -> dict:
+    keys = ("policy", "dataset", "splits", "calibration", "vlaprune_version")  # what the scores depend on
     spec = {
         "kind": "scores",
         "method": method,
         "seed": seed,
         "components": comps,
-        "policy": cfg.policy.path,
-        "batches": cfg.calib_batches,
+        "settings": {k: setting[k] for k in keys},
     }
     rid = row_id(spec)
-    if store.has(rid):
+    if store.has(rid, spec):
         return store.get(rid)["scores"]
     batches = data.batches(cfg.calib_batches, cfg.calib_batch_size, seed, train)
     probe = Probe(policy.layout(), comps, batches, policy_loss(policy.module, seed), seed)
@@ -276,6 +321,7 @@ def evaluate_policy(
     """Offline loss on held-out episodes and closed-loop success per task (with CIs) of a checkpoint (cut
     or recovered from the sweep's policy, so the sweep's processors serve it)."""
     policy = load_policy(PolicyConfig(path=path, device=cfg.policy.device))
+    data.check_held_out(policy.record.trained_on, held or [], "the held-out")
     out: dict[str, Any] = {}
     out["offline"] = offline_eval(
         policy.module, data, held, batch_size=cfg.calib_batch_size, max_batches=cfg.offline_batches

@@ -31,6 +31,7 @@ from vlaprune.data import Data, action_error, policy_loss
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.closed_loop import wilson
 from vlaprune.evaluate.cost import cost, inference_call, latency
+from vlaprune.evaluate.paired import compare, pair_episodes, verdict
 from vlaprune.evaluate.run import closed_loop, task_instructions
 from vlaprune.policy import Loaded, load_policy
 from vlaprune.scoring.probe import Probe
@@ -56,9 +57,12 @@ class PruneUnitsConfig:
     # Base VLM for the dW criteria, and the VLA -> VLM name mapping (see `vlaprune diverge`).
     base: str = ""
     map: str = "auto"
-    # Fraction of each task's episodes held out (the last ones): scoring calibrates on the rest, the loss /
-    # action error and the --budget search are measured on these. 0: everything on the calibration batches.
+    # Fraction of each task's episodes held out for testing (the last ones): the reported loss / action
+    # error are measured on these, scoring calibrates on the training episodes. 0: everything is reported
+    # on the calibration batches. With --budget the search picks ratios by the loss on the `validation`
+    # fraction before the test episodes (0: on the calibration batches), never on the test episodes.
     holdout: float = 0.2
+    validation: float = 0.2
     batches: int = 4
     batch_size: int = 8
     seed: int = 0
@@ -80,6 +84,8 @@ class PruneUnitsConfig:
             raise VlapruneError(f"--heads={self.heads!r}; choose groups or query")
         if not 0 <= self.holdout < 1:
             raise VlapruneError(f"--holdout={self.holdout}: a fraction of the episodes in [0, 1)")
+        if not 0 <= self.validation < 1:
+            raise VlapruneError(f"--validation={self.validation}: a fraction of the episodes in [0, 1)")
         if self.env.type:
             task_instructions(self.env)  # validates the task names now, before any work
 
@@ -110,23 +116,42 @@ def _dw_lookup(cfg: PruneUnitsConfig, model: nn.Module):
 
 
 class Judge:
-    """Measures one model the same way every time: loss and action L1 on fixed (held-out) batches,
-    `select_action` latency, and, with --env.type, closed-loop success with its Wilson interval. The
-    dataset is opened once (`data`); scoring calibrates on the training episodes, never judged on."""
+    """Measures one model the same way every time: loss and action L1 on fixed test batches, `select_action`
+    latency, and, with --env.type, closed-loop success with its Wilson interval and per-episode records
+    (for paired comparisons). The dataset is opened once (`data`) and split per task into train (scoring
+    calibrates on it), validation (the --budget search selects on it) and test (reported)."""
 
-    def __init__(self, cfg: PruneUnitsConfig, data: Data):
+    def __init__(self, cfg: PruneUnitsConfig, data: Data, policy: Loaded | None = None):
         self.cfg = cfg
-        train, held = data.split(cfg.holdout, "--holdout")
-        self.held_out = held is not None
-        self.calibration = data.batches(cfg.batches, cfg.batch_size, cfg.seed, train)
-        self.batches = data.batches(cfg.batches, cfg.batch_size, cfg.seed, held) if held else self.calibration
-        self.episodes = held if held else train
+        parts = data.splits(cfg.holdout, cfg.validation if cfg.budget else 0.0)
+        self.parts = parts
+        self.held_out = bool(parts.test)
+        if policy is not None and parts.test:
+            data.check_held_out(policy.record.trained_on, parts.test, "the held-out")
+        self.calibration = data.batches(cfg.batches, cfg.batch_size, cfg.seed, parts.train)
+        self.batches = (
+            data.batches(cfg.batches, cfg.batch_size, cfg.seed, parts.test)
+            if parts.test
+            else self.calibration
+        )
+        self.selection = (
+            data.batches(cfg.batches, cfg.batch_size, cfg.seed, parts.validation)
+            if parts.validation
+            else self.calibration
+        )
+        self.episodes = parts.test or parts.train
         self.pre_post = data.processors() if cfg.env.type else None
 
-    def loss(self, m: nn.Module) -> float:
+    def loss(self, m: nn.Module, batches: list[dict] | None = None) -> float:
+        """Mean loss on `batches` (default: the test batches)."""
+        batches = batches or self.batches
         fn = policy_loss(m, self.cfg.seed)
         with torch.no_grad():
-            return sum(float(fn(i, b)) for i, b in enumerate(self.batches)) / len(self.batches)
+            return sum(float(fn(i, b)) for i, b in enumerate(batches)) / len(batches)
+
+    def selection_loss(self, m: nn.Module) -> float:
+        """The loss the --budget search minimizes: validation batches (or calibration), never test."""
+        return self.loss(m, self.selection)
 
     def __call__(self, m: Loaded, progress=None) -> dict[str, Any]:
         abs_sum, steps = 0.0, 0
@@ -148,7 +173,10 @@ class Judge:
                 "success": res["mean_success"],
                 "success_ci95": list(wilson(k, n)),
                 "success_tasks": {
-                    t: {key: v[key] for key in ("success_rate", "successes", "episodes", "ci95")}
+                    t: {
+                        key: v[key]
+                        for key in ("success_rate", "successes", "episodes", "ci95", "episodes_detail")
+                    }
                     for t, v in res["tasks"].items()
                 },
             }
@@ -171,7 +199,7 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
     if not policy.is_lerobot:
         raise VlapruneError("prune-units evaluates lerobot policies (the recovery-free action loss)")
     n_tasks = len(task_instructions(cfg.env)) if cfg.env.type else 0
-    judge = Judge(cfg, Data(policy, cfg.dataset))
+    judge = Judge(cfg, Data(policy, cfg.dataset), policy)
     coupled = coupled_stacks(lay)
     candidates = list(ratios) or [
         (s, k) for s in lay.stacks for k in ("mlp", "attn") if k == "mlp" or s not in coupled
@@ -190,7 +218,7 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
         m = policy.copy()
         probe = Probe(m.layout(), sorted(kinds), judge.calibration, policy_loss(m.module, cfg.seed), cfg.seed)
         scores = unit_scores(probe, crit, kinds, dw_lookup=lookup)
-        used = ratios or search(m, scores, candidates, cfg.budget, judge.loss, cfg.heads)
+        used = ratios or search(m, scores, candidates, cfg.budget, judge.selection_loss, cfg.heads)
         plan = m.prune_units(select(scores, used, cfg.heads))
         row = {
             "criterion": crit,
@@ -202,6 +230,7 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
         row |= {"loss_before": original["loss"], "loss_change": row["loss"] - original["loss"]}
         if "success" in row:
             row["success_change"] = row["success"] - original["success"]
+            row["success_paired"] = paired(original, row)
         rows.append(row)
         console.print(
             f"{crit}: {row['params_removed_pct']:.1f}% params removed ("
@@ -219,6 +248,8 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
         "judged_on": {
             "episodes": judge.episodes,
             "held_out": judge.held_out,
+            "splits": dataclasses.asdict(judge.parts),
+            "budget_search_on": "validation" if judge.parts.validation else "calibration (train)",
             "batches": cfg.batches,
             "batch_size": cfg.batch_size,
             "closed_loop": dataclasses.asdict(cfg.env) | dataclasses.asdict(cfg.eval)
@@ -280,7 +311,7 @@ def table(original: dict[str, Any], rows: list[dict[str, Any]], held_out: bool):
     t = Table(title=f"recovery-free unit pruning (loss and action L1 on {where})", title_justify="left")
     cols = ["criterion", "params cut", "loss", "change", "action L1", "latency ms"]
     if "success" in original:
-        cols += ["success [95% CI]", "change "]
+        cols += ["success [95% CI]", "paired change [95% CI]", "verdict"]
     for c in cols:
         t.add_column(c, justify="left" if c == "criterion" else "right", no_wrap=True)
     for r in [original, *rows]:
@@ -294,9 +325,22 @@ def table(original: dict[str, Any], rows: list[dict[str, Any]], held_out: bool):
         ]
         if "success" in original:
             lo, hi = r["success_ci95"]
+            p = r.get("success_paired")
             cells += [
                 f"{r['success']:.2f} [{lo:.2f},{hi:.2f}]",
-                f"{r['success'] - original['success']:+.2f}",
+                f"{p['difference']:+.2f} [{p['ci_low']:+.2f},{p['ci_high']:+.2f}]" if p else "-",
+                p["verdict"] if p else "-",
             ]
         t.add_row(*cells)
     return t
+
+
+def paired(original: dict[str, Any], row: dict[str, Any], tol: float = 0.05) -> dict[str, Any]:
+    """The pruned model's closed-loop success against the original's, episode by episode (same task, same
+    seed): difference, Newcombe 95% interval, McNemar p and the verdict at `tol` (evaluate/paired.py)."""
+    pairs = pair_episodes(
+        {t: v["episodes_detail"] for t, v in original["success_tasks"].items()},
+        {t: v["episodes_detail"] for t, v in row["success_tasks"].items()},
+    )
+    result = compare(*pairs)
+    return {**result, "verdict": verdict(result, tol)}

@@ -19,9 +19,11 @@ from typing import Any
 from vlaprune.atomic import write_text_atomic
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.closed_loop import wilson
+from vlaprune.evaluate.paired import KEEPS, LOSES, UNDECIDED, compare, pair_episodes
+from vlaprune.evaluate.paired import verdict as paired_verdict
 from vlaprune.experiments.store import Store
 
-TOLERANCE = 0.05  # "keeps success": within 5 points of the recovered baseline
+TOLERANCE = 0.05  # "keeps success": the paired 95% interval stays above -5 points of the recovered baseline
 
 
 def _fig_png(fig) -> bytes:
@@ -34,6 +36,8 @@ def _fig_png(fig) -> bytes:
 
 
 def load(store: Store) -> dict[str, Any]:
+    """The rows of one set of settings (`dtr.settings`): those of the newest measurement when the store
+    holds rows measured under several (e.g. a rerun with more episodes); the others are counted, not shown."""
     rows = store.rows()
     if not rows:
         raise VlapruneError(
@@ -42,19 +46,46 @@ def load(store: Store) -> dict[str, Any]:
     by_kind: dict[str, list] = defaultdict(list)
     for r in rows:
         by_kind[r["kind"]].append(r)
-    measures = {r["id"]: r for r in by_kind["measure"]}
+    newest = max(by_kind["measure"], key=lambda r: r.get("written_at", ""), default=None)
+    sid = (newest or {}).get("spec", {}).get("settings_id")
+    measures = {r["id"]: r for r in by_kind["measure"] if r["spec"].get("settings_id") == sid}
     base = [r for r in measures.values() if not r["spec"]["drops"]]
     if not base:
         raise VlapruneError(
             f"{store.root}: the baseline measurement is missing; rerun the sweep to finish it"
         )
+    setting = base[0]["spec"].get("settings") or {}
+    scores = [
+        r
+        for r in by_kind["scores"]
+        if all(setting.get(k) == v for k, v in (r["spec"].get("settings") or {}).items())
+    ]
     return {
         "anatomy": by_kind["anatomy"][0]["anatomy"] if by_kind["anatomy"] else None,
-        "scores": by_kind["scores"],
-        "plans": by_kind["plan"],
+        "scores": scores,
+        "plans": [p for p in by_kind["plan"] if p["spec"].get("settings_id") == sid],
         "measures": measures,
         "baseline": base[0],
+        "other_settings": len(by_kind["measure"]) - len(measures),
     }
+
+
+def paired(base_ev: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any] | None:
+    """Paired comparison (evaluate/paired.py) of a measurement's closed-loop episodes with the baseline's,
+    episode by episode (same task, same seed): difference, Newcombe 95% interval, McNemar p, verdict.
+    None without per-episode records (no closed loop in the run)."""
+
+    def records(e):
+        tasks = e.get("tasks") or {}
+        if not tasks or any("episodes_detail" not in t for t in tasks.values()):
+            return None
+        return {name: t["episodes_detail"] for name, t in tasks.items()}
+
+    b, v = records(base_ev), records(ev)
+    if b is None or v is None:
+        return None
+    result = compare(*pair_episodes(b, v))
+    return {**result, "verdict": paired_verdict(result, TOLERANCE)}
 
 
 def curves(data: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -77,10 +108,11 @@ def curves(data: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
 
 
 def verdict(data: dict[str, Any]) -> list[str]:
-    """Plain-language findings: per component, the most blocks removed that keep recovered success."""
+    """Plain-language findings: per component, the most blocks removed whose recovered success keeps within
+    TOLERANCE of the recovered baseline by the paired 95% interval (same episodes for every model), or why
+    no cut can be called harmless: every cut loses success, or the episodes are too few to tell."""
     base = data["baseline"]
     b_after = base["after"].get("success")
-    lines = []
     if b_after is None or b_after < 0.2:
         why = (
             "no closed-loop evaluation in this run"
@@ -91,40 +123,71 @@ def verdict(data: dict[str, Any]) -> list[str]:
             f"No verdict on success: {why}. Compare the offline losses below; train or recover longer "
             "for a closed-loop answer."
         ]
-    per_comp: dict[str, tuple[int, dict]] = {}
-    for (c, _), pts in curves(data).items():
-        for p in pts[1:]:
-            ok = p["m"]["after"].get("success", 0) >= b_after - TOLERANCE
-            if ok and p["removed"] > per_comp.get(c, (0, {}))[0]:
-                per_comp[c] = (p["removed"], p["m"])
     n_blocks = {s["name"]: s["blocks"] for s in (data["anatomy"] or {}).get("stacks", [])}
-    for c in sorted({c for c, _ in curves(data)}):
-        if c in per_comp:
-            k, m = per_comp[c]
+    lines, frac = [], {}
+    for c, pts in sorted(_by_component(data).items()):
+        judged = [(p, paired(base["after"], p["m"]["after"])) for p in pts]
+        judged = [(p, r) for p, r in judged if r is not None]
+        keeps = [(p, r) for p, r in judged if r["verdict"] == KEEPS.format(points=f"{TOLERANCE * 100:g}")]
+        if keeps:
+            p, r = max(keeps, key=lambda x: x[0]["removed"])
+            m = p["m"]
             flops = 1 - m["cost"]["flops_chunk"] / base["cost"]["flops_chunk"]
+            frac[c] = p["removed"] / n_blocks[c] if n_blocks.get(c) else None
             lines.append(
-                f"{c}: {k} of {n_blocks.get(c, '?')} blocks can go and recovery brings success back to "
-                f"{m['after']['success']:.0%} (recovered baseline {b_after:.0%}, before recovery "
-                f"{m['before'].get('success', float('nan')):.0%}); {flops:.0%} fewer FLOPs per action chunk, "
+                f"{c}: {p['removed']} of {n_blocks.get(c, '?')} blocks can go: {_paired_text(r)} after "
+                f"recovery ({r['verdict']}; before recovery {m['before'].get('success', float('nan')):.0%}); "
+                f"{flops:.0%} fewer FLOPs per action chunk, "
                 f"{1 - m['cost']['params'] / base['cost']['params']:.0%} fewer parameters, select_action "
                 f"{m['cost']['latency_ms']:.1f} ms vs {base['cost']['latency_ms']:.1f} ms."
             )
-        else:
+        elif judged and all(r["verdict"] == LOSES for _, r in judged):
+            p, r = min(judged, key=lambda x: x[0]["removed"])
             lines.append(
-                f"{c}: no tested cut kept success within {TOLERANCE:.0%} of the recovered baseline "
-                f"({b_after:.0%}) — this component is needed at this budget."
+                f"{c}: every tested cut loses success after recovery (smallest, {p['removed']} blocks: "
+                f"{_paired_text(r)}) — this component is needed at this budget."
             )
-    frac = {c: per_comp[c][0] / n_blocks[c] for c in per_comp if n_blocks.get(c)}
+        elif judged:
+            p, r = max(
+                ((p, r) for p, r in judged if r["verdict"] == UNDECIDED), key=lambda x: x[0]["removed"]
+            )
+            lines.append(
+                f"{c}: {UNDECIDED} — the largest such cut ({p['removed']} blocks) gives {_paired_text(r)}; "
+                f"the interval includes both no change and a loss of more than {TOLERANCE:.0%}: run more "
+                "episodes (--eval.n_episodes) to decide."
+            )
     if frac:
-        most = max(frac, key=frac.get)
+        most = max(frac, key=lambda c: frac[c] or 0)
         lines.insert(
             0,
-            f"Most redundant: {most} ({frac[most]:.0%} of its blocks removable at this budget). "
-            "Tested on this run's tasks, seeds and budget only; intervals below say how sure.",
+            f"Most redundant: {most} ({frac[most]:.0%} of its blocks removable at this budget, paired 95% "
+            f"interval within {TOLERANCE:.0%} of the recovered baseline). Tested on this run's tasks, seeds "
+            "and budget only.",
         )
-    else:
-        lines.insert(0, "No component tolerated a cut at this budget.")
+    elif lines:
+        lines.insert(0, "No component was shown to tolerate a cut at this budget and episode count.")
+    if data.get("other_settings"):
+        lines.append(
+            f"({data['other_settings']} measurements in this store were made under other settings and are "
+            "not shown.)"
+        )
     return lines
+
+
+def _paired_text(r: dict[str, Any]) -> str:
+    return (
+        f"success {r['variant_rate']:.0%} vs recovered baseline {r['baseline_rate']:.0%}, paired difference "
+        f"{r['difference']:+.0%} [95% CI {r['ci_low']:+.0%}, {r['ci_high']:+.0%}] over {r['n']} episodes"
+    )
+
+
+def _by_component(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """component -> its cuts (every method's, each measurement once), without the baseline point."""
+    out: dict[str, dict[str, dict]] = defaultdict(dict)
+    for (c, _), pts in curves(data).items():
+        for p in pts[1:]:
+            out[c][p["m"]["id"]] = p
+    return {c: sorted(v.values(), key=lambda p: p["removed"]) for c, v in out.items()}
 
 
 def figures(data: dict[str, Any]) -> dict[str, bytes]:
@@ -238,11 +301,14 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
     rows = []
     for m in sorted(data["measures"].values(), key=lambda m: sum(m["blocks_removed"].values())):
         cut = "; ".join(f"{s} {v}" for s, v in m["spec"]["drops"].items() if v) or "none (baseline)"
+        r = paired(base["after"], m["after"]) if m["spec"]["drops"] else None
         rows.append(
             [
                 cut,
                 _pct(m["before"]),
                 _pct(m["after"]),
+                f"{r['difference']:+.0%} [{r['ci_low']:+.0%}, {r['ci_high']:+.0%}]" if r else "-",
+                r["verdict"] if r else "-",
                 f"{m['before']['offline']['loss']:.4f}",
                 f"{m['after']['offline']['loss']:.4f}",
                 f"{m['cost']['latency_ms']:.1f}",
@@ -255,6 +321,8 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
             "blocks removed",
             "success before recovery",
             "success after recovery",
+            "paired change vs recovered baseline [95% CI]",
+            "verdict",
             "loss before",
             "loss after",
             "latency ms",
@@ -290,7 +358,10 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
     how = (
         "How to read it: each row is one cut, fine-tuned afterwards with the same budget as the baseline. "
         "Success is the mean over tasks of closed-loop episodes (error bars: Wilson 95% interval over all "
-        "episodes). A component is redundant when its curve after recovery stays at the baseline."
+        "episodes). Every model runs the same episodes (same task, same seed: same scene and same policy "
+        "noise), so each cut is compared with the recovered baseline episode by episode: the paired "
+        "difference with its Newcombe 95% interval; a cut keeps success when that interval stays above "
+        f"-{TOLERANCE:.0%}, loses it when the interval is below 0, and is not distinguishable otherwise."
     )
     body = "".join(f"<h2>{html.escape(t)}</h2>{h}" for t, h, _ in sections)
     page = (

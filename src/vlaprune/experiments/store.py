@@ -3,7 +3,9 @@
     store = Store("runs/dtr")            # runs/dtr/rows/<row id>.json
     if not store.has(row_id): store.put(row_id, {...})
 
-A row id is a hash of what the row measures (its spec), so a rerun skips finished rows and separate
+A row id is a hash of what the row measures (its spec: the plan, seed and budget and every setting that
+changes the numbers, see `experiments/dtr.settings`), so a rerun under the same settings skips finished
+rows, a rerun under other settings measures new ones, and separate
 processes or cluster jobs (one job per row, see README) can share one store folder without locks: each
 row is its own file, written to a temporary name and renamed into place. Every row carries the config hash,
 seed, package version and git sha. Reports read only the store.
@@ -47,8 +49,18 @@ class Store:
     def path(self, rid: str) -> Path:
         return self.rows_dir / f"{rid}.json"
 
-    def has(self, rid: str) -> bool:
-        return self.path(rid).is_file()
+    def has(self, rid: str, spec: dict[str, Any] | None = None) -> bool:
+        """Whether row `rid` is finished; with `spec`, only if it was measured under exactly that spec (a row
+        written under other settings, or by code that named its settings differently, is measured again)."""
+        if not self.path(rid).is_file():
+            return False
+        if spec is None:
+            return True
+        try:
+            saved = self.get(rid).get("spec")
+        except json.JSONDecodeError:
+            return False
+        return saved == json.loads(json.dumps(spec, default=str))
 
     def get(self, rid: str) -> dict[str, Any]:
         return json.loads(self.path(rid).read_text())

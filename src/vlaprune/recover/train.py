@@ -60,6 +60,11 @@ class RecoverConfig:
     lora_r: int = 16
     distill_alpha: float = 0.5
     distill_hidden: float = 0.0
+    # Episodes kept out of training, per task (the split `eval --holdout` and the sweeps use): the last
+    # `holdout` fraction is test, the `validation` fraction before it validation. The checkpoint records
+    # which episodes it trained on (plan.json `trained_on`) and `eval` refuses to call those held out.
+    holdout: float = 0.0
+    validation: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.output_dir:
@@ -147,6 +152,8 @@ def run(cfg: RecoverConfig, data: Data | None = None, episodes: list[int] | None
     # follows it so that the processors move every batch to the same device.
     policy, trainee = build_trainee(cfg, str(accelerator.device))
     data = data or Data(policy, cfg.dataset)
+    if episodes is None:
+        episodes = data.splits(cfg.holdout, cfg.validation).train
     with data.augmented(_shift(cfg.image_shift)):
         return _train(cfg, accelerator, policy, trainee, data, episodes, ckpt_root, last)
 
@@ -168,7 +175,7 @@ def _train(cfg, accelerator, policy: Loaded, trainee, data: Data, episodes, ckpt
     sampler = EpisodeAwareSampler(
         dataset.meta.episodes["dataset_from_index"],
         dataset.meta.episodes["dataset_to_index"],
-        episode_indices_to_use=episodes if episodes is not None else dataset.episodes,
+        episode_indices_to_use=episodes,
         shuffle=True,
         seed=cfg.seed,
         absolute_to_relative_idx=dataset.absolute_to_relative_idx,
@@ -239,6 +246,10 @@ def _train(cfg, accelerator, policy: Loaded, trainee, data: Data, episodes, ckpt
     bar.close()
     log.close()
     elapsed = time.perf_counter() - t_start
+    policy.record.trained_on = [
+        *(policy.record.trained_on or []),
+        {"dataset": data.identity(), "episodes": sorted(int(e) for e in episodes)},
+    ]
     summary = _finish(cfg, policy, accelerator.unwrap_model(trainee), out, step - start_step, elapsed, losses)
     logging.info("recover finished: %s", summary)
     return summary

@@ -111,13 +111,15 @@ class PruningRecord:
         None when it cannot be rebuilt (the model can then not be saved as a pruned checkpoint).
     stacks: the --stacks spec the plans' stack names refer to (None: the family adapter's names).
     plans: every surgery applied, in order.
-    trained_on: the dataset episodes a recovery trained this model on (None: never fine-tuned by vlaprune).
+    trained_on: the episodes each recovery trained this model on,
+        [{"dataset": repo id, "episodes": [...]}, ...] (None: never fine-tuned by vlaprune);
+        evaluation refuses to call these episodes held out.
     """
 
     base: dict[str, Any] | None
     stacks: str | None = None
     plans: list[Plan] = field(default_factory=list)
-    trained_on: dict[str, Any] | None = None
+    trained_on: list[dict[str, Any]] | None = None
 
 
 def normalize(layout: Layout, request: dict[str, list[int]]) -> dict[str, list[int]]:
