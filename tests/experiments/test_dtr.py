@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
+from vlaprune.errors import VlapruneError
 from vlaprune.experiments import dtr, report
 from vlaprune.experiments.store import Store
 
@@ -274,3 +275,31 @@ def test_verdict_uses_the_paired_interval(tmp_path):
     assert compare([True] * n, outcomes["language-4"])["ci_high"] < 0
     md = report.build(tmp_path)[1].read_text()
     assert "loses success" in md  # the 4-block language cut's row in the measurements table
+
+
+def test_plan_cost_counts_coupled_partners():
+    """pi0 drops a language block with its expert partner: a last language block that scores 0 must not
+    drag out an expert block that scores high."""
+    from vlaprune.policy import load_policy
+
+    lay = load_policy("tiny:pi0").layout()
+    scores = {"language": [5.0, 4.0, 3.0, 0.0], "action": [1.0, 1.0, 1.0, 100.0]}
+    assert dtr.plan_for(lay, "language", scores, 1) == {"language": [2], "action": [2]}
+    assert dtr.plan_for(lay, "language", {"language": scores["language"]}, 1) == {
+        "language": [3],
+        "action": [3],
+    }
+
+
+def test_protocol_levels_in_the_sweep(tiny_dataset, tmp_path):
+    out = tmp_path / "protocol"
+    sweep = dtr.SweepConfig(components="vision,language", levels="drop_half,keep_2", methods="position_last")
+    dtr.run(config(out, tiny_dataset, sweep=sweep), measure=lambda *a, **k: fake_result())
+    plans = {(p["spec"]["component"], p["spec"]["level"]): p for p in Store(out).rows("plan")}
+    # vision has 2 blocks (no keep_2); SmolVLA's language drop_half breaks its self / cross alternation
+    assert set(plans) == {("vision", "drop_half"), ("language", "keep_2")}
+    assert plans["vision", "drop_half"]["drops"] == {"vision": [1]}
+    assert plans["language", "keep_2"]["drops"] == {"language": [1, 2], "action": [1, 2]}
+    assert {p["spec"]["method"] for p in plans.values()} == {"protocol"}
+    with pytest.raises(VlapruneError, match="expected a fraction"):
+        config(out, tiny_dataset, sweep=dtr.SweepConfig(levels="half"))

@@ -86,6 +86,8 @@ def test_drop_bad_input(smolvla_ckpt, tmp_path, cli_error):
         ([p, "--drop.vision=7", f"--output_dir={tmp_path / 'o'}"], "out of range"),
         ([p, "--drop.vision=0,0", f"--output_dir={tmp_path / 'o'}"], "listed twice"),
         ([p, "--drop.vision=a", f"--output_dir={tmp_path / 'o'}"], "expected comma-separated block indices"),
+        ([p, "--drop.vision=keep_2", f"--output_dir={tmp_path / 'o'}"], "keep_2 of --drop.vision (2 blocks)"),
+        ([p, "--drop.language=drop_half", f"--output_dir={tmp_path / 'o'}"], "switch from self-attn"),
         ([p, f"--output_dir={tmp_path / 'o'}"], "nothing to drop"),
         ([p, "--drop.language=2,3"], "--output_dir is required"),
         ([p, "--drop.language=2,3", f"--output_dir={busy}"], "not empty"),
@@ -97,3 +99,12 @@ def test_drop_bad_input(smolvla_ckpt, tmp_path, cli_error):
     for args, message in cases:
         assert message in cli_error(["drop", *args]), args
         assert not (tmp_path / "o").exists()
+
+
+def test_drop_protocol_levels(smolvla_ckpt, tmp_path):
+    out = tmp_path / "keep2"
+    args = ["drop", f"--policy.path={smolvla_ckpt}", "--drop.language=keep_2", "--drop.vision=drop_half"]
+    assert main([*args, f"--output_dir={out}", "--latency_calls=1", "--warmup_calls=0"]) == 0
+    plan = json.loads((out / "plan.json").read_text())["plans"][0]
+    assert plan["requested"] == {"language": [1, 2], "vision": [1]}  # keeps language 0 and 3; odd vision
+    assert plan["drops"]["action"] == [1, 2]  # SmolVLA's pair drop takes the partners along

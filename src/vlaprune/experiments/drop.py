@@ -12,16 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlaprune.adapters.stack import Layout
 from vlaprune.configs import PolicyConfig
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.cost import cost, cost_table
 from vlaprune.policy import load_policy
+from vlaprune.surgery.levels import PROTOCOL_LEVELS, protocol_blocks
 from vlaprune.surgery.plan import plan_to_dict
 
 
 @dataclass
 class DropSpec:
-    # Block indices to drop per component (0-based, comma-separated), e.g. --drop.language=3,7.
+    # Block indices to drop per component (0-based, comma-separated), e.g. --drop.language=3,7, or the
+    # paper's metric-free levels: drop_half (the odd-indexed blocks) or keep_2 (all but the first and last).
     language: str = ""
     vision: str = ""
     action: str = ""
@@ -52,28 +55,40 @@ class DropConfig:
             raise VlapruneError("--latency_calls must be >= 1")
 
 
-def _indices(text: str, what: str) -> list[int]:
+def _indices(text: str, what: str, n: int | None = None) -> list[int]:
+    """Comma-separated indices, or a protocol level (drop_half / keep_2) of a stack of n blocks."""
+    if text.strip() in PROTOCOL_LEVELS and n is not None:
+        return protocol_blocks(text.strip(), n, what)
     try:
         return [int(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError:
         raise VlapruneError(f"{what}={text!r}: expected comma-separated block indices like 3,7") from None
 
 
-def request_from(spec: DropSpec, stack_names: list[str]) -> dict[str, list[int]]:
-    """The drop request the flags describe (explicit indices, or k lowest scores from a scores.json)."""
+def _size(lay: Layout, key: str) -> int | None:
+    """Blocks in the stack a request key names (a stack name, or a component with a single stack)."""
+    if key in lay.stacks:
+        return len(lay.stacks[key])
+    named = [s for s in lay.stacks.values() if s.component == key]
+    return len(named[0]) if len(named) == 1 else None
+
+
+def request_from(spec: DropSpec, lay: Layout) -> dict[str, list[int]]:
+    """The drop request the flags describe (explicit indices or a protocol level, or k lowest scores from a
+    scores.json)."""
     req: dict[str, list[int]] = {}
     for comp in ("language", "vision", "action"):
         if getattr(spec, comp):
-            req[comp] = _indices(getattr(spec, comp), f"--drop.{comp}")
+            req[comp] = _indices(getattr(spec, comp), f"--drop.{comp}", _size(lay, comp))
     for item in filter(None, (s.strip() for s in spec.blocks.split(";"))):
         name, eq, idx = item.partition("=")
         if not eq:
             raise VlapruneError(f"--drop.blocks item {item!r} is not NAME=i,j")
-        req[name.strip()] = _indices(idx, f"--drop.blocks {name}")
+        req[name.strip()] = _indices(idx, f"--drop.blocks {name}", _size(lay, name.strip()))
     if spec.scores:
         if req:
             raise VlapruneError("give either block indices or --drop.from, not both")
-        req = _from_scores(spec, stack_names)
+        req = _from_scores(spec, list(lay.stacks))
     if not req:
         raise VlapruneError(
             "nothing to drop: pass --drop.language=3,7 (or vision/action/blocks) or --drop.from"
@@ -121,7 +136,7 @@ def run(cfg: DropConfig) -> dict[str, Any]:
         raise VlapruneError(f"{out} already exists and is not empty; choose a new --output_dir or remove it")
     policy = load_policy(cfg.policy, cfg.stacks or None)
     lay = policy.layout()
-    request = request_from(cfg.drop, list(lay.stacks))
+    request = request_from(cfg.drop, lay)
     console.print("measuring the original ...")
     before = cost(lay, cfg.latency_calls, cfg.warmup_calls)
     plan = policy.drop_blocks(request)

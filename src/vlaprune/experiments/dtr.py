@@ -36,6 +36,7 @@ from vlaprune.policy import Loaded, load_policy
 from vlaprune.recover.train import RecoverConfig
 from vlaprune.recover.train import run as recover
 from vlaprune.scoring import METHODS, Probe
+from vlaprune.surgery.levels import PROTOCOL_LEVELS, level_count, protocol_blocks
 from vlaprune.surgery.plan import coupling_errors, expand_couplings, nearest_valid, plan_to_dict
 
 RECORD_KEYS = ("success_rate", "successes", "episodes", "ci95", "episodes_detail")
@@ -90,6 +91,9 @@ class DTRConfig:
                 raise VlapruneError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
         if self.recover.steps < 1:
             raise VlapruneError("--recover.steps must be >= 1 (the same budget for every variant)")
+        for level in _split(self.sweep.levels):
+            if level not in PROTOCOL_LEVELS:
+                level_count(level, 2)  # raises on a level that is neither a fraction, a count nor all-but-K
         if self.shard and not _parse_shard(self.shard):
             raise VlapruneError(f"--shard={self.shard!r}: expected i/n with 0 <= i < n")
         if not 0 < self.holdout < 1:
@@ -113,42 +117,69 @@ def _parse_shard(text: str) -> tuple[int, int] | None:
     return (i, n) if 0 <= i < n else None
 
 
-def level_count(level: str, n: int) -> int:
-    """Blocks to remove for a level: a fraction of n (at least 1) or "all-but-K"."""
-    if level.startswith("all-but-"):
-        return n - int(level.removeprefix("all-but-"))
-    k = round(float(level) * n)
-    return max(1, k) if float(level) > 0 else 0
+def _valid(lay: Layout, drops: dict[str, list[int]]) -> bool:
+    return not coupling_errors(lay, drops) and all(len(v) < len(lay.stacks[s]) for s, v in drops.items())
 
 
-def plan_for(lay: Layout, component: str, scores: list[float], k: int) -> dict[str, list[int]] | None:
-    """Drop k blocks of `component`, the least important by `scores`, under the coupling rules.
+def plan_cost(drops: dict[str, list[int]], scores: dict[str, list[float]]) -> float:
+    """What a plan removes, by the scores: the sum over every block it drops, coupled partners included
+    (stacks without scores count 0)."""
+    return sum(scores[s][i] for s, idx in drops.items() if s in scores for i in idx)
+
+
+def plan_for(
+    lay: Layout, component: str, scores: dict[str, list[float]], k: int
+) -> dict[str, list[int]] | None:
+    """Drop k blocks of `component`, the least important by `scores` ({stack: per-block scores}), under
+    the coupling rules.
 
     Among the valid k-block plans (partners added by coupling; enumerated when there are at most 20000)
-    the one with the lowest total score wins; otherwise the k lowest-scoring blocks, made valid by the
-    nearest valid plan (supersets first). None when no valid plan exists."""
-    n = len(scores)
+    the one that removes the lowest total score wins, partners' scores included (`plan_cost`); otherwise
+    the k lowest-scoring blocks, made valid by the nearest valid plan (supersets first). None when no valid
+    plan exists."""
+    n = len(scores[component])
 
     def valid(drops: dict[str, list[int]]) -> bool:
-        return not coupling_errors(lay, drops) and all(len(v) < len(lay.stacks[s]) for s, v in drops.items())
+        return _valid(lay, drops)
 
     if math.comb(n, k) <= 20_000:
         best = None
         for combo in itertools.combinations(range(n), k):
             drops = expand_couplings(lay, {component: list(combo)})
             if len(drops.get(component, [])) == k and valid(drops):
-                cost = sum(scores[i] for i in combo)
+                cost = plan_cost(drops, scores)
                 if best is None or cost < best[0]:
                     best = (cost, drops)
         if best is not None:
             return best[1]
-    order = sorted(range(n), key=lambda i: (scores[i], i))
+    order = sorted(range(n), key=lambda i: (plan_cost(expand_couplings(lay, {component: [i]}), scores), i))
     request = {component: sorted(order[:k])}
     drops = expand_couplings(lay, request)
     if valid(drops):
         return drops
     near = nearest_valid(lay, request)
     return near[0] if near else None
+
+
+def partners(lay: Layout, component: str) -> list[str]:
+    """`component` and every stack a drop of one of its blocks takes along (coupling rules)."""
+    found = [component]
+    for i in range(len(lay.stacks[component])):
+        found += expand_couplings(lay, {component: [i]})
+    return list(dict.fromkeys(found))
+
+
+def protocol_plan(lay: Layout, component: str, level: str) -> dict[str, list[int]]:
+    """The paper's metric-free cut of `component` (drop_half / keep_2), coupled partners added; raises when
+    the architecture's coupling rules cannot keep it as it is."""
+    drops = expand_couplings(lay, {component: protocol_blocks(level, len(lay.stacks[component]), component)})
+    if not _valid(lay, drops):
+        raise VlapruneError(
+            f"{level} of {component} breaks this policy's coupling rules "
+            f"({'; '.join(coupling_errors(lay, drops)) or 'a stack would be emptied'}); drop it from "
+            "--sweep.levels for this component"
+        )
+    return drops
 
 
 def settings(cfg: DTRConfig, data: Data, parts: Splits) -> dict[str, Any]:
@@ -197,12 +228,13 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
         store.put(
             rid, {"kind": "anatomy", "spec": {"policy": cfg.policy.path}, "anatomy": anatomy(lay)}, chash
         )
+    scored = list(dict.fromkeys(s for c in comps for s in partners(lay, c)))  # plan costs count partners
     measure = measure or _measure
     todo: list[tuple[str, dict, dict]] = []  # (row id, measurement spec, plan rows pointing at it)
     plans: list[tuple[str, dict]] = []
     for seed in (int(s) for s in _split(cfg.sweep.seeds)):
         scores = {
-            m: _scores(store, cfg, chash, policy, data, train, comps, m, seed, setting)
+            m: _scores(store, cfg, chash, policy, data, train, scored, m, seed, setting)
             for m in _split(cfg.sweep.methods)
         }
         base_spec = {
@@ -217,11 +249,19 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
         for c in comps:
             n = len(lay.stacks[c])
             for level in _split(cfg.sweep.levels):
-                k = level_count(level, n)
-                if not 0 < k < n:
-                    continue
-                for m, sc in scores.items():
-                    drops = plan_for(lay, c, sc[c], k)
+                if level in PROTOCOL_LEVELS:  # metric-free: one plan, whatever the scores
+                    try:
+                        choices = [("protocol", protocol_plan(lay, c, level))]
+                    except VlapruneError as e:
+                        console.print(f"skipping {c} {level}: {e}", markup=False)
+                        continue
+                    k = len(choices[0][1][c])
+                else:
+                    k = level_count(level, n)
+                    if not 0 < k < n:
+                        continue
+                    choices = [(m, plan_for(lay, c, sc, k)) for m, sc in scores.items()]
+                for m, drops in choices:
                     if drops is None:
                         continue
                     mspec = {
