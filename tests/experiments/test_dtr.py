@@ -303,3 +303,13 @@ def test_protocol_levels_in_the_sweep(tiny_dataset, tmp_path):
     assert {p["spec"]["method"] for p in plans.values()} == {"protocol"}
     with pytest.raises(VlapruneError, match="expected a fraction"):
         config(out, tiny_dataset, sweep=dtr.SweepConfig(levels="half"))
+
+
+def test_task_speedup_corrects_per_action_speedup_by_episode_length():
+    def m(latency, steps):
+        ev = {"tasks": {"t": {"episodes_detail": [{"seed": 0, "success": True, "steps": s} for s in steps]}}}
+        return {"cost": {"latency_ms": latency}, "before": ev, "after": ev}
+
+    base = m(10.0, [40, 60])
+    assert report.speedups(base, m(5.0, [100, 100]), "after") == (2.0, 1.0)  # twice as fast, twice the steps
+    assert report.speedups(base, m(5.0, [25, 25]), "before") == (2.0, 4.0)

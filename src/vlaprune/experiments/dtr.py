@@ -433,6 +433,7 @@ def _measure(
             "params": c["params"],
             "flops_chunk": c["flops_chunk"],
             "latency_ms": c["latency"]["median_ms"] if c["latency"] else None,
+            "peak_memory_bytes": c.get("peak_memory_bytes"),
         },
         "before": before,
         "after": after,

@@ -133,13 +133,15 @@ def verdict(data: dict[str, Any]) -> list[str]:
             p, r = max(keeps, key=lambda x: x[0]["removed"])
             m = p["m"]
             flops = 1 - m["cost"]["flops_chunk"] / base["cost"]["flops_chunk"]
+            task = speedups(base, m, "after")[1]
             frac[c] = p["removed"] / n_blocks[c] if n_blocks.get(c) else None
             lines.append(
                 f"{c}: {p['removed']} of {n_blocks.get(c, '?')} blocks can go: {_paired_text(r)} after "
                 f"recovery ({r['verdict']}; before recovery {m['before'].get('success', float('nan')):.0%}); "
                 f"{flops:.0%} fewer FLOPs per action chunk, "
                 f"{1 - m['cost']['params'] / base['cost']['params']:.0%} fewer parameters, select_action "
-                f"{m['cost']['latency_ms']:.1f} ms vs {base['cost']['latency_ms']:.1f} ms."
+                f"{m['cost']['latency_ms']:.1f} ms vs {base['cost']['latency_ms']:.1f} ms, task speed-up "
+                f"{_x(task)} after recovery."
             )
         elif judged and all(r["verdict"] == LOSES for _, r in judged):
             p, r = min(judged, key=lambda x: x[0]["removed"])
@@ -179,6 +181,24 @@ def _paired_text(r: dict[str, Any]) -> str:
         f"success {r['variant_rate']:.0%} vs recovered baseline {r['baseline_rate']:.0%}, paired difference "
         f"{r['difference']:+.0%} [95% CI {r['ci_low']:+.0%}, {r['ci_high']:+.0%}] over {r['n']} episodes"
     )
+
+
+def mean_steps(ev: dict[str, Any]) -> float | None:
+    """Mean episode length (simulator steps) over every closed-loop episode of an evaluation."""
+    steps = [r["steps"] for t in (ev.get("tasks") or {}).values() for r in t.get("episodes_detail", [])]
+    return sum(steps) / len(steps) if steps else None
+
+
+def speedups(base: dict[str, Any], m: dict[str, Any], phase: str) -> tuple[float | None, float | None]:
+    """(per-action speed-up, task speed-up) of measurement `m` against the baseline, `phase` "before" or
+    "after" recovery. Per action: baseline select_action latency / the cut model's. Task: per-action
+    speed-up x baseline mean steps per episode / the cut model's (a cut that needs more steps per task can
+    be slower overall although each action is faster; the DTR paper's definition)."""
+    lat0, lat = base["cost"].get("latency_ms"), m["cost"].get("latency_ms")
+    action = lat0 / lat if lat0 and lat else None
+    s0, s = mean_steps(base[phase]), mean_steps(m[phase])
+    task = action * s0 / s if action and s0 and s else None
+    return action, task
 
 
 def _by_component(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -302,6 +322,9 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
     for m in sorted(data["measures"].values(), key=lambda m: sum(m["blocks_removed"].values())):
         cut = "; ".join(f"{s} {v}" for s, v in m["spec"]["drops"].items() if v) or "none (baseline)"
         r = paired(base["after"], m["after"]) if m["spec"]["drops"] else None
+        action, task_before = speedups(base, m, "before")
+        task_after = speedups(base, m, "after")[1]
+        mem = m["cost"].get("peak_memory_bytes")
         rows.append(
             [
                 cut,
@@ -314,6 +337,9 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
                 f"{m['cost']['latency_ms']:.1f}",
                 f"{m['cost']['params']:,}",
                 f"{m['cost']['flops_chunk'] / 1e6:.1f} M",
+                _x(action),
+                f"{_x(task_before)} / {_x(task_after)}",
+                "-" if mem is None else f"{mem / 2**20:.0f}",
             ]
         )
     h, md = _table(
@@ -328,6 +354,9 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
             "latency ms",
             "params",
             "FLOPs / chunk",
+            "per-action speed-up",
+            "task speed-up before / after recovery",
+            "peak inference memory MB",
         ],
         rows,
     )
@@ -380,6 +409,10 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
     return write_text_atomic(run_dir / "report.html", page), write_text_atomic(
         run_dir / "report.md", md + "\n"
     )
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
 
 
 def _pct(ev: dict[str, Any]) -> str:
