@@ -4,9 +4,10 @@
 
 One run, one model (a random-weight lerobot SmolVLA of the given size, all three stacks scored), the same
 calibration batches for every method. Reports, as ratios measured in this run:
-  GateProbe wall time / one plain forward+backward (weights requiring grad, as in training) over the batches
+  GateProbe (the paper's, `gateprobe`) wall time / one plain forward+backward (weights requiring grad, as in
+  training) over the batches; the same for vlaprune's branch-gate variant `gateprobe_branch`
   leave-one-out wall time / the same
-  rank agreement (Spearman, Kendall) of GateProbe with leave-one-out, per stack and over all blocks
+  rank agreement (Spearman, Kendall) of each with leave-one-out, per stack and over all blocks
 Writes benchmarks/results/gateprobe_cost.json.
 """
 
@@ -84,10 +85,12 @@ def main() -> None:
     plain()  # warm-up
     t_plain = timed(plain, args.repeats)
     t_gp = timed(lambda: METHODS["gateprobe"](probe), args.repeats)
+    t_branch = timed(lambda: METHODS["gateprobe_branch"](probe), args.repeats)
     t0 = time.perf_counter()
     loo = METHODS["loo"](probe)
     t_loo = time.perf_counter() - t0
     gp = METHODS["gateprobe"](probe)
+    branch = METHODS["gateprobe_branch"](probe)
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",
@@ -96,11 +99,14 @@ def main() -> None:
         "calibration": f"{args.batches} batches x {args.batch_size} frames",
         "plain_fwd_bwd_s": round(t_plain, 4),
         "gateprobe_s": round(t_gp, 4),
+        "gateprobe_branch_s": round(t_branch, 4),
         "loo_s": round(t_loo, 4),
         "gateprobe_over_plain": round(t_gp / t_plain, 3),
+        "gateprobe_branch_over_plain": round(t_branch / t_plain, 3),
         "loo_over_plain": round(t_loo / t_plain, 3),
         "loo_forward_passes_per_batch": n_blocks + 1,
         "agreement_gateprobe_vs_loo": agreement(gp.blocks, loo.blocks),
+        "agreement_gateprobe_branch_vs_loo": agreement(branch.blocks, loo.blocks),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -1,4 +1,6 @@
-"""GateProbe's gradient is the derivative of the loss in g; leave-one-out is the loss of the removed block."""
+"""The branch gate's gradient (gateprobe_branch) is the derivative of the mean loss in g; leave-one-out is
+the loss of the removed block; data methods are reproducible. The paper's GateProbe: test_gateprobe_paper.py.
+"""
 
 import pytest
 import torch
@@ -33,10 +35,11 @@ def test_gradient_matches_central_difference(kind, granularity, request, probe_f
     assert any(abs(g) > 10 * ATOL for g in grads.values())  # the check is not vacuous
 
 
-def test_gateprobe_leaves_no_weight_grads(smolvla, probe_for):
+@pytest.mark.parametrize("method", ["gateprobe", "gateprobe_branch"])
+def test_gateprobe_leaves_no_weight_grads(method, smolvla, probe_for):
     probe = probe_for(smolvla)
     flags = [p.requires_grad for p in smolvla.parameters()]
-    METHODS["gateprobe"](probe)
+    METHODS[method](probe)
     assert all(p.grad is None for p in smolvla.parameters())
     assert [p.requires_grad for p in smolvla.parameters()] == flags
 
@@ -112,7 +115,9 @@ def test_leave_one_out_equals_removed_decoder_layer(llama):
     assert result.blocks["language"][2] == pytest.approx(removed - result.detail["baseline_loss"], abs=1e-6)
 
 
-@pytest.mark.parametrize("method", ["gateprobe", "loo", "block_influence", "angular", "random", "greedy"])
+@pytest.mark.parametrize(
+    "method", ["gateprobe", "gateprobe_branch", "loo", "block_influence", "angular", "random", "greedy"]
+)
 def test_same_seed_same_scores(method, smolvla, probe_for):
     a = METHODS[method](probe_for(smolvla, seed=3)).blocks
     b = METHODS[method](probe_for(smolvla, seed=3)).blocks  # batches drawn again from the dataset

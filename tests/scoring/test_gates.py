@@ -1,11 +1,13 @@
-"""Virtual gates: g=1 changes nothing (bit-identical), g=0 removes the block, hooks always go away."""
+"""Virtual gates (branch gates, and the paper's whole-update gates): a gate at 1 changes nothing
+(bit-identical), at 0 removes the block, hooks always go away."""
 
 import pytest
 import torch
 
 from vlaprune.adapters import layout
 from vlaprune.adapters.lerobot_batch import example_batch
-from vlaprune.scoring.gates import virtual_gates
+from vlaprune.errors import VlapruneError
+from vlaprune.scoring.gates import update_gates, virtual_gates
 
 POLICIES = ["smolvla", "pi0", "pi05"]
 
@@ -36,6 +38,53 @@ def test_gates_at_one_change_nothing(kind, granularity, request, probe_for):
     for a, b in zip(base_loss, gated_loss):
         assert torch.equal(a, b)
     assert torch.equal(base_actions, gated_actions)
+
+
+@pytest.mark.parametrize("kind", POLICIES)
+def test_update_gates_at_one_change_nothing(kind, request, probe_for):
+    """Per-example whole-update gates at 1: losses and (batch-2) action chunks bit-identical."""
+    policy = request.getfixturevalue(kind)
+    probe = probe_for(policy)
+    base_loss = [probe.loss(i, b) for i, b in enumerate(probe.batches)]
+    base_actions = actions(policy)
+    lay = layout(policy)
+    with update_gates(lay, None, 4) as gates:
+        assert len(gates.values) == sum(len(s) for s in lay.stacks.values())
+        assert {tuple(v.shape) for v in gates.values.values()} == {(4,)}
+        gated_loss = [probe.loss(i, b) for i, b in enumerate(probe.batches)]
+    with update_gates(lay, None, 2):
+        gated_actions = actions(policy)
+    for a, b in zip(base_loss, gated_loss):
+        assert torch.equal(a, b)
+    assert torch.equal(base_actions, gated_actions)
+
+
+@pytest.mark.parametrize("kind", POLICIES)
+def test_update_gate_zero_removes_the_block(kind, request, probe_for):
+    """a = 0 for every example == the branch gate at 0 (block output = block input), on every component."""
+    policy = request.getfixturevalue(kind)
+    probe = probe_for(policy, batches=1)
+    lay = layout(policy)
+    for name in lay.stacks:
+        key = (name, 1)
+        with virtual_gates(lay) as gates:
+            gates.set(key, 0.0)
+            removed = probe.mean_loss()
+        with update_gates(lay, None, 4) as gates:
+            gates.set(key, 0.0)
+            assert probe.mean_loss() == removed, name
+        assert removed != probe.mean_loss()
+
+
+def test_update_gates_need_batch_rows(smolvla, probe_for):
+    """A branch called with a leading dimension other than the batch size fails loudly, in one line."""
+    probe = probe_for(smolvla, batches=1)
+    before = hook_count(smolvla)
+    with pytest.raises(VlapruneError, match=r"leading dimension of \(4,\), not the batch size 3") as err:
+        with update_gates(layout(smolvla), ["vision"], 3):
+            probe.mean_loss()
+    assert "\n" not in str(err.value)
+    assert hook_count(smolvla) == before
 
 
 @pytest.mark.parametrize("kind", POLICIES)

@@ -51,16 +51,17 @@ def test_score_components_and_sublayers(tiny_dataset, tmp_path):
         "--batches=1",
         "--batch_size=2",
         "--components=language",
+        "--method=gateprobe_branch",
         "--granularity=sublayer",
         f"--output={out}",
     ]
     assert main(args) == 0
     res = json.loads(out.read_text())
     assert res["stacks"] == ["language"]
-    detail = res["results"]["gateprobe"]["detail"]["dL_dg"]
+    detail = res["results"]["gateprobe_branch"]["detail"]["dL_dg"]
     assert set(detail) == {f"language/{i}/{p}" for i in range(4) for p in ("attn", "mlp")}
     block0 = -(detail["language/0/attn"] + detail["language/0/mlp"])
-    assert res["results"]["gateprobe"]["scores"]["language"][0] == pytest.approx(block0)
+    assert res["results"]["gateprobe_branch"]["scores"]["language"][0] == pytest.approx(block0)
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,7 @@ def test_bad_input(smolvla_ckpt, nan_ckpt, tiny_dataset, mismatched_datasets, tm
         (base + ["--compare=gateprobe,nope"], "unknown method 'nope'"),
         (base + ["--components=brain"], "unknown component 'brain'"),
         (base + ["--batches=0"], "need at least one calibration batch"),
+        (base + ["--granularity=sublayer"], "--granularity=sublayer does not apply to gateprobe"),
         ([f"--policy.path={smolvla_ckpt}", f"--dataset.root={state6}"], "shape (6,) in the dataset but (4,)"),
         ([f"--policy.path={smolvla_ckpt}", f"--dataset.root={front}"], "no feature 'observation.images.top'"),
         ([f"--policy.path={smolvla_ckpt}", f"--dataset.root={tmp_path}"], "not a LeRobotDataset"),

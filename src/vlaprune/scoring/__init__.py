@@ -1,6 +1,7 @@
 """Block importance: one function per method, `method(probe) -> Scores`, higher score = keep.
 
-METHODS is the registry a sweep loops over. `needs_data` methods run the calibration loss.
+METHODS is the registry a sweep loops over. NEEDS_DATA methods run the calibration loss. `gateprobe` is
+the paper's GateProbe; `gateprobe_branch(_abs)` are vlaprune's branch-gate variants (see gateprobe.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from vlaprune.scoring.probe import Probe, Scores
 
 METHODS: dict[str, Callable[[Probe], Scores]] = {
     "gateprobe": gateprobe.gateprobe,
-    "gateprobe_abs": gateprobe.gateprobe_abs,
+    "gateprobe_branch": gateprobe.gateprobe_branch,
+    "gateprobe_branch_abs": gateprobe.gateprobe_branch_abs,
     "loo": ablation.loo,
     "greedy": ablation.greedy,
     "block_influence": similarity.block_influence,
@@ -22,6 +24,15 @@ METHODS: dict[str, Callable[[Probe], Scores]] = {
     "position_last": static.position_last,
     "position_first": static.position_first,
 }
-NEEDS_DATA = {"gateprobe", "gateprobe_abs", "loo", "greedy", "block_influence", "angular"}
+NEEDS_DATA = {
+    "gateprobe",
+    "gateprobe_branch",
+    "gateprobe_branch_abs",
+    "loo",
+    "greedy",
+    "block_influence",
+    "angular",
+}
+BLOCK_ONLY = {"gateprobe"}  # methods that refuse granularity "sublayer"
 
-__all__ = ["METHODS", "NEEDS_DATA", "Probe", "Scores"]
+__all__ = ["BLOCK_ONLY", "METHODS", "NEEDS_DATA", "Probe", "Scores"]

@@ -1,21 +1,102 @@
-"""GateProbe: one forward + backward of the action loss gives dL/dg for every block's virtual gate at once.
+"""GateProbe, as the paper defines it, and vlaprune's branch-gate variants. Higher score = keep.
 
-With h_out = h_in + g * F(h_in) and g = 1, dL/dg = sum over tokens of <dL/dh_out, F(h_in)>. Scores:
-  gateprobe      -dL/dg: the first-order (Taylor) estimate of the loss *increase* when g goes 1 -> 0
-                 (the default; may be negative: removing the block is predicted to help)
-  gateprobe_abs  |dL/dg|: sensitivity magnitude
-With sublayer granularity a block's score is the sum over its attention and MLP gates (the first-order
-estimate of removing both), and the per-sublayer values are kept in `detail`.
+gateprobe (default)   the paper's GateProbe (Drop-Then-Recovery, arXiv 2606.27755). One virtual gate a_i per
+                      block on its whole residual update, h_i = h_{i-1} + a_i * F_i(h_{i-1}) with
+                      F_i = block_i(h_{i-1}) - h_{i-1} (`gates.update_gates`), and
+                          I(B_i) = E_x |dL_x/da_i| at a_i = 1 = E_x |<dL_x/dh_i, F_i(h_{i-1})>|:
+                      per-example absolute value, then the mean over every calibration example of every
+                      batch; one forward + backward per batch, no weight gradients. Always per block: a probe
+                      with granularity "sublayer" is refused (use the branch variants for that).
+gateprobe_branch      vlaprune's own: one scalar gate g shared by a block's two branches
+                      (`gates.virtual_gates`), h1 = h + g*attn(h), h2 = h1 + g*mlp(h1), so the MLP reads
+                      h + g*attn. Score -dL/dg with L the mean calibration loss: signed, summed over examples,
+                      the first-order estimate of the loss *increase* when g goes 1 -> 0 (may be negative:
+                      removing the block is predicted to help).
+gateprobe_branch_abs  |dL/dg| of the same gates.
+With sublayer granularity the branch variants put one gate on each branch; a block's score is the sum over
+its two gates, and the per-gate dL/dg are kept in `detail`.
+
+Per-example values from one backward: gate i is a vector a of shape (B,), one value per example, broadcast
+over the other dims of every branch output, so one backward of the batch loss L gives grad[b] = dL/da[b].
+Assumptions: examples do not interact in the forward (eval mode, no batch norm, attention stays within an
+example), so example b's own loss L_b depends on a[b] only; and L = sum_b w[b] * L_b, where L_b is what
+lerobot's `forward(batch, reduction="none")` returns. Then dL_b/da = grad[b] / w[b], with w per family:
+  pi0, pi0.5  L = mean over (batch, chunk, action dims); padded steps are not masked      -> w[b] = 1/B
+  SmolVLA     padded steps (action_is_pad) masked, L = sum / (V * A) with V the valid steps of the batch,
+              L_b = sum_b / (n_b * A)                                                      -> w[b] = n_b / V
+              (1/B without action_is_pad; an example with no valid step has L_b = 0 and gets 0)
+  others      `Probe.example_weights(batch)` must give w (B,).
+tests/scoring/test_gateprobe_paper.py checks these against finite differences of lerobot's per-example loss.
+
+Coupled stacks (SmolVLA, pi0, pi0.5): the gate on a language block scales only that block's residual update,
+while the action expert still reads the keys / values the block computes from its input. So gateprobe
+scores exactly the paper's "keep K/V" language drop (the input norm and K/V projections stay, as a
+cross-attention adapter), not the pair drop vlaprune's surgery performs today.
 """
 
 from __future__ import annotations
 
-from vlaprune.scoring.gates import virtual_gates
+import torch
+
+from vlaprune.errors import VlapruneError
+from vlaprune.scoring.gates import Key, update_gates, virtual_gates
 from vlaprune.scoring.probe import Probe, Scores, weights_frozen
 
 
-def gate_gradients(probe: Probe) -> dict[tuple, float]:
-    """dL/dg for every gate, L = mean loss over the calibration batches."""
+def example_weights(probe: Probe, batch) -> torch.Tensor:
+    """w (B,), float64 on the CPU: batch loss = sum_b w[b] * (example b's own loss); see the module doc."""
+    if probe.example_weights is not None:
+        return probe.example_weights(batch).detach().double().cpu()
+    kind = getattr(getattr(probe.layout.model, "config", None), "type", None)
+    if kind in ("pi0", "pi05", "smolvla"):
+        n = batch["action"].shape[0]
+        pad = batch.get("action_is_pad")
+        if kind != "smolvla" or pad is None:
+            return torch.full((n,), 1.0 / n, dtype=torch.float64)
+        valid = (~pad.bool()).sum(1).double().cpu()  # n_b, valid steps per example
+        return valid / valid.sum().clamp_min(1)
+    raise VlapruneError(
+        f"gateprobe needs per-example loss weights for {kind or probe.layout.family!r} models: build the "
+        "Probe with example_weights=<batch -> (B,) weights of the batch loss>"
+    )
+
+
+def example_gradients(probe: Probe) -> dict[Key, torch.Tensor]:
+    """dL_x/da_i at a = 1 for every calibration example x: {(stack, i): (N,) float64}, N = examples of all
+    batches in order."""
+    if probe.granularity != "block":
+        raise VlapruneError(
+            "gateprobe gates whole blocks (the paper's definition); use --granularity=block, or "
+            "gateprobe_branch / gateprobe_branch_abs for one gate per sublayer"
+        )
+    per: dict[Key, list[torch.Tensor]] = {k: [] for k in probe.blocks()}
+    with weights_frozen(probe.layout.model):
+        for i, batch in enumerate(probe.batches):
+            w = example_weights(probe, batch)
+            with update_gates(probe.layout, probe.stacks, len(w)) as gates:
+                loss = probe.loss(i, batch)
+                if loss.requires_grad:  # False when no gated block reaches the loss
+                    loss.backward()
+                grads = gates.grads()
+            for k, g in grads.items():
+                g = g.detach().double().cpu()
+                per[k].append(torch.where(w > 0, g / w.clamp_min(1e-300), 0.0))
+    return {k: torch.cat(v) for k, v in per.items()}
+
+
+def gateprobe(probe: Probe) -> Scores:
+    """The paper's GateProbe: per block, the mean over calibration examples of |dL_x/da| (>= 0)."""
+    grads = example_gradients(probe)
+    blocks = {s: [0.0] * len(probe.layout.stacks[s]) for s in probe.stacks}
+    for (s, i), g in grads.items():
+        blocks[s][i] = float(g.abs().mean())
+    n = len(next(iter(grads.values()))) if grads else 0
+    detail = {"examples": n, "mean_dL_da": {f"{s}/{i}": float(g.mean()) for (s, i), g in grads.items()}}
+    return Scores(blocks, detail)
+
+
+def gate_gradients(probe: Probe) -> dict[Key, float]:
+    """dL/dg for every branch gate (`virtual_gates`), L = mean loss over the calibration batches."""
     n = len(probe.batches)
     with (
         weights_frozen(probe.layout.model),
@@ -26,7 +107,7 @@ def gate_gradients(probe: Probe) -> dict[tuple, float]:
         return g.grads()
 
 
-def _scores(probe: Probe, signed: bool) -> Scores:
+def _branch_scores(probe: Probe, signed: bool) -> Scores:
     grads = gate_gradients(probe)
     blocks = {s: [0.0] * len(probe.layout.stacks[s]) for s in probe.stacks}
     for key, d in grads.items():
@@ -35,9 +116,11 @@ def _scores(probe: Probe, signed: bool) -> Scores:
     return Scores(blocks, detail)
 
 
-def gateprobe(probe: Probe) -> Scores:
-    return _scores(probe, signed=True)
+def gateprobe_branch(probe: Probe) -> Scores:
+    """-dL/dg of the shared branch gate(s), summed over examples (signed)."""
+    return _branch_scores(probe, signed=True)
 
 
-def gateprobe_abs(probe: Probe) -> Scores:
-    return _scores(probe, signed=False)
+def gateprobe_branch_abs(probe: Probe) -> Scores:
+    """|dL/dg| of the branch gate(s)."""
+    return _branch_scores(probe, signed=False)

@@ -6,7 +6,7 @@ A method is a plain function `method(probe) -> Scores`; higher score = more impo
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,9 @@ from vlaprune.data import LossFn
 @dataclass
 class Probe:
     """layout: the model's stacks. stacks: names of the stacks to score. batches / loss: calibration
-    batches and loss(i, batch) with fixed noise per batch. granularity: "block" or "sublayer" gates."""
+    batches and loss(i, batch) with fixed noise per batch. granularity: "block" or "sublayer" gates.
+    example_weights: batch -> w (B,) with loss = sum_b w[b] * (example b's own loss), for per-example
+    methods (gateprobe); None: the lerobot family's rule (`gateprobe.example_weights`)."""
 
     layout: Layout
     stacks: list[str]
@@ -28,6 +30,7 @@ class Probe:
     loss: LossFn
     seed: int = 0
     granularity: str = "block"
+    example_weights: Callable[[Any], torch.Tensor] | None = None
 
     def mean_loss(self) -> float:
         """Mean calibration loss under whatever gates/hooks are active (no grad)."""

@@ -16,7 +16,7 @@ from vlaprune.configs import DatasetConfig, PolicyConfig
 from vlaprune.data import Data, policy_loss
 from vlaprune.errors import VlapruneError
 from vlaprune.policy import load_policy
-from vlaprune.scoring import METHODS, NEEDS_DATA
+from vlaprune.scoring import BLOCK_ONLY, METHODS, NEEDS_DATA
 from vlaprune.scoring.gates import GRANULARITIES
 from vlaprune.scoring.probe import Probe, Scores
 
@@ -37,7 +37,7 @@ class ScoreConfig:
     batches: int = 4
     batch_size: int = 8
     seed: int = 0
-    # One gate per block, or one per residual branch (attention, MLP).
+    # One gate per block, or one per residual branch (attention, MLP): gateprobe_branch(_abs) only.
     granularity: str = "block"
     output: str = "scores.json"
 
@@ -51,6 +51,12 @@ class ScoreConfig:
             raise VlapruneError(f"--batch_size={self.batch_size}: need at least one frame per batch")
         if self.granularity not in GRANULARITIES:
             raise VlapruneError(f"--granularity={self.granularity!r}; choose one of {GRANULARITIES}")
+        whole = [m for m in self.methods() if m in BLOCK_ONLY]
+        if self.granularity != "block" and whole:
+            raise VlapruneError(
+                f"--granularity={self.granularity} does not apply to {', '.join(whole)} (one gate per whole "
+                "block, as the paper defines it); use gateprobe_branch / gateprobe_branch_abs for sublayers"
+            )
 
     def methods(self) -> list[str]:
         extra = [m.strip() for m in self.compare.split(",") if m.strip()]
