@@ -9,7 +9,7 @@ import pytest
 
 from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
 from vlaprune.errors import VlapruneError
-from vlaprune.experiments import dtr, report
+from vlaprune.experiments import dtr, plans, report
 from vlaprune.experiments.store import Store
 
 
@@ -284,8 +284,8 @@ def test_plan_cost_counts_coupled_partners():
 
     lay = load_policy("tiny:pi0").layout()
     scores = {"language": [5.0, 4.0, 3.0, 0.0], "action": [1.0, 1.0, 1.0, 100.0]}
-    assert dtr.plan_for(lay, "language", scores, 1) == {"language": [2], "action": [2]}
-    assert dtr.plan_for(lay, "language", {"language": scores["language"]}, 1) == {
+    assert plans.plan_for(lay, "language", scores, 1) == {"language": [2], "action": [2]}
+    assert plans.plan_for(lay, "language", {"language": scores["language"]}, 1) == {
         "language": [3],
         "action": [3],
     }
@@ -313,3 +313,30 @@ def test_task_speedup_corrects_per_action_speedup_by_episode_length():
     base = m(10.0, [40, 60])
     assert report.speedups(base, m(5.0, [100, 100]), "after") == (2.0, 1.0)  # twice as fast, twice the steps
     assert report.speedups(base, m(5.0, [25, 25]), "before") == (2.0, 4.0)
+
+
+def test_flops_matched_budget_gives_smaller_models_more_steps(tiny_dataset, tmp_path):
+    from vlaprune.recover.budget import budget_steps
+
+    assert budget_steps("same_steps", 100, 10, 5) == 100
+    assert budget_steps("flops_matched", 100, 10, 4) == 250
+    out = tmp_path / "flops"
+    cfg = config(
+        out,
+        tiny_dataset,
+        env=EnvConfig(),  # offline only: this test is about the budget
+        sweep=dtr.SweepConfig(components="language", levels="0.5", methods="position_last"),
+        recover=dtr.BudgetConfig(steps=6, batch_size=2, trainable="all", kind="flops_matched"),
+    )
+    dtr.run(cfg)
+    rows = Store(out).rows("measure")
+    base = next(r for r in rows if not r["spec"]["drops"])
+    cut = next(r for r in rows if r["spec"]["drops"])
+    b, c = base["budget"], cut["budget"]
+    assert b["steps"] == 6 and base["recovery"]["steps"] == 6
+    assert c["flops_per_step"] < b["flops_per_step"]
+    assert c["steps"] == round(6 * b["flops_per_step"] / c["flops_per_step"]) > 6
+    assert cut["recovery"]["steps"] == c["steps"]
+    assert c["training_flops"] == c["steps"] * c["flops_per_step"]
+    with pytest.raises(VlapruneError, match="--recover.kind"):
+        config(out, tiny_dataset, recover=dtr.BudgetConfig(kind="same_time"))

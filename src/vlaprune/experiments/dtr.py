@@ -12,9 +12,7 @@ share one store.
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -24,20 +22,22 @@ from typing import Any
 
 from vlaprune import __version__
 from vlaprune.adapters.anatomy import anatomy
-from vlaprune.adapters.stack import Layout
 from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
 from vlaprune.data import Data, Splits, policy_loss
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.cost import cost
 from vlaprune.evaluate.offline import offline_eval
 from vlaprune.evaluate.run import closed_loop, task_instructions
+from vlaprune.experiments.plans import partners, plan_for, protocol_plan
 from vlaprune.experiments.store import Store, row_id
 from vlaprune.policy import Loaded, load_policy
+from vlaprune.recover.budget import BUDGETS, budget_steps, step_flops
+from vlaprune.recover.budget import record as budget_record
 from vlaprune.recover.train import RecoverConfig
 from vlaprune.recover.train import run as recover
 from vlaprune.scoring import METHODS, Probe
-from vlaprune.surgery.levels import PROTOCOL_LEVELS, level_count, protocol_blocks
-from vlaprune.surgery.plan import coupling_errors, expand_couplings, nearest_valid, plan_to_dict
+from vlaprune.surgery.levels import PROTOCOL_LEVELS, level_count
+from vlaprune.surgery.plan import plan_to_dict
 
 RECORD_KEYS = ("success_rate", "successes", "episodes", "ci95", "episodes_detail")
 
@@ -62,6 +62,9 @@ class BudgetConfig:
     lr: float | None = None
     trainable: str = "preset"
     image_shift: int = 0
+    # same_steps: every variant trains `steps`; flops_matched: every variant trains for the baseline's
+    # total training FLOPs (a smaller model gets more steps; recover/budget.py).
+    kind: str = "same_steps"
 
 
 @dataclass
@@ -89,6 +92,8 @@ class DTRConfig:
         for m in _split(self.sweep.methods):
             if m not in METHODS:
                 raise VlapruneError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        if self.recover.kind not in BUDGETS:
+            raise VlapruneError(f"--recover.kind={self.recover.kind!r}; choose one of {', '.join(BUDGETS)}")
         if self.recover.steps < 1:
             raise VlapruneError("--recover.steps must be >= 1 (the same budget for every variant)")
         for level in _split(self.sweep.levels):
@@ -115,71 +120,6 @@ def _parse_shard(text: str) -> tuple[int, int] | None:
     except ValueError:
         return None
     return (i, n) if 0 <= i < n else None
-
-
-def _valid(lay: Layout, drops: dict[str, list[int]]) -> bool:
-    return not coupling_errors(lay, drops) and all(len(v) < len(lay.stacks[s]) for s, v in drops.items())
-
-
-def plan_cost(drops: dict[str, list[int]], scores: dict[str, list[float]]) -> float:
-    """What a plan removes, by the scores: the sum over every block it drops, coupled partners included
-    (stacks without scores count 0)."""
-    return sum(scores[s][i] for s, idx in drops.items() if s in scores for i in idx)
-
-
-def plan_for(
-    lay: Layout, component: str, scores: dict[str, list[float]], k: int
-) -> dict[str, list[int]] | None:
-    """Drop k blocks of `component`, the least important by `scores` ({stack: per-block scores}), under
-    the coupling rules.
-
-    Among the valid k-block plans (partners added by coupling; enumerated when there are at most 20000)
-    the one that removes the lowest total score wins, partners' scores included (`plan_cost`); otherwise
-    the k lowest-scoring blocks, made valid by the nearest valid plan (supersets first). None when no valid
-    plan exists."""
-    n = len(scores[component])
-
-    def valid(drops: dict[str, list[int]]) -> bool:
-        return _valid(lay, drops)
-
-    if math.comb(n, k) <= 20_000:
-        best = None
-        for combo in itertools.combinations(range(n), k):
-            drops = expand_couplings(lay, {component: list(combo)})
-            if len(drops.get(component, [])) == k and valid(drops):
-                cost = plan_cost(drops, scores)
-                if best is None or cost < best[0]:
-                    best = (cost, drops)
-        if best is not None:
-            return best[1]
-    order = sorted(range(n), key=lambda i: (plan_cost(expand_couplings(lay, {component: [i]}), scores), i))
-    request = {component: sorted(order[:k])}
-    drops = expand_couplings(lay, request)
-    if valid(drops):
-        return drops
-    near = nearest_valid(lay, request)
-    return near[0] if near else None
-
-
-def partners(lay: Layout, component: str) -> list[str]:
-    """`component` and every stack a drop of one of its blocks takes along (coupling rules)."""
-    found = [component]
-    for i in range(len(lay.stacks[component])):
-        found += expand_couplings(lay, {component: [i]})
-    return list(dict.fromkeys(found))
-
-
-def protocol_plan(lay: Layout, component: str, level: str) -> dict[str, list[int]]:
-    """The paper's metric-free cut of `component` (drop_half / keep_2), coupled partners added; raises when
-    the architecture's coupling rules cannot keep it as it is."""
-    drops = expand_couplings(lay, {component: protocol_blocks(level, len(lay.stacks[component]), component)})
-    if not _valid(lay, drops):
-        raise VlapruneError(
-            f"{level} of {component} breaks this policy's coupling rules "
-            f"({'; '.join(coupling_errors(lay, drops)) or 'a stack would be emptied'}); drop it from "
-            "--sweep.levels for this component"
-        )
-    return drops
 
 
 def settings(cfg: DTRConfig, data: Data, parts: Splits) -> dict[str, Any]:
@@ -392,17 +332,22 @@ def evaluate_policy(
 def _measure(
     cfg: DTRConfig, mspec: dict, work: Path, baseline: bool, data: Data, splits: tuple
 ) -> dict[str, Any]:
-    """Cut -> evaluate -> recover (same budget, training episodes) -> evaluate; cost of the cut model."""
+    """Cut -> evaluate -> recover (the budget: same steps, or the baseline's training FLOPs; training
+    episodes) -> evaluate; cost of the cut model."""
     train, held = splits
+    b = cfg.recover
     work.mkdir(parents=True, exist_ok=True)
     policy = load_policy(cfg.policy)
+    batch = data.batches(1, b.batch_size, mspec["seed"], train)[0]  # the same batch for both counts
+    base_flops = _step_flops(policy, batch, b.trainable)
     plan = policy.drop_blocks(mspec["drops"]) if mspec["drops"] else None
+    flops = _step_flops(policy, batch, b.trainable) if plan else base_flops
+    steps = budget_steps(b.kind, b.steps, base_flops, flops)
     cut = work / "cut"
     if not cut.exists():
         policy.save(cut)
     c = cost(policy.layout(), n_calls=15, warmup=3)
     before = evaluate_policy(str(cut), cfg, data, held, probes=baseline)
-    b = cfg.recover
     rec_dir = work / "recover"
     if (rec_dir / "final").exists():
         shutil.rmtree(rec_dir)  # a finished-but-unrecorded recovery: redo it cleanly
@@ -411,15 +356,15 @@ def _measure(
             policy=PolicyConfig(path=str(cut), device=cfg.policy.device),
             dataset=cfg.dataset,
             output_dir=str(rec_dir),
-            steps=b.steps,
+            steps=steps,
             batch_size=b.batch_size,
             lr=b.lr,
             trainable=b.trainable,
             image_shift=b.image_shift,
             seed=mspec["seed"],
             resume=rec_dir.exists(),
-            save_every=max(1, b.steps // 4),
-            log_every=max(1, b.steps // 10),
+            save_every=max(1, steps // 4),
+            log_every=max(1, steps // 10),
         ),
         data=data,
         episodes=train,
@@ -438,4 +383,17 @@ def _measure(
         "before": before,
         "after": after,
         "recovery": summary,
+        "budget": budget_record(b.kind, steps, b.batch_size, flops),
     }
+
+
+def _step_flops(policy: Loaded, batch: dict, trainable: str) -> int:
+    """Training FLOPs of one step of `policy` with the recovery's trainable flags (`--recover.trainable`)."""
+    flags = [(p, p.requires_grad) for p in policy.module.parameters()]
+    if trainable == "all":
+        policy.module.requires_grad_(True)
+    try:
+        return step_flops(policy.module, batch)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

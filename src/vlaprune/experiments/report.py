@@ -11,100 +11,20 @@ from __future__ import annotations
 
 import base64
 import html
-import io
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from vlaprune.atomic import write_text_atomic
-from vlaprune.errors import VlapruneError
-from vlaprune.evaluate.closed_loop import wilson
-from vlaprune.evaluate.paired import KEEPS, LOSES, UNDECIDED, compare, pair_episodes
-from vlaprune.evaluate.paired import verdict as paired_verdict
+from vlaprune.evaluate.paired import KEEPS, LOSES, UNDECIDED
+from vlaprune.experiments.figures import figures, pooled_ci
+from vlaprune.experiments.results import (
+    TOLERANCE,
+    by_component,
+    load,
+    paired,
+    speedups,
+)
 from vlaprune.experiments.store import Store
-
-TOLERANCE = 0.05  # "keeps success": the paired 95% interval stays above -5 points of the recovered baseline
-
-
-def _fig_png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def load(store: Store) -> dict[str, Any]:
-    """The rows of one set of settings (`dtr.settings`): those of the newest measurement when the store
-    holds rows measured under several (e.g. a rerun with more episodes); the others are counted, not shown."""
-    rows = store.rows()
-    if not rows:
-        raise VlapruneError(
-            f"{store.root} has no results rows; run `vlaprune dtr` (or `vlaprune demo`) first"
-        )
-    by_kind: dict[str, list] = defaultdict(list)
-    for r in rows:
-        by_kind[r["kind"]].append(r)
-    newest = max(by_kind["measure"], key=lambda r: r.get("written_at", ""), default=None)
-    sid = (newest or {}).get("spec", {}).get("settings_id")
-    measures = {r["id"]: r for r in by_kind["measure"] if r["spec"].get("settings_id") == sid}
-    base = [r for r in measures.values() if not r["spec"]["drops"]]
-    if not base:
-        raise VlapruneError(
-            f"{store.root}: the baseline measurement is missing; rerun the sweep to finish it"
-        )
-    setting = base[0]["spec"].get("settings") or {}
-    scores = [
-        r
-        for r in by_kind["scores"]
-        if all(setting.get(k) == v for k, v in (r["spec"].get("settings") or {}).items())
-    ]
-    return {
-        "anatomy": by_kind["anatomy"][0]["anatomy"] if by_kind["anatomy"] else None,
-        "scores": scores,
-        "plans": [p for p in by_kind["plan"] if p["spec"].get("settings_id") == sid],
-        "measures": measures,
-        "baseline": base[0],
-        "other_settings": len(by_kind["measure"]) - len(measures),
-    }
-
-
-def paired(base_ev: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any] | None:
-    """Paired comparison (evaluate/paired.py) of a measurement's closed-loop episodes with the baseline's,
-    episode by episode (same task, same seed): difference, Newcombe 95% interval, McNemar p, verdict.
-    None without per-episode records (no closed loop in the run)."""
-
-    def records(e):
-        tasks = e.get("tasks") or {}
-        if not tasks or any("episodes_detail" not in t for t in tasks.values()):
-            return None
-        return {name: t["episodes_detail"] for name, t in tasks.items()}
-
-    b, v = records(base_ev), records(ev)
-    if b is None or v is None:
-        return None
-    result = compare(*pair_episodes(b, v))
-    return {**result, "verdict": paired_verdict(result, TOLERANCE)}
-
-
-def curves(data: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """(component, method) -> points sorted by blocks removed: before/after success and loss."""
-    base = data["baseline"]
-    out: dict[tuple[str, str], list] = defaultdict(list)
-    for p in data["plans"]:
-        m = data["measures"].get(p["measurement"])
-        if m is None:
-            continue
-        c, method = p["spec"]["component"], p["spec"]["method"]
-        out[(c, method)].append(
-            {"removed": len(p["drops"].get(c, [])), "level": p["spec"]["level"], "drops": p["drops"], "m": m}
-        )
-    for key in out:
-        out[key] = [{"removed": 0, "level": "0", "drops": {}, "m": base}] + sorted(
-            out[key], key=lambda x: x["removed"]
-        )
-    return out
 
 
 def verdict(data: dict[str, Any]) -> list[str]:
@@ -125,7 +45,7 @@ def verdict(data: dict[str, Any]) -> list[str]:
         ]
     n_blocks = {s["name"]: s["blocks"] for s in (data["anatomy"] or {}).get("stacks", [])}
     lines, frac = [], {}
-    for c, pts in sorted(_by_component(data).items()):
+    for c, pts in sorted(by_component(data).items()):
         judged = [(p, paired(base["after"], p["m"]["after"])) for p in pts]
         judged = [(p, r) for p, r in judged if r is not None]
         keeps = [(p, r) for p, r in judged if r["verdict"] == KEEPS.format(points=f"{TOLERANCE * 100:g}")]
@@ -134,7 +54,8 @@ def verdict(data: dict[str, Any]) -> list[str]:
             m = p["m"]
             flops = 1 - m["cost"]["flops_chunk"] / base["cost"]["flops_chunk"]
             task = speedups(base, m, "after")[1]
-            frac[c] = p["removed"] / n_blocks[c] if n_blocks.get(c) else None
+            if n_blocks.get(c):
+                frac[c] = p["removed"] / n_blocks[c]
             lines.append(
                 f"{c}: {p['removed']} of {n_blocks.get(c, '?')} blocks can go: {_paired_text(r)} after "
                 f"recovery ({r['verdict']}; before recovery {m['before'].get('success', float('nan')):.0%}); "
@@ -159,7 +80,7 @@ def verdict(data: dict[str, Any]) -> list[str]:
                 "episodes (--eval.n_episodes) to decide."
             )
     if frac:
-        most = max(frac, key=lambda c: frac[c] or 0)
+        most = max(frac, key=frac.get)
         lines.insert(
             0,
             f"Most redundant: {most} ({frac[most]:.0%} of its blocks removable at this budget, paired 95% "
@@ -181,100 +102,6 @@ def _paired_text(r: dict[str, Any]) -> str:
         f"success {r['variant_rate']:.0%} vs recovered baseline {r['baseline_rate']:.0%}, paired difference "
         f"{r['difference']:+.0%} [95% CI {r['ci_low']:+.0%}, {r['ci_high']:+.0%}] over {r['n']} episodes"
     )
-
-
-def mean_steps(ev: dict[str, Any]) -> float | None:
-    """Mean episode length (simulator steps) over every closed-loop episode of an evaluation."""
-    steps = [r["steps"] for t in (ev.get("tasks") or {}).values() for r in t.get("episodes_detail", [])]
-    return sum(steps) / len(steps) if steps else None
-
-
-def speedups(base: dict[str, Any], m: dict[str, Any], phase: str) -> tuple[float | None, float | None]:
-    """(per-action speed-up, task speed-up) of measurement `m` against the baseline, `phase` "before" or
-    "after" recovery. Per action: baseline select_action latency / the cut model's. Task: per-action
-    speed-up x baseline mean steps per episode / the cut model's (a cut that needs more steps per task can
-    be slower overall although each action is faster; the DTR paper's definition)."""
-    lat0, lat = base["cost"].get("latency_ms"), m["cost"].get("latency_ms")
-    action = lat0 / lat if lat0 and lat else None
-    s0, s = mean_steps(base[phase]), mean_steps(m[phase])
-    task = action * s0 / s if action and s0 and s else None
-    return action, task
-
-
-def _by_component(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """component -> its cuts (every method's, each measurement once), without the baseline point."""
-    out: dict[str, dict[str, dict]] = defaultdict(dict)
-    for (c, _), pts in curves(data).items():
-        for p in pts[1:]:
-            out[c][p["m"]["id"]] = p
-    return {c: sorted(v.values(), key=lambda p: p["removed"]) for c, v in out.items()}
-
-
-def figures(data: dict[str, Any]) -> dict[str, bytes]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figs: dict[str, bytes] = {}
-    gp = [r for r in data["scores"] if r["spec"]["method"] == "gateprobe"]
-    if gp:
-        sc = gp[0]["scores"]
-        fig, axes = plt.subplots(len(sc), 1, figsize=(7, 1.1 * len(sc) + 0.8), squeeze=False)
-        for ax, (name, vals) in zip(axes[:, 0], sc.items()):
-            im = ax.imshow([vals], aspect="auto", cmap="magma")
-            ax.set_yticks([0], [name])
-            ax.set_xticks(range(len(vals)))
-            fig.colorbar(im, ax=ax, pad=0.01)
-        axes[-1, 0].set_xlabel("block")
-        fig.suptitle("GateProbe score per block (first-order loss increase if removed)")
-        figs["gateprobe"] = _fig_png(fig)
-    cv = curves(data)
-    for metric, label in (("success", "closed-loop success"), ("loss", "offline loss (held-out)")):
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
-        for ax, phase in zip(axes, ("before", "after")):
-            for (c, method), pts in sorted(cv.items()):
-                xs = [p["removed"] for p in pts]
-                if metric == "success":
-                    ys = [p["m"][phase].get("success", float("nan")) for p in pts]
-                    cis = [_ci(p["m"][phase]) for p in pts]
-                    err = [
-                        [max(0.0, y - lo) for y, (lo, _) in zip(ys, cis)],
-                        [max(0.0, hi - y) for y, (_, hi) in zip(ys, cis)],
-                    ]
-                    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{c} / {method}")
-                    ax.set_ylim(-0.02, 1.02)
-                else:
-                    ys = [p["m"][phase]["offline"]["loss"] for p in pts]
-                    ax.plot(xs, ys, marker="o", label=f"{c} / {method}")
-            ax.set_title(f"{phase} recovery")
-            ax.set_xlabel("blocks removed")
-            ax.grid(alpha=0.3)
-        axes[0].set_ylabel(label)
-        axes[1].legend(fontsize=8)
-        figs[f"asymmetry_{metric}"] = _fig_png(fig)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
-    for m in data["measures"].values():
-        y = m["after"].get("success", float("nan"))
-        label = ", ".join(f"{s}-{n}" for s, n in m["blocks_removed"].items()) or "baseline"
-        for ax, x in zip(axes, (m["cost"]["latency_ms"], m["cost"]["params"] / 1e6)):
-            ax.scatter([x], [y])
-            ax.annotate(label, (x, y), fontsize=7)
-    axes[0].set_xlabel("select_action latency (ms)")
-    axes[1].set_xlabel("parameters (M)")
-    axes[0].set_ylabel("success after recovery")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    figs["pareto"] = _fig_png(fig)
-    return figs
-
-
-def _ci(ev: dict[str, Any]) -> tuple[float, float]:
-    """Wilson 95% interval of the success rate pooled over all episodes of all tasks."""
-    tasks = ev.get("tasks") or {}
-    k = sum(t["successes"] for t in tasks.values())
-    n = sum(t["episodes"] for t in tasks.values())
-    return wilson(k, n) if n else (float("nan"), float("nan"))
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> tuple[str, str]:
@@ -418,5 +245,5 @@ def _x(v: float | None) -> str:
 def _pct(ev: dict[str, Any]) -> str:
     if "success" not in ev:
         return "-"
-    lo, hi = _ci(ev)
+    lo, hi = pooled_ci(ev)
     return f"{ev['success']:.0%} [{lo:.0%}, {hi:.0%}]"
