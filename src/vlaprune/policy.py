@@ -63,9 +63,12 @@ class Loaded:
         """The model's Layout as it is now (surgery changes it, so it is found afresh on every call)."""
         return find_layout(self.module, self.stacks)
 
-    def drop_blocks(self, request: dict[str, list[int]]) -> BlockPlan:
-        """Remove blocks (plus coupled partners) for real; the plan joins the record."""
-        plan = drop_blocks(self.module, request, layout=self.layout())
+    def drop_blocks(self, request: dict[str, list[int]], mode: str = "auto") -> BlockPlan:
+        """Remove blocks for real; the plan joins the record. mode "auto" (default): language blocks of
+        joint-attention policies keep their K/V for the action expert, other blocks go whole with their
+        coupled partners; "keep_kv": the same, refused where nothing reads the K/V; "pair": whole blocks
+        and partners only (`vlaprune.surgery.plan`)."""
+        plan = drop_blocks(self.module, request, layout=self.layout(), mode=mode)
         self.record.plans.append(plan)
         return plan
 

@@ -28,17 +28,23 @@ def test_dropping_nothing_changes_nothing_lm(fresh):
 
 
 @pytest.mark.parametrize(
-    "kind, request_, after",
+    "kind, request_, mode, after",
     [
-        ("smolvla", {"language": [2, 3]}, {"vision": 2, "language": 2, "action": 2}),
-        ("smolvla", {"vision": [0]}, {"vision": 1, "language": 4, "action": 4}),
-        ("pi0", {"language": [1], "vision": [1]}, {"vision": 1, "language": 3, "action": 3}),
-        ("pi05", {"action": [0, 3]}, {"vision": 2, "language": 2, "action": 2}),
+        ("smolvla", {"language": [2, 3]}, "pair", {"vision": 2, "language": 2, "action": 2}),
+        ("smolvla", {"vision": [0]}, "auto", {"vision": 1, "language": 4, "action": 4}),
+        ("pi0", {"language": [1], "vision": [1]}, "pair", {"vision": 1, "language": 3, "action": 3}),
+        (
+            "pi0",
+            {"language": [1], "vision": [1]},
+            "auto",
+            {"vision": 1, "language": 4, "action": 4},
+        ),  # keep-K/V
+        ("pi05", {"action": [0, 3]}, "auto", {"vision": 2, "language": 2, "action": 2}),
     ],
 )
-def test_after_a_drop_everything_runs(kind, request_, after, fresh):
+def test_after_a_drop_everything_runs(kind, request_, mode, after, fresh):
     policy = fresh(kind)
-    plan = drop_blocks(policy, request_)
+    plan = drop_blocks(policy, request_, mode=mode)
     lay = layout(policy)
     assert {n: len(s) for n, s in lay.stacks.items()} == after == plan.blocks_after
     assert plan.params_after < plan.params_before == sum(p.numel() for p in fresh(kind).parameters())
@@ -79,8 +85,8 @@ def test_qwen2_drop_keeps_layer_types_and_generates(fresh):
 def test_smolvla_fewer_expert_layers(fresh):
     policy = fresh("smolvla", num_expert_layers=2)  # expert j runs with VLM block 2j
     with pytest.raises(VlapruneError, match="not a multiple"):
-        drop_blocks(policy, {"language": [1]})
-    plan = drop_blocks(policy, {"language": [2, 3]})  # VLM 2 goes -> its expert partner 1 goes too
+        drop_blocks(policy, {"language": [1]}, mode="pair")
+    plan = drop_blocks(policy, {"language": [2, 3]}, mode="pair")  # VLM 2 goes -> its partner 1 goes too
     assert plan.drops["action"] == [1] and plan.blocks_after == {"vision": 2, "language": 2, "action": 1}
     assert torch.isfinite(loss(policy)) and torch.isfinite(actions(policy)).all()
 
@@ -101,13 +107,13 @@ def test_bad_plans_are_refused_before_any_change(kind, request_, message, fresh)
     policy = fresh(kind)
     before = sum(p.numel() for p in policy.parameters())
     with pytest.raises(VlapruneError, match=message.replace(".", r"\.").replace("(", r"\(")):
-        drop_blocks(policy, request_)
+        drop_blocks(policy, request_, mode="pair")  # pair mode: the coupling rules apply to language drops
     assert sum(p.numel() for p in policy.parameters()) == before
 
 
 def test_coupling_message_states_the_rule(fresh):
     with pytest.raises(VlapruneError) as e:
-        drop_blocks(fresh("smolvla"), {"language": [1]})
+        drop_blocks(fresh("smolvla"), {"language": [1]}, mode="pair")
     msg = str(e.value)
     assert "switch from self-attn to cross-attn" in msg and "self-attn if i % 2 == 0" in msg
     assert "\n" not in msg

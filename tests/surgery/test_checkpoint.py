@@ -20,7 +20,7 @@ def test_smolvla_language_drop_loads_with_lerobot_and_vlaprune(fresh, tmp_path):
 
     handle = wrap(fresh("smolvla"))
     policy = handle.module
-    handle.drop_blocks({"language": [2, 3]})
+    handle.drop_blocks({"language": [2, 3]}, mode="pair")  # keep-K/V drops need vlaprune's loader
     out = handle.save(tmp_path / "ckpt")
     record = json.loads((out / "plan.json").read_text())
     assert record["family_loader_ok"] and record["weights"] == "model.safetensors"
@@ -77,7 +77,7 @@ def test_no_pickles_and_plan_recorded(fresh, tmp_path):
 
 def test_missing_layer_is_refused(fresh, tmp_path):
     handle = wrap(fresh("smolvla"))
-    handle.drop_blocks({"language": [2, 3]})
+    handle.drop_blocks({"language": [2, 3]}, mode="pair")
     out = handle.save(tmp_path / "c")
     weights = out / "model.safetensors"
     tensors = load_file(weights)

@@ -16,12 +16,20 @@ def smolvla_ckpt(smolvlm_dir, tmp_path_factory):
     return d
 
 
-def test_drop_explicit(smolvla_ckpt, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "flags, after_blocks, action_drops",
+    [
+        # default (auto): SmolVLA's language block 1 keeps its K/V for the expert; pair mode refuses it
+        (["--drop.language=1"], {"vision": 2, "language": 4, "action": 4}, []),
+        (["--drop.language=2,3", "--drop.mode=pair"], {"vision": 2, "language": 2, "action": 2}, [2, 3]),
+    ],
+)
+def test_drop_explicit(flags, after_blocks, action_drops, smolvla_ckpt, tmp_path, capsys):
     out = tmp_path / "pruned"
     args = [
         "drop",
         f"--policy.path={smolvla_ckpt}",
-        "--drop.language=2,3",
+        *flags,
         f"--output_dir={out}",
         "--latency_calls=3",
         "--warmup_calls=1",
@@ -31,16 +39,22 @@ def test_drop_explicit(smolvla_ckpt, tmp_path, capsys):
     assert "plan" in printed and "FLOPs per action chunk" in printed and "select_action median ms" in printed
     report = json.loads((out / "cost.json").read_text())
     before, after = report["cost_original"], report["cost_pruned"]
-    assert after["blocks"] == {"vision": 2, "language": 2, "action": 2}
+    assert after["blocks"] == after_blocks
     assert after["params"] < before["params"] and after["flops_chunk"] < before["flops_chunk"]
     assert 0 < after["flops_forward"] < before["flops_forward"]
     assert after["latency"]["n"] == 3 and after["latency"]["median_ms"] > 0
-    assert json.loads((out / "plan.json").read_text())["plans"][0]["drops"]["action"] == [2, 3]
+    plan = json.loads((out / "plan.json").read_text())["plans"][0]
+    assert plan["drops"]["action"] == action_drops
+    assert plan["mode"] == ("pair" if action_drops else "keep_kv")
+    if not action_drops:
+        assert plan["kv_only"] == {"language": [1]}
+        assert "language 1: kept input norm + k/v projections" in " ".join(printed.split())  # rich wraps
+        assert after["params_by_component"]["action"] == before["params_by_component"]["action"]
     # the result is itself a policy path: inspect reads it back (through vlaprune.load)
     assert main(["inspect", f"--policy.path={out}", f"--output={tmp_path / 'a.json'}", "--flops=false"]) == 0
     assert {s["name"]: s["blocks"] for s in json.loads((tmp_path / "a.json").read_text())["stacks"]}[
         "language"
-    ] == 2
+    ] == after_blocks["language"]
 
 
 def test_drop_from_scores(smolvla_ckpt, tiny_dataset, tmp_path):
@@ -81,13 +95,24 @@ def test_drop_bad_input(smolvla_ckpt, tmp_path, cli_error):
     (busy / "x").write_text("x")
     p = f"--policy.path={smolvla_ckpt}"
     cases = [
-        ([p, "--drop.language=1", f"--output_dir={tmp_path / 'o'}"], "nearest valid plans"),
+        (
+            [p, "--drop.mode=pair", "--drop.language=1", f"--output_dir={tmp_path / 'o'}"],
+            "nearest valid plans",
+        ),
+        (
+            [p, "--drop.mode=keep_kv", "--drop.vision=1", f"--output_dir={tmp_path / 'o'}"],
+            "no other stack attends",
+        ),
+        ([p, "--drop.mode=sideways", "--drop.language=1", f"--output_dir={tmp_path / 'o'}"], "choose one of"),
         ([p, "--drop.language=0,1,2,3", f"--output_dir={tmp_path / 'o'}"], "drops all 4 blocks"),
         ([p, "--drop.vision=7", f"--output_dir={tmp_path / 'o'}"], "out of range"),
         ([p, "--drop.vision=0,0", f"--output_dir={tmp_path / 'o'}"], "listed twice"),
         ([p, "--drop.vision=a", f"--output_dir={tmp_path / 'o'}"], "expected comma-separated block indices"),
         ([p, "--drop.vision=keep_2", f"--output_dir={tmp_path / 'o'}"], "keep_2 of --drop.vision (2 blocks)"),
-        ([p, "--drop.language=drop_half", f"--output_dir={tmp_path / 'o'}"], "switch from self-attn"),
+        (
+            [p, "--drop.mode=pair", "--drop.language=drop_half", f"--output_dir={tmp_path / 'o'}"],
+            "switch from self-attn",
+        ),
         ([p, f"--output_dir={tmp_path / 'o'}"], "nothing to drop"),
         ([p, "--drop.language=2,3"], "--output_dir is required"),
         ([p, "--drop.language=2,3", f"--output_dir={busy}"], "not empty"),
@@ -107,4 +132,4 @@ def test_drop_protocol_levels(smolvla_ckpt, tmp_path):
     assert main([*args, f"--output_dir={out}", "--latency_calls=1", "--warmup_calls=0"]) == 0
     plan = json.loads((out / "plan.json").read_text())["plans"][0]
     assert plan["requested"] == {"language": [1, 2], "vision": [1]}  # keeps language 0 and 3; odd vision
-    assert plan["drops"]["action"] == [1, 2]  # SmolVLA's pair drop takes the partners along
+    assert plan["kv_only"] == {"language": [1, 2]} and plan["drops"]["action"] == []  # the expert keeps all

@@ -52,8 +52,17 @@ def find_branches(block: nn.Module) -> Branches | None:
     return Branches(attn=f"{attn_name}.{out}", mlp=mlp, entry=entry)
 
 
+def _refuse_kv_only(block: nn.Module) -> None:
+    if getattr(block, "kv_only", False):
+        raise VlapruneError(
+            "a kv-only block (what a keep-K/V drop leaves: input norm + k/v projections) has no FFN channels "
+            "or query heads to prune; leave it out of the unit plan"
+        )
+
+
 def ffn_parts(block: nn.Module) -> tuple[nn.Module, list[str], str]:
     """(mlp module, names of the Linear layers whose rows are channels, name of the one whose columns are)."""
+    _refuse_kv_only(block)
     mlp = getattr(block, "mlp", None)
     if mlp is None:
         raise VlapruneError(f"{type(block).__name__} has no `mlp`; FFN channels cannot be pruned there")
@@ -67,6 +76,7 @@ def ffn_parts(block: nn.Module) -> tuple[nn.Module, list[str], str]:
 def attn_parts(block: nn.Module) -> dict[str, Any]:
     """{"attn": module, "path": its name in the block, "o": output projection name, "head_dim", "n_q",
     "n_kv"} of a block's self-attention with separate q / k / v projections."""
+    _refuse_kv_only(block)
     attn = getattr(block, "self_attn", None)
     if attn is None or not all(hasattr(attn, n) for n in QKV):
         raise VlapruneError(

@@ -6,14 +6,18 @@ Stacks (lerobot 0.6.1):
   action    model.paligemma_with_expert.gemma_expert.model.layers                             (Gemma expert)
 Coupling: lockstep. The VLM and expert stacks are zipped with strict=True and every layer is one joint
 attention over [prefix; suffix], so both stacks keep the same depth: removing block i removes it from both.
+Keep-K/V: a language block can go while its keys / values stay for the expert (`keep_kv_pi`); the expert
+keeps all its blocks and both stacks keep their depth.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from vlaprune.adapters import keep_kv_pi
+from vlaprune.adapters.keep_kv import is_kv_only
 from vlaprune.adapters.lerobot_batch import inference_pass, training_pass
-from vlaprune.adapters.stack import Counter, Coupling, Layout, make_stack
+from vlaprune.adapters.stack import Counter, Coupling, KeepKV, Layout, make_stack
 
 ROOT = "model.paligemma_with_expert"
 PALI = f"{ROOT}.paligemma.model"
@@ -54,7 +58,8 @@ PARTS = {
 def layout(policy: nn.Module) -> Layout:
     pwe = policy.model.paligemma_with_expert
     pali_cfg = pwe.paligemma.config
-    n = len(pwe.paligemma.model.language_model.layers)
+    layers = pwe.paligemma.model.language_model.layers
+    n = len(layers)
     stacks = {
         "vision": make_stack(
             policy,
@@ -69,6 +74,9 @@ def layout(policy: nn.Module) -> Layout:
             PATHS["language"],
             counters=[Counter(pali_cfg.text_config, "num_hidden_layers", "paligemma.config.text_config")],
             layer_idx_attr="self_attn.layer_idx",
+            notes=["kv-only" if is_kv_only(b) else "" for b in layers]
+            if any(map(is_kv_only, layers))
+            else [],
             exit=f"{PALI}.language_model.norm",
         ),
         "action": make_stack(
@@ -101,6 +109,7 @@ def layout(policy: nn.Module) -> Layout:
         action_out="model.action_out_proj",
         noise="model",
         config_expresses=set(),
+        keep_kv={"language": KeepKV("language", "action", [True] * n, lambda: keep_kv_pi.install(pwe))},
         forward_desc=f"predict_action_chunk (batch 1, {cfg.tokenizer_max_length} text tokens, "
         f"{cfg.num_inference_steps} denoising steps)",
     )

@@ -8,14 +8,18 @@ Coupling: the expert advances with the VLM. With m = num_vlm_layers // num_exper
 runs with VLM block j*m; the other VLM blocks run alone. VLM block i is joint self-attention over
 [prefix; actions] when i % self_attn_every_n_layers == 0, otherwise cross-attention in which the expert
 attends to that VLM block's keys/values (those expert blocks' k/v projections take the VLM's KV width).
+Keep-K/V: a VLM block with an expert partner can go while its keys / values stay (`keep_kv_smolvla`); it
+keeps its index, so no block changes its attention kind.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from vlaprune.adapters import keep_kv_smolvla
+from vlaprune.adapters.keep_kv import is_kv_only
 from vlaprune.adapters.lerobot_batch import inference_pass, training_pass
-from vlaprune.adapters.stack import Counter, Coupling, Layout, make_stack
+from vlaprune.adapters.stack import Counter, Coupling, KeepKV, Layout, make_stack
 
 ROOT = "model.vlm_with_expert"
 PATHS = {
@@ -55,6 +59,8 @@ def layout(policy: nn.Module) -> Layout:
     m = n_vlm // n_exp
     period = vwe.self_attn_every_n_layers if "cross" in vwe.attention_mode else 0
     pairs = [j * m for j in range(n_exp)]
+    layers = vwe.get_vlm_model().text_model.layers
+    lang_notes = [k + (" (kv-only)" if is_kv_only(b) else "") for k, b in zip(kinds, layers, strict=True)]
     stacks = {
         "vision": make_stack(
             policy,
@@ -73,7 +79,7 @@ def layout(policy: nn.Module) -> Layout:
                 Counter(vlm.config.text_config, "num_hidden_layers", "vlm.config.text_config"),
             ],
             layer_idx_attr="self_attn.layer_idx",
-            notes=kinds,
+            notes=lang_notes,
             exit=f"{ROOT}.vlm.model.text_model.norm",
         ),
         "action": make_stack(
@@ -105,6 +111,11 @@ def layout(policy: nn.Module) -> Layout:
         action_out="model.action_out_proj",
         noise="model",
         config_expresses={"language", "action"},
+        keep_kv={
+            "language": KeepKV(
+                "language", "action", [i in pairs for i in range(n_vlm)], lambda: keep_kv_smolvla.install(vwe)
+            )
+        },
         forward_desc=f"predict_action_chunk (batch 1, {cfg.tokenizer_max_length} text tokens, "
         f"{cfg.num_steps} denoising steps)",
     )

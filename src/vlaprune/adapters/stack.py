@@ -81,6 +81,23 @@ class Coupling:
 
 
 @dataclass
+class KeepKV:
+    """A stack whose blocks can be dropped while their keys / values stay (DTR's drop for joint attention).
+
+    stack: the stack whose K/V another stack attends to ("language"); reader: that stack ("action").
+    read: per block of `stack`, whether a block of `reader` attends to its K/V (SmolVLA with fewer expert
+        blocks than VLM blocks: only the partnered ones); a dropped block nobody reads keeps nothing.
+    install: puts the kv-only-aware joint forward on the model (an instance-level override of the joint
+        module's forward; idempotent). Surgery calls it after turning blocks into kv-only layers.
+    """
+
+    stack: str
+    reader: str
+    read: list[bool]
+    install: Callable[[], None]
+
+
+@dataclass
 class Layout:
     """The anatomy an adapter finds in a loaded model.
 
@@ -98,6 +115,8 @@ class Layout:
         flow-matching velocity of SmolVLA / pi0 / pi0.5), or None; distillation matches it.
     noise: dotted path of the module whose `sample_noise(shape, device)` draws the policy's sampling noise
         at inference (SmolVLA / pi0 / pi0.5: "model"), or None; closed-loop evaluation seeds it per episode.
+    keep_kv: stacks whose blocks can go while their K/V stay (`KeepKV`, by stack name); empty when no
+        stack attends to another's keys / values.
     """
 
     family: str
@@ -111,6 +130,7 @@ class Layout:
     config_expresses: set[str] = field(default_factory=set)
     action_out: str | None = None
     noise: str | None = None
+    keep_kv: dict[str, KeepKV] = field(default_factory=dict)
 
 
 def resolve(model: nn.Module, path: str) -> tuple[nn.Module, str, nn.Module]:

@@ -3,6 +3,7 @@ FLOPs, latency: it combines surgery with evaluation's cost report, hence it live
 
 vlaprune drop --policy.path=lerobot/smolvla_base --drop.language=2,3 --output_dir=out/smolvla-14
 vlaprune drop --policy.path=... --drop.from=scores.json --drop.k=8 --drop.components=language --output_dir=...
+vlaprune drop --policy.path=... --drop.language=2,3 --drop.mode=pair --output_dir=...   # partners go too
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.cost import cost, cost_table
 from vlaprune.policy import load_policy
 from vlaprune.surgery.levels import PROTOCOL_LEVELS, protocol_blocks
-from vlaprune.surgery.plan import plan_to_dict
+from vlaprune.surgery.plan import MODES, plan_to_dict, resolve_drops
 
 
 @dataclass
@@ -36,6 +37,14 @@ class DropSpec:
     components: str = ""
     # Which method's scores in that file (default: the file's main method).
     method: str = ""
+    # auto: language blocks of joint-attention policies (SmolVLA, pi0, pi0.5) keep their input norm and
+    # k/v projections for the action expert (DTR's keep-K/V drop), other blocks go whole; keep_kv: the
+    # same, refused for stacks nothing reads K/V from; pair: whole blocks, coupled partners included.
+    mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise VlapruneError(f"--drop.mode={self.mode!r}: choose one of {', '.join(MODES)}")
 
 
 @dataclass
@@ -137,9 +146,10 @@ def run(cfg: DropConfig) -> dict[str, Any]:
     policy = load_policy(cfg.policy, cfg.stacks or None)
     lay = policy.layout()
     request = request_from(cfg.drop, lay)
+    resolve_drops(lay, request, cfg.drop.mode)  # refuse a bad plan before measuring anything
     console.print("measuring the original ...")
     before = cost(lay, cfg.latency_calls, cfg.warmup_calls)
-    plan = policy.drop_blocks(request)
+    plan = policy.drop_blocks(request, cfg.drop.mode)
     console.print(f"[bold]plan[/]: {plan.summary()}")
     console.print("measuring the pruned model ...")
     after = cost(policy.layout(), cfg.latency_calls, cfg.warmup_calls)

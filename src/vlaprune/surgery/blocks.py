@@ -9,6 +9,11 @@ KV cache, `save_pretrained` all run. What is kept consistent (from the adapter's
   - per-layer config lists of the same length (`layer_types` in Qwen2 / Gemma configs)
   - attention `layer_idx` renumbered 0..n'-1 (the KV cache indexes layers by it)
   - the coupling rules (see `vlaprune.surgery.plan`)
+
+Keep-K/V drops (mode "auto" / "keep_kv", the default for the language stack of SmolVLA / pi0 / pi0.5): the
+block is replaced, at its index, by a kv-only layer (input norm + k/v projections, `adapters.keep_kv`) and
+the family's joint forward is taken over by an instance-level override that runs such layers (the adapter's
+`KeepKV.install`). The stack keeps its depth, so counters, layer indices and partners stay as they are.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from torch import nn
 
 from vlaprune.adapters import layout as find_layout
 from vlaprune.adapters.counting import unique_params
+from vlaprune.adapters.keep_kv import make_kv_only
 from vlaprune.adapters.stack import Layout, Stack
+from vlaprune.errors import VlapruneError
 from vlaprune.surgery.plan import BlockPlan, resolve_drops
 
 PER_LAYER_LISTS = ("layer_types",)
@@ -49,6 +56,23 @@ def shrink_stack(stack: Stack, drop: list[int]) -> None:
             _set_dotted(block, stack.layer_idx_attr, new)
 
 
+def keep_kv_only(lay: Layout, kv_only: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Turn blocks into kv-only layers in place (same index) and install the family's kv-only-aware joint
+    forward; returns the parameters each kept block still holds, per stack."""
+    kept: dict[str, list[int]] = {}
+    for name, idx in kv_only.items():
+        if name not in lay.keep_kv:
+            raise VlapruneError(
+                f"{name}: this model has no keep-K/V support for it (plan from another model?)"
+            )
+        spec, blocks = lay.keep_kv[name], lay.stacks[name].blocks
+        for i in idx:
+            blocks[i] = make_kv_only(blocks[i], keep=spec.read[i])
+            kept.setdefault(name, []).append(unique_params(blocks[i]))
+        spec.install()
+    return kept
+
+
 def _component_params(lay: Layout) -> dict[str, int]:
     out: dict[str, int] = {}
     for s in lay.stacks.values():
@@ -57,19 +81,26 @@ def _component_params(lay: Layout) -> dict[str, int]:
 
 
 def drop_blocks(
-    model: nn.Module, request: dict[str, list[int]], layout: Layout | None = None, stacks: str | None = None
+    model: nn.Module,
+    request: dict[str, list[int]],
+    layout: Layout | None = None,
+    stacks: str | None = None,
+    mode: str = "auto",
 ) -> BlockPlan:
-    """Physically remove the requested blocks (plus their coupled partners) and return the plan (keep it
-    in the model's PruningRecord: `Loaded.drop_blocks` does).
+    """Physically remove the requested blocks (plus their coupled partners; language blocks of joint-
+    attention policies keep their K/V in modes "auto" / "keep_kv") and return the plan (keep it in the
+    model's PruningRecord: `Loaded.drop_blocks` does).
 
     request: {stack or component: [block indices]} (0-based, indices of the model as it is now).
+    mode: "auto" | "keep_kv" | "pair" (`vlaprune.surgery.plan`).
     Raises VlapruneError, before touching anything, for unknown stacks, out-of-range or duplicate
     indices, emptied stacks, and plans that break a coupling rule (with the nearest valid plans)."""
     lay = layout or find_layout(model, stacks)
-    requested, drops, coupled = resolve_drops(lay, request)
+    requested, drops, coupled, kv_only = resolve_drops(lay, request, mode)
     before = {n: len(s) for n, s in lay.stacks.items()}
     params_before = unique_params(model)
     comp_before = _component_params(lay)
+    kv_params = keep_kv_only(lay, kv_only)  # first: kv_only indices are those before any whole drop
     for name, idx in drops.items():
         shrink_stack(lay.stacks[name], idx)
     return BlockPlan(
@@ -84,4 +115,14 @@ def drop_blocks(
         params_after=unique_params(model),
         component_params_before=comp_before,
         component_params_after=_component_params(lay),
+        mode="keep_kv" if kv_only else "pair",
+        kv_only=kv_only,
+        kv_params=kv_params,
     )
+
+
+def replay_blocks(model: nn.Module, plan: BlockPlan, stacks: str | None = None) -> None:
+    """Re-apply a recorded BlockPlan to a rebuilt model (loading a pruned checkpoint): its kv-only blocks
+    first (their indices are those before the plan), then its whole-block drops."""
+    keep_kv_only(find_layout(model, stacks), plan.kv_only)
+    drop_blocks(model, {n: idx for n, idx in plan.drops.items() if idx}, stacks=stacks, mode="pair")

@@ -5,13 +5,13 @@
 
 (`vlaprune.policy.load_policy` and `Loaded.save` call these; the record is the model's PruningRecord.)
 
-Where the family's config can express the new shape (SmolVLA language / action drops via num_vlm_layers /
-num_expert_layers; transformers models via num_hidden_layers), the weights are `model.safetensors` and the
-family's own `from_pretrained` loads the folder with no vlaprune code. Otherwise (SmolVLA vision drops,
-pi0 / pi0.5, path-named models) they are `pruned_model.safetensors` and config.json carries an extra
-`vlaprune_pruned` key: lerobot's loader then fails loudly (unknown config field) instead of silently
-re-creating the removed layers with random weights, and vlaprune's loader is the way in. It refuses
-missing and unexpected keys.
+Where the family's config can express the new shape (SmolVLA language / action drops in pair mode via
+num_vlm_layers / num_expert_layers; transformers models via num_hidden_layers), the weights are
+`model.safetensors` and the family's own `from_pretrained` loads the folder with no vlaprune code. Otherwise
+(SmolVLA vision drops, keep-K/V drops, pi0 / pi0.5, path-named models) they are `pruned_model.safetensors`
+and config.json carries an extra `vlaprune_pruned` key: lerobot's loader then fails loudly (unknown config
+field) instead of silently re-creating the removed layers with random weights, and vlaprune's loader is the
+way in. It refuses missing and unexpected keys.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from vlaprune.adapters import layout as find_layout
 from vlaprune.adapters.load import Source, build, kind_of, load_source
 from vlaprune.atomic import atomic_dir
 from vlaprune.errors import VlapruneError
-from vlaprune.surgery.blocks import drop_blocks
+from vlaprune.surgery.blocks import replay_blocks
 from vlaprune.surgery.plan import BlockPlan, PruningRecord, plan_from_dict, plan_to_dict
 from vlaprune.surgery.units import apply_units
 
@@ -83,8 +83,9 @@ def save_pruned(
     lay = find_layout(model, record.stacks)
     dropped = {n for p in record.plans if isinstance(p, BlockPlan) for n, idx in p.drops.items() if idx}
     unit_plans = any(p.kind == "units" for p in record.plans)  # per-layer widths: no family config has them
+    kv_only = any(isinstance(p, BlockPlan) and any(p.kv_only.values()) for p in record.plans)  # nor these
     expressible = base["kind"] not in ("source", "builder") and dropped <= lay.config_expresses
-    expressible = expressible and not unit_plans and not base.get("builder")
+    expressible = expressible and not unit_plans and not kv_only and not base.get("builder")
     with atomic_dir(out) as tmp:
         _write_weights_and_config(model, tmp, base)
         if not expressible:
@@ -186,7 +187,7 @@ def load_pruned(folder: str | Path) -> tuple[Source, PruningRecord]:
         if plan.kind == "units":
             apply_units(find_layout(model, record.stacks), plan.units)
         else:
-            drop_blocks(model, {n: idx for n, idx in plan.drops.items() if idx}, stacks=record.stacks)
+            replay_blocks(model, plan, record.stacks)
     from safetensors.torch import load_model
 
     try:

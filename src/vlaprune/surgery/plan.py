@@ -9,6 +9,18 @@ Coupling rules enforced (from the adapters' `Coupling` records):
                           VLM index m'*j'), and (3) every kept block keeps its attention kind: self-attention
                           iff new index % period == 0 (SmolVLA alternates self / cross every `period` blocks).
 A plan that breaks (1)-(3) is refused with the nearest valid plans (fewest blocks added or kept back).
+
+Drop modes (`MODES`):
+  auto     (default) keep_kv for the blocks of stacks another stack reads K/V from (the language stack of
+           SmolVLA / pi0 / pi0.5: the adapter's `Layout.keep_kv`), whole blocks everywhere else.
+  keep_kv  the same, but refused when a requested stack is neither keep-K/V-capable nor a reader (vision, a
+           plain transformers LM): nothing there attends to the dropped blocks' K/V.
+  pair     whole blocks only, coupled partners included (vlaprune's behaviour before keep-K/V).
+A keep-K/V drop leaves the block as a kv-only layer at the same index, so no coupling rule concerns it: the
+expert keeps its blocks and the partner indices and attention kinds stay as they are. Action drops keep the
+pair rules in every mode (an expert block cannot run without the language layer it attends with, and
+SmolVLA's config cannot express an expert block without its VLM partner); a requested language block whose
+partner goes that way is dropped whole with it.
 """
 
 from __future__ import annotations
@@ -17,16 +29,22 @@ import itertools
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from vlaprune.adapters.keep_kv import is_kv_only
 from vlaprune.adapters.stack import Coupling, Layout
 from vlaprune.errors import VlapruneError
+
+MODES = ("auto", "keep_kv", "pair")
 
 
 @dataclass
 class BlockPlan:
     """What a block drop removed. Indices are those of the model the plan was applied to (0-based).
 
-    drops: per stack, every block removed (partners included); requested: what was asked for; coupled: what
-    the coupling rules added. component_params_*: parameters per component before / after."""
+    drops: per stack, every block removed whole (partners included); requested: what was asked for;
+    coupled: what the coupling rules added. component_params_*: parameters per component before / after.
+    mode: "keep_kv" when blocks were turned into kv-only layers, else "pair" (plans saved before keep-K/V
+    existed read as "pair"). kv_only: per stack, the blocks kept as K/V only (indices before the plan; they
+    stay in the stack); kv_params: the parameters each of them kept (input norm + k/v projections)."""
 
     family: str
     model_class: str
@@ -40,6 +58,9 @@ class BlockPlan:
     component_params_before: dict[str, int] = field(default_factory=dict)
     component_params_after: dict[str, int] = field(default_factory=dict)
     kind: str = "blocks"
+    mode: str = "pair"
+    kv_only: dict[str, list[int]] = field(default_factory=dict)
+    kv_params: dict[str, list[int]] = field(default_factory=dict)
 
     def summary(self) -> str:
         parts = []
@@ -49,6 +70,15 @@ class BlockPlan:
                 parts.append(
                     f"{s}: drop {idx}{extra}, {self.blocks_before[s]} -> {self.blocks_after[s]} blocks"
                 )
+        for s, idx in self.kv_only.items():
+            kept = [
+                f"{s} {i}: kept input norm + k/v projections ({n:,} params)"
+                if n
+                else f"{s} {i}: nothing kept (no block reads its K/V)"
+                for i, n in zip(idx, self.kv_params.get(s, [0] * len(idx)), strict=True)
+            ]
+            removed = "q/o projections, post-attention norm and MLP removed"
+            parts.append(f"{s}: keep-K/V drop {idx}, {removed} ({'; '.join(kept)})")
         return "; ".join(parts) + _params(self.params_before, self.params_after)
 
 
@@ -225,19 +255,57 @@ def nearest_valid(layout: Layout, requested: dict[str, list[int]], max_changes: 
     return []
 
 
-def resolve_drops(layout: Layout, request: dict[str, list[int]]) -> tuple[dict, dict, dict]:
-    """(requested, final drops, added by coupling) for a request; raises with the nearest valid plans."""
-    requested = normalize(layout, request)
-    drops = expand_couplings(layout, requested)
-    for name, idx in drops.items():
-        if len(idx) >= len(layout.stacks[name]):
+def _split_mode(layout: Layout, requested: dict[str, list[int]], mode: str) -> tuple[dict, dict]:
+    """(blocks to drop whole, blocks to keep as K/V only) of a normalized request under `mode`."""
+    if mode not in MODES:
+        raise VlapruneError(f"drop mode {mode!r}: choose one of {', '.join(MODES)}")
+    if mode == "pair":
+        return requested, {}
+    if mode == "keep_kv":
+        readers = {k.reader for k in layout.keep_kv.values()}
+        bad = [n for n in requested if n not in layout.keep_kv and n not in readers]
+        if bad:
+            where = f" ({', '.join(layout.keep_kv)} of this model)" if layout.keep_kv else ""
             raise VlapruneError(
-                f"{name}: the plan drops all {len(layout.stacks[name])} blocks of the stack; "
-                f"keep at least one (the model needs every stack)"
+                f"keep-K/V drop of {bad[0]}: no other stack attends to its keys / values (keep-K/V applies "
+                f"to the language blocks of joint-attention policies{where}); drop whole blocks with "
+                "--drop.mode=pair"
+            )
+    whole = {n: v for n, v in requested.items() if n not in layout.keep_kv}
+    return whole, {n: v for n, v in requested.items() if n in layout.keep_kv}
+
+
+def resolve_drops(layout: Layout, request: dict[str, list[int]], mode: str = "auto") -> tuple[dict, ...]:
+    """(requested, final whole-block drops, added by coupling, kept as K/V only) for a request under `mode`
+    (see the module docstring); raises, touching nothing, with the nearest valid plans."""
+    requested = normalize(layout, request)
+    whole, kv = _split_mode(layout, requested, mode)
+    drops = expand_couplings(layout, whole)
+    kv_only: dict[str, list[int]] = {}
+    for name, idx in kv.items():
+        blocks = layout.stacks[name].blocks
+        already = [i for i in idx if is_kv_only(blocks[i])]
+        if already:
+            raise VlapruneError(
+                f"{name}: block(s) {already} already keep only their K/V (an earlier keep-K/V drop); "
+                "remove them whole with --drop.mode=pair"
+            )
+        gone = set(drops.get(name, []))  # its reader partner goes whole, so it goes whole with it
+        if rest := [i for i in idx if i not in gone]:
+            kv_only[name] = rest
+    for name, stack in layout.stacks.items():
+        gone = set(drops.get(name, [])) | set(kv_only.get(name, []))
+        left = [i for i in range(len(stack)) if i not in gone and not is_kv_only(stack.blocks[i])]
+        if gone and not left:
+            n_kv = len(stack) - len(drops.get(name, []))
+            kept = f" ({n_kv} kept as K/V only)" if n_kv else ""
+            raise VlapruneError(
+                f"{name}: the plan drops all {len(stack)} blocks of the stack{kept}; keep at least one "
+                f"full block (the model needs every stack)"
             )
     errors = coupling_errors(layout, drops)
     if errors:
-        near = nearest_valid(layout, requested)
+        near = nearest_valid(layout, whole)
         fmt = lambda p: " ".join(f"--drop.{n}={','.join(map(str, v))}" for n, v in p.items())  # noqa: E731
         hint = "nearest valid plans: " + " | ".join(fmt(p) for p in near) if near else "no valid plan nearby"
         rules = "; ".join(c.rule for c in layout.couplings)
@@ -245,4 +313,4 @@ def resolve_drops(layout: Layout, request: dict[str, list[int]]) -> tuple[dict, 
             f"plan {fmt(drops)} breaks the coupling rules ({errors[0]}); {hint}. Rules: {rules}"
         )
     coupled = {n: sorted(set(v) - set(requested.get(n, []))) for n, v in drops.items()}
-    return requested, drops, {n: v for n, v in coupled.items() if v}
+    return requested, drops, {n: v for n, v in coupled.items() if v}, kv_only
