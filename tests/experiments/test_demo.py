@@ -26,13 +26,17 @@ def test_demo_minimal_run(tmp_path):
         "--probe_episodes=1",
         "--recover_steps=2",
         "--methods=position_last",
+        "--levels=drop_half",
         "--n_envs=1",
     ]
     assert main(args) == 0
     page = (out / "report.html").read_text()
     assert "Verdict" in page and "Success vs blocks removed" in page
     measures = [json.loads(f.read_text()) for f in (out / "rows").glob("*.json")]
-    assert sum(m["kind"] == "measure" for m in measures) >= 3  # baseline, vision, language(+action)
+    assert sum(m["kind"] == "measure" for m in measures) == 3  # baseline, vision [1], language [1, 3] (kv)
+    plans = {m["spec"]["component"]: m["drops"] for m in measures if m["kind"] == "plan"}
+    assert plans == {"vision": {"vision": [1]}, "language": {"language": [1, 3]}}  # action: pairs break
+    assert "paired change vs recovered baseline" in page and "task speed-up" in page
 
 
 def test_report_of_an_empty_run_is_refused(tmp_path, capsys):

@@ -59,7 +59,7 @@ def test_sweep_rows(finished_run):
         assert m["spec"]["drops"] == p["drops"]
     lang = [p for p in plans if p["spec"]["component"] == "language"]
     assert all(len(p["drops"]["language"]) == 2 for p in lang)
-    assert all(p["drops"]["action"] == p["drops"]["language"] for p in lang)  # SmolVLA: partners go too
+    assert all(p["drops"] == {"language": p["drops"]["language"]} for p in lang)  # keep-K/V: expert stays
     base = [m for m in store.rows("measure") if not m["spec"]["drops"]][0]
     assert set(base["before"]["probes"]) >= {"normal", "instruction:empty", "camera:blank"}
     for m in store.rows("measure"):
@@ -284,23 +284,26 @@ def test_plan_cost_counts_coupled_partners():
 
     lay = load_policy("tiny:pi0").layout()
     scores = {"language": [5.0, 4.0, 3.0, 0.0], "action": [1.0, 1.0, 1.0, 100.0]}
-    assert plans.plan_for(lay, "language", scores, 1) == {"language": [2], "action": [2]}
-    assert plans.plan_for(lay, "language", {"language": scores["language"]}, 1) == {
+    assert plans.plan_for(lay, "language", scores, 1, "pair") == {"language": [2], "action": [2]}
+    assert plans.plan_for(lay, "language", {"language": scores["language"]}, 1, "pair") == {
         "language": [3],
         "action": [3],
     }
+    # keep-K/V (the default): the expert keeps its blocks, so only the language scores count
+    assert plans.plan_for(lay, "language", scores, 1) == {"language": [3]}
 
 
 def test_protocol_levels_in_the_sweep(tiny_dataset, tmp_path):
     out = tmp_path / "protocol"
     sweep = dtr.SweepConfig(components="vision,language", levels="drop_half,keep_2", methods="position_last")
     dtr.run(config(out, tiny_dataset, sweep=sweep), measure=lambda *a, **k: fake_result())
-    plans = {(p["spec"]["component"], p["spec"]["level"]): p for p in Store(out).rows("plan")}
-    # vision has 2 blocks (no keep_2); SmolVLA's language drop_half breaks its self / cross alternation
-    assert set(plans) == {("vision", "drop_half"), ("language", "keep_2")}
-    assert plans["vision", "drop_half"]["drops"] == {"vision": [1]}
-    assert plans["language", "keep_2"]["drops"] == {"language": [1, 2], "action": [1, 2]}
-    assert {p["spec"]["method"] for p in plans.values()} == {"protocol"}
+    rows = {(p["spec"]["component"], p["spec"]["level"]): p for p in Store(out).rows("plan")}
+    # vision has 2 blocks (no keep_2); keep-K/V language drops leave SmolVLA's self / cross pattern intact
+    assert set(rows) == {("vision", "drop_half"), ("language", "drop_half"), ("language", "keep_2")}
+    assert rows["vision", "drop_half"]["drops"] == {"vision": [1]}
+    assert rows["language", "keep_2"]["drops"] == {"language": [1, 2]}
+    assert rows["language", "drop_half"]["drops"] == {"language": [1, 3]}
+    assert {p["spec"]["method"] for p in rows.values()} == {"protocol"}
     with pytest.raises(VlapruneError, match="expected a fraction"):
         config(out, tiny_dataset, sweep=dtr.SweepConfig(levels="half"))
 

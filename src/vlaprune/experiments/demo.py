@@ -1,12 +1,15 @@
 """`vlaprune demo`: the main job on its embedded default, on 2 CPU cores in under 10 minutes, offline.
 
 A lerobot SmolVLA trained on four MetaWorld tasks (shipped with the package, built by
-scripts/build_demo_assets.py) goes through a reduced Drop-Then-Recovery sweep: GateProbe and a baseline
-ranking; vision / language / action; half of each stack, and all but one block, removed; a short recovery
-with the same budget for every variant and for the unpruned baseline; closed-loop success with Wilson
-intervals before and after; language- and vision-sensitivity probes on the baseline; then the HTML /
-Markdown report. Every number in the report is measured in this run. Rerunning resumes (finished rows are
-skipped); delete the output folder to measure again.
+scripts/build_demo_assets.py) goes through a reduced Drop-Then-Recovery sweep, the paper's component
+protocol: vision, language (keep-K/V: the action expert keeps every block and still reads the dropped
+language blocks' keys / values) and action, each with drop_half and keep_2 where the stack and the
+coupling rules allow, and a GateProbe-ranked half beside them; a short recovery with the same budget for
+every variant and for the unpruned baseline; closed-loop success before and after, every cut compared with
+the recovered baseline episode by episode (paired interval); task speed-up; language- and
+vision-sensitivity probes on the baseline; then the HTML / Markdown report. Every number in the report is
+measured in this run. Rerunning resumes (finished rows are skipped); delete the output folder to measure
+again.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ class DemoConfig:
     probe_episodes: int = 2
     # Recovery budget (optimizer steps at batch 16), the same for every variant and the baseline.
     recover_steps: int = 60
-    methods: str = "gateprobe,position_last"
-    levels: str = "0.5,all-but-1"
+    methods: str = "gateprobe"
+    levels: str = "drop_half,keep_2,0.5"
     n_envs: int = 2
 
 

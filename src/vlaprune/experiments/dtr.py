@@ -37,7 +37,7 @@ from vlaprune.recover.train import RecoverConfig
 from vlaprune.recover.train import run as recover
 from vlaprune.scoring import METHODS, Probe
 from vlaprune.surgery.levels import PROTOCOL_LEVELS, level_count
-from vlaprune.surgery.plan import plan_to_dict
+from vlaprune.surgery.plan import MODES, plan_to_dict
 
 RECORD_KEYS = ("success_rate", "successes", "episodes", "ci95", "episodes_detail")
 
@@ -51,6 +51,9 @@ class SweepConfig:
     # Ranking methods (vlaprune.scoring.METHODS keys).
     methods: str = "gateprobe,block_influence"
     seeds: str = "0"
+    # Drop mode (`vlaprune drop --drop.mode`): auto / keep_kv drop language blocks of SmolVLA / pi0 / pi0.5
+    # keeping their keys / values for the action expert (the paper's cut); pair drops whole coupled pairs.
+    mode: str = "auto"
 
 
 @dataclass
@@ -92,6 +95,8 @@ class DTRConfig:
         for m in _split(self.sweep.methods):
             if m not in METHODS:
                 raise VlapruneError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        if self.sweep.mode not in MODES:
+            raise VlapruneError(f"--sweep.mode={self.sweep.mode!r}; choose one of {', '.join(MODES)}")
         if self.recover.kind not in BUDGETS:
             raise VlapruneError(f"--recover.kind={self.recover.kind!r}; choose one of {', '.join(BUDGETS)}")
         if self.recover.steps < 1:
@@ -168,7 +173,10 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
         store.put(
             rid, {"kind": "anatomy", "spec": {"policy": cfg.policy.path}, "anatomy": anatomy(lay)}, chash
         )
-    scored = list(dict.fromkeys(s for c in comps for s in partners(lay, c)))  # plan costs count partners
+    mode = cfg.sweep.mode
+    scored = list(
+        dict.fromkeys(s for c in comps for s in partners(lay, c, mode))
+    )  # plan costs count partners
     measure = measure or _measure
     todo: list[tuple[str, dict, dict]] = []  # (row id, measurement spec, plan rows pointing at it)
     plans: list[tuple[str, dict]] = []
@@ -191,7 +199,7 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
             for level in _split(cfg.sweep.levels):
                 if level in PROTOCOL_LEVELS:  # metric-free: one plan, whatever the scores
                     try:
-                        choices = [("protocol", protocol_plan(lay, c, level))]
+                        choices = [("protocol", protocol_plan(lay, c, level, mode))]
                     except VlapruneError as e:
                         console.print(f"skipping {c} {level}: {e}", markup=False)
                         continue
@@ -200,12 +208,13 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
                     k = level_count(level, n)
                     if not 0 < k < n:
                         continue
-                    choices = [(m, plan_for(lay, c, sc, k)) for m, sc in scores.items()]
+                    choices = [(m, plan_for(lay, c, sc, k, mode)) for m, sc in scores.items()]
                 for m, drops in choices:
                     if drops is None:
                         continue
                     mspec = {
                         "drops": drops,
+                        "mode": mode,
                         "seed": seed,
                         "budget": asdict(cfg.recover),
                         "settings": setting,
@@ -340,7 +349,7 @@ def _measure(
     policy = load_policy(cfg.policy)
     batch = data.batches(1, b.batch_size, mspec["seed"], train)[0]  # the same batch for both counts
     base_flops = _step_flops(policy, batch, b.trainable)
-    plan = policy.drop_blocks(mspec["drops"]) if mspec["drops"] else None
+    plan = policy.drop_blocks(mspec["drops"], mode=mspec.get("mode", "pair")) if mspec["drops"] else None
     flops = _step_flops(policy, batch, b.trainable) if plan else base_flops
     steps = budget_steps(b.kind, b.steps, base_flops, flops)
     cut = work / "cut"

@@ -14,8 +14,23 @@ from vlaprune.surgery.levels import protocol_blocks
 from vlaprune.surgery.plan import coupling_errors, expand_couplings, nearest_valid
 
 
-def _valid(lay: Layout, drops: dict[str, list[int]]) -> bool:
-    return not coupling_errors(lay, drops) and all(len(v) < len(lay.stacks[s]) for s, v in drops.items())
+def keeps_kv(lay: Layout, component: str, mode: str) -> bool:
+    """Whether a drop of `component` keeps its K/V for a reader stack (modes "auto" / "keep_kv" on the
+    language stack of SmolVLA / pi0 / pi0.5): then it takes no partner along and no coupling rule applies."""
+    return mode != "pair" and component in lay.keep_kv
+
+
+def _expand(lay: Layout, request: dict[str, list[int]], mode: str) -> dict[str, list[int]]:
+    (component,) = request
+    return dict(request) if keeps_kv(lay, component, mode) else expand_couplings(lay, request)
+
+
+def _valid(lay: Layout, drops: dict[str, list[int]], mode: str = "pair") -> bool:
+    """Every stack keeps a full block; whole-block drops also obey the coupling rules (kv-only layers stay
+    at their index, so keep-K/V language drops change no coupling)."""
+    if any(len(v) >= len(lay.stacks[s]) for s, v in drops.items()):
+        return False
+    return (len(drops) == 1 and keeps_kv(lay, next(iter(drops)), mode)) or not coupling_errors(lay, drops)
 
 
 def plan_cost(drops: dict[str, list[int]], scores: dict[str, list[float]]) -> float:
@@ -25,10 +40,10 @@ def plan_cost(drops: dict[str, list[int]], scores: dict[str, list[float]]) -> fl
 
 
 def plan_for(
-    lay: Layout, component: str, scores: dict[str, list[float]], k: int
+    lay: Layout, component: str, scores: dict[str, list[float]], k: int, mode: str = "auto"
 ) -> dict[str, list[int]] | None:
     """Drop k blocks of `component`, the least important by `scores` ({stack: per-block scores}), under
-    the coupling rules.
+    the coupling rules (`mode`: the surgery's drop mode; keep-K/V language drops take no partners).
 
     Among the valid k-block plans (partners added by coupling; enumerated when there are at most 20000)
     the one that removes the lowest total score wins, partners' scores included (`plan_cost`); otherwise
@@ -37,40 +52,41 @@ def plan_for(
     n = len(scores[component])
 
     def valid(drops: dict[str, list[int]]) -> bool:
-        return _valid(lay, drops)
+        return _valid(lay, drops, mode)
 
     if math.comb(n, k) <= 20_000:
         best = None
         for combo in itertools.combinations(range(n), k):
-            drops = expand_couplings(lay, {component: list(combo)})
+            drops = _expand(lay, {component: list(combo)}, mode)
             if len(drops.get(component, [])) == k and valid(drops):
                 cost = plan_cost(drops, scores)
                 if best is None or cost < best[0]:
                     best = (cost, drops)
         if best is not None:
             return best[1]
-    order = sorted(range(n), key=lambda i: (plan_cost(expand_couplings(lay, {component: [i]}), scores), i))
+    order = sorted(range(n), key=lambda i: (plan_cost(_expand(lay, {component: [i]}, mode), scores), i))
     request = {component: sorted(order[:k])}
-    drops = expand_couplings(lay, request)
+    drops = _expand(lay, request, mode)
     if valid(drops):
         return drops
     near = nearest_valid(lay, request)
     return near[0] if near else None
 
 
-def partners(lay: Layout, component: str) -> list[str]:
+def partners(lay: Layout, component: str, mode: str = "auto") -> list[str]:
     """`component` and every stack a drop of one of its blocks takes along (coupling rules)."""
     found = [component]
     for i in range(len(lay.stacks[component])):
-        found += expand_couplings(lay, {component: [i]})
+        found += _expand(lay, {component: [i]}, mode)
     return list(dict.fromkeys(found))
 
 
-def protocol_plan(lay: Layout, component: str, level: str) -> dict[str, list[int]]:
-    """The paper's metric-free cut of `component` (drop_half / keep_2), coupled partners added; raises when
-    the architecture's coupling rules cannot keep it as it is."""
-    drops = expand_couplings(lay, {component: protocol_blocks(level, len(lay.stacks[component]), component)})
-    if not _valid(lay, drops):
+def protocol_plan(lay: Layout, component: str, level: str, mode: str = "auto") -> dict[str, list[int]]:
+    """The paper's metric-free cut of `component` (drop_half / keep_2), coupled partners added (not for
+    keep-K/V language drops); raises when the architecture's coupling rules cannot keep it as it is."""
+    blocks = protocol_blocks(level, len(lay.stacks[component]), component)
+    drops = _expand(lay, {component: blocks}, mode)
+    if not _valid(lay, drops, mode):
         raise VlapruneError(
             f"{level} of {component} breaks this policy's coupling rules "
             f"({'; '.join(coupling_errors(lay, drops)) or 'a stack would be emptied'}); drop it from "
