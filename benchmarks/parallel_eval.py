@@ -6,10 +6,11 @@ One run, nothing else on the machine: `vlaprune eval` of the shipped demo policy
 episodes with `--n-envs` simulator processes), timed as a separate process
   1. alone,
   2. as two identical processes started together (their mean wall time),
-each under the thread settings vlaprune now uses (evaluate/threads.py: torch sized to the cores, simulator
-workers single-threaded) and under the settings before them ("unsized": torch's and OpenMP's defaults in
-every process, workers included). Reports slow-down = paired wall time / alone wall time per setting, and
-that every run gave the same per-episode results (same seeds, same episodes, whatever ran beside).
+each under the thread settings vlaprune uses (evaluate/threads.py: torch sized to the cores, simulator
+workers single-threaded; and OMP_WAIT_POLICY=PASSIVE, set in vlaprune/__init__.py), without the passive
+wait policy, with library defaults everywhere ("unsized"), and with one torch thread per process.
+Reports slow-down = paired wall time / alone wall time per setting, and that every run gave the same
+per-episode results (same seeds, same episodes, whatever ran beside).
 Writes benchmarks/results/parallel_eval.json.
 """
 
@@ -45,10 +46,17 @@ def command(out: Path, args) -> list[str]:
     ]
 
 
+SPIN = {"OMP_WAIT_POLICY": ""}  # empty: libgomp's own default (spin, then sleep), not vlaprune's PASSIVE
+SETTINGS = {
+    "sized": {},  # what vlaprune does by default: evaluate/threads.py + OMP_WAIT_POLICY=PASSIVE
+    "sized_spinning": SPIN,  # evaluate/threads.py only
+    "unsized": {"VLAPRUNE_UNSIZED_THREADS": "1", **SPIN},  # library defaults everywhere
+    "one_thread": {"VLAPRUNE_THREADS": "1"},  # one torch thread per process
+}
+
+
 def launch(n: int, setting: str, args, tmp: Path) -> tuple[list[float], list[list]]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    if setting == "unsized":
-        env["VLAPRUNE_UNSIZED_THREADS"] = "1"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **SETTINGS[setting]}
     outs = [tmp / f"{setting}-{n}-{i}.json" for i in range(n)]
     t0 = time.perf_counter()
     procs = [
@@ -75,12 +83,13 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=6)
     ap.add_argument("--n-envs", type=int, default=2)
     ap.add_argument("--task", default="drawer-close-v3")
+    ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {list(SETTINGS)}")
     args = ap.parse_args()
     results = {}
     seen = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for setting in ("sized", "unsized"):
+        for setting in args.settings.split(","):
             alone, eps1 = launch(1, setting, args, tmp)
             pair, eps2 = launch(2, setting, args, tmp)
             seen += eps1 + eps2
