@@ -114,7 +114,12 @@ def test_pruned_policy_recovers(tiny_dataset, tmp_path):
         )
     )
     recovered = load_policy(tmp_path / "r" / "final").module
-    assert len(recovered.model.paligemma_with_expert.gemma_expert.model.layers) == 3
+    from vlaprune.adapters.keep_kv import is_kv_only
+
+    pwe = recovered.model.paligemma_with_expert  # keep-K/V language drop: the expert keeps its 4 blocks
+    assert len(pwe.gemma_expert.model.layers) == 4
+    language = pwe.paligemma.model.language_model.layers
+    assert [is_kv_only(b) for b in language] == [False, True, False, False]
 
 
 def test_bad_input(tiny_dataset, tmp_path, cli_error):
