@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/prune_units_metaworld.py [--ratios language.mlp=0.5 --episodes 10]
 
 One run of `vlaprune prune-units` on the shipped demo policy (a small SmolVLA trained on four MetaWorld
-tasks, 97.5% success; `vlaprune.experiments.assets`) with its shipped demonstrations: every criterion
-(magnitude, Wanda, Taylor, random) prunes the same ratios, calibrated on the training episodes, and is
+tasks, 94.2% success with seeded episodes; `vlaprune.experiments.assets`) with its shipped demonstrations:
+every criterion (magnitude, Wanda, Taylor, random) prunes the same ratios, calibrated on the training
+episodes, and is
 judged with no fine-tuning on the held-out episodes (loss, action L1) and in closed loop (success over
 `--episodes` per task, same seeds for every model, Wilson 95% intervals). The dW criteria need the base
 VLM's weights, which the demo does not ship (its VLM started from random weights), so they are not run.
