@@ -27,6 +27,7 @@ from vlaprune.configs import PolicyConfig
 from vlaprune.surgery.blocks import drop_blocks
 from vlaprune.surgery.checkpoint import base_record, load_pruned, save_pruned
 from vlaprune.surgery.plan import BlockPlan, PruningRecord, UnitPlan
+from vlaprune.surgery.sublayers import drop_sublayers
 from vlaprune.surgery.units import prune_units
 
 
@@ -63,12 +64,18 @@ class Loaded:
         """The model's Layout as it is now (surgery changes it, so it is found afresh on every call)."""
         return find_layout(self.module, self.stacks)
 
-    def drop_blocks(self, request: dict[str, list[int]], mode: str = "auto") -> BlockPlan:
+    def drop_blocks(
+        self, request: dict[str, list[int]], mode: str = "auto", part: str = "block"
+    ) -> BlockPlan:
         """Remove blocks for real; the plan joins the record. mode "auto" (default): language blocks of
         joint-attention policies keep their K/V for the action expert, other blocks go whole with their
         coupled partners; "keep_kv": the same, refused where nothing reads the K/V; "pair": whole blocks
-        and partners only (`vlaprune.surgery.plan`)."""
-        plan = drop_blocks(self.module, request, layout=self.layout(), mode=mode)
+        and partners only (`vlaprune.surgery.plan`). part "attn" / "mlp": remove only that sublayer of each
+        requested block (`vlaprune.surgery.sublayers`; `mode` does not apply)."""
+        if part == "block":
+            plan = drop_blocks(self.module, request, layout=self.layout(), mode=mode)
+        else:
+            plan = drop_sublayers(self.module, request, part, layout=self.layout())
         self.record.plans.append(plan)
         return plan
 

@@ -343,3 +343,55 @@ def test_flops_matched_budget_gives_smaller_models_more_steps(tiny_dataset, tmp_
     assert c["training_flops"] == c["steps"] * c["flops_per_step"]
     with pytest.raises(VlapruneError, match="--recover.kind"):
         config(out, tiny_dataset, recover=dtr.BudgetConfig(kind="same_time"))
+
+
+def test_sublayer_parts_in_the_sweep(tiny_dataset, tmp_path):
+    """--sweep.parts=block,attn,mlp: protocol levels for every part; ranked sublayer levels only by the
+    methods with per-sublayer scores, the k lowest of that sublayer's own scores."""
+    out = tmp_path / "parts"
+    sweep = dtr.SweepConfig(
+        components="language",
+        levels="drop_half,0.5",
+        methods="gateprobe_branch_abs,position_last",
+        parts="block,attn,mlp",
+    )
+    dtr.run(config(out, tiny_dataset, sweep=sweep), measure=lambda *a, **k: fake_result())
+    store = Store(out)
+    rows = {
+        (p["spec"].get("part", "block"), p["spec"]["level"], p["spec"]["method"]): p
+        for p in store.rows("plan")
+    }
+    assert {k for k in rows if k[0] == "mlp"} == {
+        ("mlp", "drop_half", "protocol"),
+        ("mlp", "0.5", "gateprobe_branch_abs"),
+    }
+    assert rows["attn", "drop_half", "protocol"]["drops"] == {"language": [1, 3]}
+    assert ("block", "0.5", "position_last") in rows and ("attn", "0.5", "position_last") not in rows
+    sub = next(r for r in store.rows("scores") if r["spec"].get("granularity") == "sublayer")
+    for part in ("attn", "mlp"):
+        s = sub["parts"][part]["language"]
+        want = sorted(sorted(range(4), key=lambda i: (s[i], i))[:2])
+        assert rows[part, "0.5", "gateprobe_branch_abs"]["drops"] == {"language": want}
+    specs = [m["spec"] for m in store.rows("measure")]
+    assert {s.get("part") for s in specs} == {None, "attn", "mlp"}  # whole-block rows keep their old ids
+    with pytest.raises(VlapruneError, match="unknown part 'ffn'"):
+        config(out, tiny_dataset, sweep=dtr.SweepConfig(parts="block,ffn"))
+
+
+def test_a_sublayer_row_is_measured_and_reported(tiny_dataset, tmp_path):
+    out = tmp_path / "mlp"
+    cfg = config(
+        out,
+        tiny_dataset,
+        env=EnvConfig(),  # offline only
+        sweep=dtr.SweepConfig(components="action", levels="drop_half", methods="position_last", parts="mlp"),
+    )
+    dtr.run(cfg)
+    rows = Store(out).rows("measure")
+    cut = next(r for r in rows if r["spec"]["drops"])
+    base = next(r for r in rows if not r["spec"]["drops"])
+    assert cut["plan"]["part"] == "mlp" and cut["plan"]["sublayers"] == {"action": [1, 3]}
+    assert cut["blocks_removed"] == {"action.mlp": 2} and cut["cost"]["params"] < base["cost"]["params"]
+    assert cut["recovery"]["steps"] == 2
+    html_path, md = report.build(out)
+    assert "action mlp-only" in md.read_text()

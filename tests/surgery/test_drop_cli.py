@@ -133,3 +133,49 @@ def test_drop_protocol_levels(smolvla_ckpt, tmp_path):
     plan = json.loads((out / "plan.json").read_text())["plans"][0]
     assert plan["requested"] == {"language": [1, 2], "vision": [1]}  # keeps language 0 and 3; odd vision
     assert plan["kv_only"] == {"language": [1, 2]} and plan["drops"]["action"] == []  # the expert keeps all
+
+
+def test_drop_sublayers_from_sublayer_scores(smolvla_ckpt, tiny_dataset, tmp_path, cli_error):
+    """--drop.part=mlp ranks by the MLP gates' own scores and removes only the MLPs; block scores refused."""
+    scores = tmp_path / "scores.json"
+    score = ["score", f"--policy.path={smolvla_ckpt}", f"--dataset.root={tiny_dataset}", "--batches=1"]
+    args = [*score, "--batch_size=2", "--method=gateprobe_branch_abs", "--granularity=sublayer"]
+    assert main([*args, f"--output={scores}"]) == 0
+    mlp = json.loads(scores.read_text())["results"]["gateprobe_branch_abs"]["detail"]["parts"]["mlp"]
+    want = sorted(sorted(range(4), key=lambda i: (mlp["action"][i], i))[:2])
+    out = tmp_path / "p"
+    drop = ["drop", f"--policy.path={smolvla_ckpt}", f"--drop.from={scores}", "--drop.k=2"]
+    flags = ["--drop.components=action", "--drop.part=mlp", "--latency_calls=1", "--warmup_calls=0"]
+    assert main([*drop, *flags, f"--output_dir={out}"]) == 0
+    plan = json.loads((out / "plan.json").read_text())["plans"][0]
+    assert plan["part"] == "mlp" and plan["sublayers"] == {"action": want}
+    report = json.loads((out / "cost.json").read_text())
+    assert report["cost_pruned"]["blocks"] == report["cost_original"]["blocks"]  # every block stays
+    assert report["cost_pruned"]["params"] < report["cost_original"]["params"]
+    block_scores = tmp_path / "block.json"
+    assert main([*score, "--batch_size=2", "--method=position_last", f"--output={block_scores}"]) == 0
+    bad = ["drop", f"--policy.path={smolvla_ckpt}", f"--drop.from={block_scores}", "--drop.k=1"]
+    msg = cli_error([*bad, "--drop.part=attn", f"--output_dir={tmp_path / 'o'}"])
+    assert "no per-sublayer scores" in msg and "--granularity=sublayer" in msg
+    msg = cli_error(
+        [
+            "drop",
+            f"--policy.path={smolvla_ckpt}",
+            "--drop.action=1",
+            "--drop.part=mlp",
+            "--drop.mode=pair",
+            f"--output_dir={tmp_path / 'o'}",
+        ]
+    )
+    assert "leave --drop.mode out" in msg
+    msg = cli_error(
+        [
+            "drop",
+            f"--policy.path={smolvla_ckpt}",
+            "--drop.action=1",
+            "--drop.part=ffn",
+            f"--output_dir={tmp_path / 'o'}",
+        ]
+    )
+    assert "choose one of block, attn, mlp" in msg
+    assert not (tmp_path / "o").exists()

@@ -66,6 +66,10 @@ def ffn_parts(block: nn.Module) -> tuple[nn.Module, list[str], str]:
     mlp = getattr(block, "mlp", None)
     if mlp is None:
         raise VlapruneError(f"{type(block).__name__} has no `mlp`; FFN channels cannot be pruned there")
+    if getattr(mlp, "removed", False):
+        raise VlapruneError(
+            "this block's MLP was removed by an MLP-only drop: no FFN channels left; leave it out of the plan"
+        )
     for ins in FFN_IN:
         if all(hasattr(mlp, n) for n in ins):
             out = next(n for n in FFN_OUT if hasattr(mlp, n))
@@ -83,6 +87,11 @@ def attn_parts(block: nn.Module) -> dict[str, Any]:
             f"{type(block).__name__}: no self_attn with q/k/v projections; heads cannot be pruned"
         )
     o_name = next(n for n in ATTN_OUT_NAMES if hasattr(attn, n))
+    if getattr(attn, "removed", False) or getattr(getattr(attn, o_name), "removed", False):
+        raise VlapruneError(
+            "this block's attention output was removed by an attention-only drop: no heads to prune; leave "
+            "it out of the plan"
+        )
     d = attn.head_dim
     return {
         "attn": attn,

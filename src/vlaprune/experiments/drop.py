@@ -4,6 +4,7 @@ FLOPs, latency: it combines surgery with evaluation's cost report, hence it live
 vlaprune drop --policy.path=lerobot/smolvla_base --drop.language=2,3 --output_dir=out/smolvla-14
 vlaprune drop --policy.path=... --drop.from=scores.json --drop.k=8 --drop.components=language --output_dir=...
 vlaprune drop --policy.path=... --drop.language=2,3 --drop.mode=pair --output_dir=...   # partners go too
+vlaprune drop --policy.path=... --drop.language=drop_half --drop.part=mlp --output_dir=...  # MLP-only
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from vlaprune.evaluate.cost import cost, cost_table
 from vlaprune.policy import load_policy
 from vlaprune.surgery.levels import PROTOCOL_LEVELS, protocol_blocks
 from vlaprune.surgery.plan import MODES, plan_to_dict, resolve_drops
+from vlaprune.surgery.sublayers import PARTS, resolve_sublayers
 
 
 @dataclass
@@ -41,10 +43,21 @@ class DropSpec:
     # k/v projections for the action expert (DTR's keep-K/V drop), other blocks go whole; keep_kv: the
     # same, refused for stacks nothing reads K/V from; pair: whole blocks, coupled partners included.
     mode: str = "auto"
+    # block: whole blocks; attn / mlp: only the attention / only the MLP of each listed block (the paper's
+    # granularity ablation). With --drop.from, attn / mlp rank by that sublayer's own scores (a scores.json
+    # from `vlaprune score --granularity=sublayer --method=gateprobe_branch_abs`).
+    part: str = "block"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise VlapruneError(f"--drop.mode={self.mode!r}: choose one of {', '.join(MODES)}")
+        if self.part not in PARTS:
+            raise VlapruneError(f"--drop.part={self.part!r}: choose one of {', '.join(PARTS)}")
+        if self.part != "block" and self.mode != "auto":
+            raise VlapruneError(
+                f"--drop.mode={self.mode} applies to whole-block drops; a sublayer drop (--drop.part="
+                f"{self.part}) keeps every block in place, so leave --drop.mode out"
+            )
 
 
 @dataclass
@@ -116,6 +129,13 @@ def _from_scores(spec: DropSpec, stack_names: list[str]) -> dict[str, list[int]]
             f"{path} has no scores for method {method!r} (has {', '.join(data.get('results', {}))})"
         )
     scores: dict[str, list[float]] = data["results"][method]["scores"]
+    if spec.part != "block":
+        scores = (data["results"][method].get("detail") or {}).get("parts", {}).get(spec.part)
+        if scores is None:
+            raise VlapruneError(
+                f"{path} has no per-sublayer scores for {method!r}, so it cannot rank --drop.part="
+                f"{spec.part}; score with --granularity=sublayer --method=gateprobe_branch_abs"
+            )
     wanted = [c.strip() for c in spec.components.split(",") if c.strip()] or list(scores)
     names = [n for n in scores if n in wanted or n.split(".")[0] in wanted]
     if not names:
@@ -146,10 +166,13 @@ def run(cfg: DropConfig) -> dict[str, Any]:
     policy = load_policy(cfg.policy, cfg.stacks or None)
     lay = policy.layout()
     request = request_from(cfg.drop, lay)
-    resolve_drops(lay, request, cfg.drop.mode)  # refuse a bad plan before measuring anything
+    if cfg.drop.part == "block":  # refuse a bad plan before measuring anything
+        resolve_drops(lay, request, cfg.drop.mode)
+    else:
+        resolve_sublayers(lay, request, cfg.drop.part)
     console.print("measuring the original ...")
     before = cost(lay, cfg.latency_calls, cfg.warmup_calls)
-    plan = policy.drop_blocks(request, cfg.drop.mode)
+    plan = policy.drop_blocks(request, cfg.drop.mode, cfg.drop.part)
     console.print(f"[bold]plan[/]: {plan.summary()}")
     console.print("measuring the pruned model ...")
     after = cost(policy.layout(), cfg.latency_calls, cfg.warmup_calls)

@@ -28,16 +28,17 @@ from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.cost import cost
 from vlaprune.evaluate.offline import offline_eval
 from vlaprune.evaluate.run import closed_loop, task_instructions
-from vlaprune.experiments.plans import partners, plan_for, protocol_plan
+from vlaprune.experiments.plans import choices, partners
 from vlaprune.experiments.store import Store, row_id
 from vlaprune.policy import Loaded, load_policy
 from vlaprune.recover.budget import BUDGETS, budget_steps, step_flops
 from vlaprune.recover.budget import record as budget_record
 from vlaprune.recover.train import RecoverConfig
 from vlaprune.recover.train import run as recover
-from vlaprune.scoring import METHODS, Probe
+from vlaprune.scoring import METHODS, SUBLAYER_METHODS, Probe
 from vlaprune.surgery.levels import PROTOCOL_LEVELS, level_count
 from vlaprune.surgery.plan import MODES, plan_to_dict
+from vlaprune.surgery.sublayers import PARTS
 
 RECORD_KEYS = ("success_rate", "successes", "episodes", "ci95", "episodes_detail")
 
@@ -54,6 +55,10 @@ class SweepConfig:
     # Drop mode (`vlaprune drop --drop.mode`): auto / keep_kv drop language blocks of SmolVLA / pi0 / pi0.5
     # keeping their keys / values for the action expert (the paper's cut); pair drops whole coupled pairs.
     mode: str = "auto"
+    # What goes of each chosen block: block (whole), attn (attention only), mlp (MLP only), comma-separated
+    # for the paper's granularity ablation. Ranked sublayer levels use the sublayer gates' own scores, so
+    # only gateprobe_branch / gateprobe_branch_abs rank them; protocol levels need no scores.
+    parts: str = "block"
 
 
 @dataclass
@@ -97,6 +102,9 @@ class DTRConfig:
                 raise VlapruneError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
         if self.sweep.mode not in MODES:
             raise VlapruneError(f"--sweep.mode={self.sweep.mode!r}; choose one of {', '.join(MODES)}")
+        for part in _split(self.sweep.parts):
+            if part not in PARTS:
+                raise VlapruneError(f"--sweep.parts: unknown part {part!r}; choose from {', '.join(PARTS)}")
         if self.recover.kind not in BUDGETS:
             raise VlapruneError(f"--recover.kind={self.recover.kind!r}; choose one of {', '.join(BUDGETS)}")
         if self.recover.steps < 1:
@@ -194,48 +202,52 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
             "probe_episodes": cfg.probe_episodes if cfg.env.type else None,
         }
         todo.append((row_id(base_spec), base_spec, {}))
-        for c in comps:
-            n = len(lay.stacks[c])
-            for level in _split(cfg.sweep.levels):
-                if level in PROTOCOL_LEVELS:  # metric-free: one plan, whatever the scores
+        sub_scores = {
+            m: _scores(store, cfg, chash, policy, data, train, comps, m, seed, setting, "sublayer")
+            for m in _split(cfg.sweep.methods)
+            if m in SUBLAYER_METHODS and set(_split(cfg.sweep.parts)) - {"block"}
+        }
+        for part in _split(cfg.sweep.parts):
+            for c in comps:
+                n = len(lay.stacks[c])
+                for level in _split(cfg.sweep.levels):
                     try:
-                        choices = [("protocol", protocol_plan(lay, c, level, mode))]
+                        k, options = choices(lay, c, level, part, mode, scores, sub_scores)
                     except VlapruneError as e:
-                        console.print(f"skipping {c} {level}: {e}", markup=False)
+                        console.print(f"skipping {c} {level} ({part}): {e}", markup=False)
                         continue
-                    k = len(choices[0][1][c])
-                else:
-                    k = level_count(level, n)
-                    if not 0 < k < n:
+                    if not 0 < k < n + (part != "block"):
                         continue
-                    choices = [(m, plan_for(lay, c, sc, k, mode)) for m, sc in scores.items()]
-                for m, drops in choices:
-                    if drops is None:
-                        continue
-                    mspec = {
-                        "drops": drops,
-                        "mode": mode,
-                        "seed": seed,
-                        "budget": asdict(cfg.recover),
-                        "settings": setting,
-                        "settings_id": sid,
-                    }
-                    prow = {
-                        "kind": "plan",
-                        "spec": {
+                    for m, drops in options:
+                        if drops is None:
+                            continue
+                        mspec = {
+                            "drops": drops,
+                            "mode": mode,
+                            "seed": seed,
+                            "budget": asdict(cfg.recover),
+                            "settings": setting,
+                            "settings_id": sid,
+                        }
+                        pspec = {
                             "component": c,
                             "level": level,
                             "method": m,
                             "seed": seed,
                             "settings_id": sid,
-                        },
-                        "requested_blocks": k,
-                        "drops": drops,
-                        "measurement": row_id(mspec),
-                    }
-                    plans.append((row_id(prow["spec"]), prow))
-                    if all(t[0] != prow["measurement"] for t in todo):
-                        todo.append((prow["measurement"], mspec, prow))
+                        }
+                        if part != "block":  # whole-block rows keep the ids they had before sublayer drops
+                            mspec["part"] = pspec["part"] = part
+                        prow = {
+                            "kind": "plan",
+                            "spec": pspec,
+                            "requested_blocks": k,
+                            "drops": drops,
+                            "measurement": row_id(mspec),
+                        }
+                        plans.append((row_id(prow["spec"]), prow))
+                        if all(t[0] != prow["measurement"] for t in todo):
+                            todo.append((prow["measurement"], mspec, prow))
     for pid, prow in plans:
         if not store.has(pid, prow["spec"]) or store.get(pid).get("measurement") != prow["measurement"]:
             store.put(pid, prow, chash, prow["spec"]["seed"])
@@ -273,7 +285,10 @@ def _scores(
     method: str,
     seed: int,
     setting: dict,
+    granularity: str = "block",
 ) -> dict:
+    """{stack: per-block scores} of `method` (stored once per settings); with granularity "sublayer" the
+    per-sublayer scores {"attn" | "mlp": {stack: per-block scores}} (`gateprobe._branch_scores`)."""
     keys = ("policy", "dataset", "splits", "calibration", "vlaprune_version")  # what the scores depend on
     spec = {
         "kind": "scores",
@@ -282,11 +297,14 @@ def _scores(
         "components": comps,
         "settings": {k: setting[k] for k in keys},
     }
+    if granularity != "block":
+        spec["granularity"] = granularity
     rid = row_id(spec)
+    field_ = "scores" if granularity == "block" else "parts"
     if store.has(rid, spec):
-        return store.get(rid)["scores"]
+        return store.get(rid)[field_]
     batches = data.batches(cfg.calib_batches, cfg.calib_batch_size, seed, train)
-    probe = Probe(policy.layout(), comps, batches, policy_loss(policy.module, seed), seed)
+    probe = Probe(policy.layout(), comps, batches, policy_loss(policy.module, seed), seed, granularity)
     t0 = time.perf_counter()
     result = METHODS[method](probe)
     store.put(
@@ -295,13 +313,14 @@ def _scores(
             "kind": "scores",
             "spec": spec,
             "scores": result.blocks,
+            "parts": result.detail.get("parts"),
             "seconds": time.perf_counter() - t0,
             "loss": probe.mean_loss(),
         },
         chash,
         seed,
     )
-    return result.blocks
+    return result.blocks if granularity == "block" else result.detail["parts"]
 
 
 def evaluate_policy(
@@ -349,7 +368,8 @@ def _measure(
     policy = load_policy(cfg.policy)
     batch = data.batches(1, b.batch_size, mspec["seed"], train)[0]  # the same batch for both counts
     base_flops = _step_flops(policy, batch, b.trainable)
-    plan = policy.drop_blocks(mspec["drops"], mode=mspec.get("mode", "pair")) if mspec["drops"] else None
+    part = mspec.get("part", "block")
+    plan = policy.drop_blocks(mspec["drops"], mspec.get("mode", "pair"), part) if mspec["drops"] else None
     flops = _step_flops(policy, batch, b.trainable) if plan else base_flops
     steps = budget_steps(b.kind, b.steps, base_flops, flops)
     cut = work / "cut"
@@ -379,7 +399,7 @@ def _measure(
         episodes=train,
     )
     after = evaluate_policy(str(rec_dir / "final"), cfg, data, held)
-    removed = {s: len(v) for s, v in mspec["drops"].items()}
+    removed = {s if part == "block" else f"{s}.{part}": len(v) for s, v in mspec["drops"].items()}
     return {
         "blocks_removed": removed,
         "plan": plan_to_dict(plan) if plan else None,

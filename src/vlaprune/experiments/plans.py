@@ -1,6 +1,7 @@
 """Which blocks a DTR cut removes: the lowest-scoring ones under the architecture's coupling rules (ranked
 levels), or the paper's metric-free protocol (drop_half / keep_2). A plan is {stack: [block, ...]} with
-coupled partners included; its cost is the total score of every block it removes.
+coupled partners included; its cost is the total score of every block it removes. Sublayer plans
+(attention- or MLP-only drops) name the blocks that lose that sublayer and take no partners.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 
 from vlaprune.adapters.stack import Layout
 from vlaprune.errors import VlapruneError
-from vlaprune.surgery.levels import protocol_blocks
+from vlaprune.surgery.levels import PROTOCOL_LEVELS, level_count, protocol_blocks
 from vlaprune.surgery.plan import coupling_errors, expand_couplings, nearest_valid
 
 
@@ -93,3 +94,23 @@ def protocol_plan(lay: Layout, component: str, level: str, mode: str = "auto") -
             "--sweep.levels for this component"
         )
     return drops
+
+
+def choices(
+    lay: Layout, c: str, level: str, part: str, mode: str, scores: dict, sub_scores: dict
+) -> tuple[int, list[tuple[str, dict | None]]]:
+    """(blocks the level removes, [(method or "protocol", plan)]) for one component, level and part. Whole
+    blocks follow the coupling rules (`plans.py`); a sublayer drop keeps every block in place, so its plan
+    is just the blocks whose attention / MLP goes: the protocol's, or the k lowest by that sublayer's
+    scores."""
+    n = len(lay.stacks[c])
+    if level in PROTOCOL_LEVELS:  # metric-free: one plan, whatever the scores
+        drops = protocol_plan(lay, c, level, mode) if part == "block" else {c: protocol_blocks(level, n, c)}
+        return len(drops[c]), [("protocol", drops)]
+    k = level_count(level, n)
+    if part == "block":
+        if not 0 < k < n:
+            return k, []
+        return k, [(m, plan_for(lay, c, sc, k, mode)) for m, sc in scores.items()]
+    ranked = {m: sorted(range(n), key=lambda i, s=sc[part][c]: (s[i], i)) for m, sc in sub_scores.items()}
+    return k, [(m, {c: sorted(order[:k])}) for m, order in ranked.items()]

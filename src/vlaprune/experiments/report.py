@@ -20,6 +20,7 @@ from vlaprune.experiments.figures import figures, pooled_ci
 from vlaprune.experiments.results import (
     TOLERANCE,
     by_component,
+    label,
     load,
     paired,
     speedups,
@@ -54,10 +55,11 @@ def verdict(data: dict[str, Any]) -> list[str]:
             m = p["m"]
             flops = 1 - m["cost"]["flops_chunk"] / base["cost"]["flops_chunk"]
             task = speedups(base, m, "after")[1]
-            if n_blocks.get(c):
-                frac[c] = p["removed"] / n_blocks[c]
+            n = n_blocks.get(p["stack"])
+            if n and p["part"] == "block":
+                frac[c] = p["removed"] / n
             lines.append(
-                f"{c}: {p['removed']} of {n_blocks.get(c, '?')} blocks can go: {_paired_text(r)} after "
+                f"{c}: {p['removed']} of {n or '?'} {_what(p)} can go: {_paired_text(r)} after "
                 f"recovery ({r['verdict']}; before recovery {m['before'].get('success', float('nan')):.0%}); "
                 f"{flops:.0%} fewer FLOPs per action chunk, "
                 f"{1 - m['cost']['params'] / base['cost']['params']:.0%} fewer parameters, select_action "
@@ -67,7 +69,7 @@ def verdict(data: dict[str, Any]) -> list[str]:
         elif judged and all(r["verdict"] == LOSES for _, r in judged):
             p, r = min(judged, key=lambda x: x[0]["removed"])
             lines.append(
-                f"{c}: every tested cut loses success after recovery (smallest, {p['removed']} blocks: "
+                f"{c}: every tested cut loses success after recovery (smallest, {p['removed']} {_what(p)}: "
                 f"{_paired_text(r)}) — this component is needed at this budget."
             )
         elif judged:
@@ -75,7 +77,8 @@ def verdict(data: dict[str, Any]) -> list[str]:
                 ((p, r) for p, r in judged if r["verdict"] == UNDECIDED), key=lambda x: x[0]["removed"]
             )
             lines.append(
-                f"{c}: {UNDECIDED} — the largest such cut ({p['removed']} blocks) gives {_paired_text(r)}; "
+                f"{c}: {UNDECIDED} — the largest such cut ({p['removed']} {_what(p)}) gives "
+                f"{_paired_text(r)}; "
                 f"the interval includes both no change and a loss of more than {TOLERANCE:.0%}: run more "
                 "episodes (--eval.n_episodes) to decide."
             )
@@ -95,6 +98,12 @@ def verdict(data: dict[str, Any]) -> list[str]:
             "not shown.)"
         )
     return lines
+
+
+def _what(p: dict[str, Any]) -> str:
+    return (
+        "blocks" if p["part"] == "block" else {"attn": "blocks' attention", "mlp": "blocks' MLPs"}[p["part"]]
+    )
 
 
 def _paired_text(r: dict[str, Any]) -> str:
@@ -147,7 +156,9 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
     base = data["baseline"]
     rows = []
     for m in sorted(data["measures"].values(), key=lambda m: sum(m["blocks_removed"].values())):
-        cut = "; ".join(f"{s} {v}" for s, v in m["spec"]["drops"].items() if v) or "none (baseline)"
+        part = m["spec"].get("part", "block")
+        cut = "; ".join(f"{label(s, part)} {v}" for s, v in m["spec"]["drops"].items() if v)
+        cut = cut or "none (baseline)"
         r = paired(base["after"], m["after"]) if m["spec"]["drops"] else None
         action, task_before = speedups(base, m, "before")
         task_after = speedups(base, m, "after")[1]
@@ -171,7 +182,7 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
         )
     h, md = _table(
         [
-            "blocks removed",
+            "cut (blocks removed, or whose attention / MLP was removed)",
             "success before recovery",
             "success after recovery",
             "paired change vs recovered baseline [95% CI]",

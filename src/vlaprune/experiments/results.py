@@ -70,22 +70,35 @@ def paired(base_ev: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any] | None
 
 
 def curves(data: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """(component, method) -> points sorted by blocks removed: before/after success and loss."""
+    """(component, method) -> points sorted by blocks removed: before/after success and loss. Sublayer cuts
+    are their own components, "language attn-only" / "language mlp-only" (`label`)."""
     base = data["baseline"]
     out: dict[tuple[str, str], list] = defaultdict(list)
     for p in data["plans"]:
         m = data["measures"].get(p["measurement"])
         if m is None:
             continue
-        c, method = p["spec"]["component"], p["spec"]["method"]
-        out[(c, method)].append(
-            {"removed": len(p["drops"].get(c, [])), "level": p["spec"]["level"], "drops": p["drops"], "m": m}
+        c, method, part = p["spec"]["component"], p["spec"]["method"], p["spec"].get("part", "block")
+        out[(label(c, part), method)].append(
+            {
+                "removed": len(p["drops"].get(c, [])),
+                "level": p["spec"]["level"],
+                "drops": p["drops"],
+                "stack": c,
+                "part": part,
+                "m": m,
+            }
         )
     for key in out:
         out[key] = [{"removed": 0, "level": "0", "drops": {}, "m": base}] + sorted(
             out[key], key=lambda x: x["removed"]
         )
     return out
+
+
+def label(component: str, part: str = "block") -> str:
+    """How a cut's component is named in the report: the stack, or e.g. "language mlp-only"."""
+    return component if part == "block" else f"{component} {part}-only"
 
 
 def mean_steps(ev: dict[str, Any]) -> float | None:

@@ -34,5 +34,8 @@ NEEDS_DATA = {
     "angular",
 }
 BLOCK_ONLY = {"gateprobe"}  # methods that refuse granularity "sublayer"
+# methods whose sublayer-granularity Scores carry each sublayer's own score (detail["parts"]): what ranks
+# attention-only / MLP-only drops
+SUBLAYER_METHODS = {"gateprobe_branch", "gateprobe_branch_abs"}
 
-__all__ = ["BLOCK_ONLY", "METHODS", "NEEDS_DATA", "Probe", "Scores"]
+__all__ = ["BLOCK_ONLY", "METHODS", "NEEDS_DATA", "SUBLAYER_METHODS", "Probe", "Scores"]

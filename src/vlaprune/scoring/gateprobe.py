@@ -14,7 +14,9 @@ gateprobe_branch      vlaprune's own: one scalar gate g shared by a block's two 
                       removing the block is predicted to help).
 gateprobe_branch_abs  |dL/dg| of the same gates.
 With sublayer granularity the branch variants put one gate on each branch; a block's score is the sum over
-its two gates, and the per-gate dL/dg are kept in `detail`.
+its two gates, the per-gate dL/dg are kept in `detail["dL_dg"]` and each sublayer's own score in
+`detail["parts"]` ({"attn" | "mlp": {stack: per-block scores}}): what ranks attention-only and MLP-only
+drops (`vlaprune drop --drop.part`, `vlaprune dtr --sweep.parts`).
 
 Per-example values from one backward: gate i is a vector a of shape (B,), one value per example, broadcast
 over the other dims of every branch output, so one backward of the batch loss L gives grad[b] = dL/da[b].
@@ -112,7 +114,12 @@ def _branch_scores(probe: Probe, signed: bool) -> Scores:
     blocks = {s: [0.0] * len(probe.layout.stacks[s]) for s in probe.stacks}
     for key, d in grads.items():
         blocks[key[0]][key[1]] += -d if signed else abs(d)
-    detail = {"dL_dg": {"/".join(map(str, k)): d for k, d in grads.items()}}
+    detail: dict = {"dL_dg": {"/".join(map(str, k)): d for k, d in grads.items()}}
+    if probe.granularity == "sublayer":  # per-sublayer scores, for attention- / MLP-only drops
+        parts = {p: {s: [0.0] * len(probe.layout.stacks[s]) for s in probe.stacks} for p in ("attn", "mlp")}
+        for (s, i, p), d in grads.items():
+            parts[p][s][i] = -d if signed else abs(d)
+        detail["parts"] = parts
     return Scores(blocks, detail)
 
 

@@ -73,7 +73,7 @@ def keep_kv_only(lay: Layout, kv_only: dict[str, list[int]]) -> dict[str, list[i
     return kept
 
 
-def _component_params(lay: Layout) -> dict[str, int]:
+def component_params(lay: Layout) -> dict[str, int]:
     out: dict[str, int] = {}
     for s in lay.stacks.values():
         out[s.component] = out.get(s.component, 0) + unique_params(s.blocks)
@@ -99,7 +99,7 @@ def drop_blocks(
     requested, drops, coupled, kv_only = resolve_drops(lay, request, mode)
     before = {n: len(s) for n, s in lay.stacks.items()}
     params_before = unique_params(model)
-    comp_before = _component_params(lay)
+    comp_before = component_params(lay)
     kv_params = keep_kv_only(lay, kv_only)  # first: kv_only indices are those before any whole drop
     for name, idx in drops.items():
         shrink_stack(lay.stacks[name], idx)
@@ -114,7 +114,7 @@ def drop_blocks(
         params_before=params_before,
         params_after=unique_params(model),
         component_params_before=comp_before,
-        component_params_after=_component_params(lay),
+        component_params_after=component_params(lay),
         mode="keep_kv" if kv_only else "pair",
         kv_only=kv_only,
         kv_params=kv_params,

@@ -30,6 +30,7 @@ from vlaprune.atomic import atomic_dir
 from vlaprune.errors import VlapruneError
 from vlaprune.surgery.blocks import replay_blocks
 from vlaprune.surgery.plan import BlockPlan, PruningRecord, plan_from_dict, plan_to_dict
+from vlaprune.surgery.sublayers import replay_sublayers
 from vlaprune.surgery.units import apply_units
 
 FORMAT = "vlaprune-pruned/1"
@@ -186,6 +187,8 @@ def load_pruned(folder: str | Path) -> tuple[Source, PruningRecord]:
     for plan in record.plans:
         if plan.kind == "units":
             apply_units(find_layout(model, record.stacks), plan.units)
+        elif plan.part != "block":
+            replay_sublayers(model, plan, record.stacks)
         else:
             replay_blocks(model, plan, record.stacks)
     from safetensors.torch import load_model

@@ -42,9 +42,12 @@ class BlockPlan:
 
     drops: per stack, every block removed whole (partners included); requested: what was asked for;
     coupled: what the coupling rules added. component_params_*: parameters per component before / after.
-    mode: "keep_kv" when blocks were turned into kv-only layers, else "pair" (plans saved before keep-K/V
-    existed read as "pair"). kv_only: per stack, the blocks kept as K/V only (indices before the plan; they
-    stay in the stack); kv_params: the parameters each of them kept (input norm + k/v projections)."""
+    mode: "keep_kv" when blocks were turned into kv-only layers, "sublayer" for a sublayer drop, else "pair"
+    (plans saved before keep-K/V existed read as "pair"). part: "block", or "attn" / "mlp" for a sublayer
+    drop (`surgery.sublayers`) of the blocks in `sublayers` (whole_attention: per stack, whether the whole
+    attention module went or only its output projection). kv_only: per stack, the blocks kept as K/V only
+    (indices before the plan; they stay in the stack); kv_params: the parameters each of them kept (input
+    norm + k/v projections)."""
 
     family: str
     model_class: str
@@ -61,9 +64,20 @@ class BlockPlan:
     mode: str = "pair"
     kv_only: dict[str, list[int]] = field(default_factory=dict)
     kv_params: dict[str, list[int]] = field(default_factory=dict)
+    part: str = "block"
+    sublayers: dict[str, list[int]] = field(default_factory=dict)
+    whole_attention: dict[str, bool] = field(default_factory=dict)
 
     def summary(self) -> str:
         parts = []
+        for s, idx in self.sublayers.items():
+            if self.part == "mlp":
+                what = "MLP removed (its norm stays)"
+            elif self.whole_attention.get(s):
+                what = "attention removed (q/k/v/o projections and the attention itself)"
+            else:
+                what = "attention output projection removed (q/k/v stay: the joint attention computes them)"
+            parts.append(f"{s}: {self.part}-only drop {idx}, {what}")
         for s, idx in self.drops.items():
             if idx:
                 extra = f" (+{self.coupled[s]} by coupling)" if self.coupled.get(s) else ""
