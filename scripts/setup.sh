@@ -34,8 +34,10 @@ fi
 # Patches only what is broken (torchvision on CPU torch, lerobot's 3.12 syntax on 3.11); no-op otherwise.
 "$py" scripts/py311_compat.py
 
-# 3. vlaprune itself (editable) with its extras.
+# 3. vlaprune itself (editable) with its extras, and its lerobot policy plugin (lerobot-train / eval /
+#    record import every installed `lerobot_policy_*` distribution: pruned checkpoints load there through it).
 "${pip[@]}" -e ".[${EXTRAS}]"
+"${pip[@]}" --no-deps -e plugins/lerobot_policy_vlaprune
 
 # 4. System packages, when apt is available and we are root: OSMesa/EGL for headless MuJoCo rendering
 #    (simulators) and Chromium (the tests render the DTR report in headless Chromium).

@@ -27,6 +27,7 @@ from vlaprune.configs import PolicyConfig
 from vlaprune.surgery.blocks import drop_blocks
 from vlaprune.surgery.checkpoint import base_record, load_pruned, save_pruned
 from vlaprune.surgery.plan import BlockPlan, PruningRecord, UnitPlan
+from vlaprune.surgery.plugin import record_from_config
 from vlaprune.surgery.sublayers import drop_sublayers
 from vlaprune.surgery.units import prune_units
 
@@ -130,7 +131,7 @@ def load_policy(cfg: PolicyConfig | str | Path, stacks: str | None = None) -> Lo
     Raises VlapruneError with a one-line fix on bad input."""
     cfg = cfg if isinstance(cfg, PolicyConfig) else PolicyConfig(path=str(cfg))
     folder = Path(cfg.path).expanduser()
-    if (folder / "plan.json").is_file():
+    if (folder / "plan.json").is_file() or record_from_config(folder) is not None:  # ours or lerobot-train's
         source, record = load_pruned(folder)
         loaded = Loaded(
             source.module,

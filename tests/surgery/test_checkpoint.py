@@ -36,7 +36,11 @@ def test_smolvla_language_drop_loads_with_lerobot_and_vlaprune(fresh, tmp_path):
     "kind, request_",
     [("smolvla", {"vision": [1]}), ("pi0", {"language": [0], "vision": [0]}), ("pi05", {"action": [3]})],
 )
-def test_unexpressible_shapes_load_through_vlaprune_only(kind, request_, fresh, tmp_path):
+def test_unexpressible_shapes_load_through_the_plugin(kind, request_, fresh, tmp_path):
+    """Cuts the family config cannot express are saved as the plugin's type: lerobot's factory resolves the
+    type in config.json to the plugin class, which rebuilds, replays and loads strictly."""
+    import lerobot_policy_vlaprune  # noqa: F401  (lerobot's tools import it at start)
+    from lerobot.configs.policies import PreTrainedConfig
     from lerobot.policies.factory import get_policy_class
 
     handle = wrap(fresh(kind))
@@ -44,14 +48,17 @@ def test_unexpressible_shapes_load_through_vlaprune_only(kind, request_, fresh, 
     plan = handle.drop_blocks(request_)
     out = handle.save(tmp_path / "ckpt")
     record = json.loads((out / "plan.json").read_text())
-    assert not record["family_loader_ok"] and (out / "pruned_model.safetensors").is_file()
-    assert not (out / "model.safetensors").exists()
+    assert not record["family_loader_ok"] and record["lerobot_type"] == f"vlaprune_{kind}"
+    assert (out / "model.safetensors").is_file() and not (out / "pruned_model.safetensors").exists()
     loaded = load(out)
     assert sum(p.numel() for p in loaded.parameters()) == plan.params_after
     assert torch.equal(actions(loaded), actions(policy))
-    # lerobot's loader fails loudly instead of re-creating the removed layers with random weights
-    with pytest.raises(Exception, match="model.safetensors|vlaprune_pruned"):
-        get_policy_class(policy.config.type).from_pretrained(out)
+    cfg = PreTrainedConfig.from_pretrained(out)
+    assert cfg.type == f"vlaprune_{kind}" and cfg.vlaprune["plans"] == record["plans"]
+    by_lerobot = get_policy_class(cfg.type).from_pretrained(out, config=cfg)
+    assert type(by_lerobot).__name__.startswith("Vlaprune") and by_lerobot.config is cfg
+    assert sum(p.numel() for p in by_lerobot.parameters()) == plan.params_after
+    assert torch.equal(actions(by_lerobot), actions(policy))
 
 
 def test_transformers_lm_loads_with_transformers_and_vlaprune(fresh, tmp_path):
@@ -70,8 +77,8 @@ def test_no_pickles_and_plan_recorded(fresh, tmp_path):
     handle = wrap(fresh("pi0"))
     plan = handle.drop_blocks({"language": [1]})
     out = handle.save(tmp_path / "c")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "plan.json", "pruned_model.safetensors"]
-    assert json.loads((out / "config.json").read_text())["vlaprune_pruned"].startswith("blocks removed")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "plan.json"]
+    assert json.loads((out / "config.json").read_text())["type"] == "vlaprune_pi0"
     assert load_policy(out).record.plans[0].drops == plan.drops
 
 
@@ -95,7 +102,7 @@ def test_extra_layer_is_refused(fresh, tmp_path):
     full = fresh("pi0")
     from safetensors.torch import save_model
 
-    save_model(full, str(out / "pruned_model.safetensors"))
+    save_model(full, str(out / "model.safetensors"))
     with pytest.raises(VlapruneError, match="do not match"):
         load(out)
 
@@ -104,12 +111,12 @@ def test_incomplete_or_foreign_folders_are_refused(fresh, tmp_path):
     handle = wrap(fresh("pi0"))
     handle.drop_blocks({"vision": [0]})
     out = handle.save(tmp_path / "c")
-    (out / "pruned_model.safetensors").unlink()
+    (out / "model.safetensors").unlink()
     with pytest.raises(VlapruneError, match="is missing"):
         load(out)
     from vlaprune.surgery import load_pruned
 
-    with pytest.raises(VlapruneError, match="no plan.json"):
+    with pytest.raises(VlapruneError, match="no plan.json and no vlaprune policy type"):
         load_pruned(tmp_path)
 
 

@@ -73,7 +73,8 @@ def test_pruned_policy_runs_and_round_trips(kind, ratios, fresh, tmp_path):
     policy.reset()
     assert policy.select_action(example_batch(policy, 1)).shape == (1, 4)
     out = handle.save(tmp_path / "ckpt")
-    assert json.loads((out / "plan.json").read_text())["weights"] == "pruned_model.safetensors"
+    rec = json.loads((out / "plan.json").read_text())
+    assert rec["weights"] == "model.safetensors" and rec["lerobot_type"] == f"vlaprune_{kind}"  # the plugin
     loaded = load(out)
     assert torch.equal(actions(loaded), a)
     assert sum(p.numel() for p in loaded.parameters()) == plan.params_after

@@ -49,6 +49,8 @@ __all__ = [
 def family(model: nn.Module) -> str | None:
     """The adapter name for `model`, or None when no adapter recognizes it."""
     cfg_type = getattr(getattr(model, "config", None), "type", None)
+    if isinstance(cfg_type, str):  # a policy loaded through the lerobot plugin: vlaprune_<family>
+        cfg_type = cfg_type.removeprefix("vlaprune_")
     if isinstance(cfg_type, str) and cfg_type in ADAPTERS:
         return cfg_type
     from transformers import PreTrainedModel

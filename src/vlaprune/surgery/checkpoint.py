@@ -7,11 +7,12 @@
 
 Where the family's config can express the new shape (SmolVLA language / action drops in pair mode via
 num_vlm_layers / num_expert_layers; transformers models via num_hidden_layers), the weights are
-`model.safetensors` and the family's own `from_pretrained` loads the folder with no vlaprune code. Otherwise
-(SmolVLA vision drops, keep-K/V drops, pi0 / pi0.5, path-named models) they are `pruned_model.safetensors`
-and config.json carries an extra `vlaprune_pruned` key: lerobot's loader then fails loudly (unknown config
-field) instead of silently re-creating the removed layers with random weights, and vlaprune's loader is the
-way in. It refuses missing and unexpected keys.
+`model.safetensors` and the family's own `from_pretrained` loads the folder with no vlaprune code. Other cuts
+of SmolVLA / pi0 / pi0.5 are saved as a type of vlaprune's lerobot plugin (`surgery/plugin.py`): lerobot's
+tools load them through it, and lerobot-train's checkpoints of them carry the record in config.json. Only
+path-named models keep `pruned_model.safetensors` with a `vlaprune_pruned` key in config.json (their family
+loader then fails loudly instead of re-creating the removed layers with random weights). Loading refuses
+missing and unexpected keys.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from vlaprune.atomic import atomic_dir
 from vlaprune.errors import VlapruneError
 from vlaprune.surgery.blocks import replay_blocks
 from vlaprune.surgery.plan import BlockPlan, PruningRecord, plan_from_dict, plan_to_dict
+from vlaprune.surgery.plugin import PLUGIN_TYPES, record_from_config, write_plugin_checkpoint
 from vlaprune.surgery.sublayers import replay_sublayers
 from vlaprune.surgery.units import apply_units
 
@@ -87,27 +89,34 @@ def save_pruned(
     kv_only = any(isinstance(p, BlockPlan) and any(p.kv_only.values()) for p in record.plans)  # nor these
     expressible = base["kind"] not in ("source", "builder") and dropped <= lay.config_expresses
     expressible = expressible and not unit_plans and not kv_only and not base.get("builder")
+    plugin = not expressible and base["kind"] == "lerobot" and not record.stacks
+    plugin = plugin and lay.family in PLUGIN_TYPES
+    plan_json = {
+        "format": FORMAT,
+        "vlaprune_version": __version__,
+        "family": lay.family,
+        "model_class": type(model).__name__,
+        "weights": OWN_WEIGHTS if expressible or plugin else PRUNED_WEIGHTS,
+        "family_loader_ok": expressible,
+        "lerobot_type": PLUGIN_TYPES[lay.family] if plugin else (base.get("type") if expressible else None),
+        "base": base,
+        "stacks": record.stacks,
+        "plans": [plan_to_dict(p) for p in record.plans],
+        "trained_on": record.trained_on,
+    }
     with atomic_dir(out) as tmp:
-        _write_weights_and_config(model, tmp, base)
-        if not expressible:
+        if plugin:  # lerobot's tools load it through the lerobot_policy_vlaprune plugin
+            record_json = {k: v for k, v in plan_json.items() if k != "weights"}
+            write_plugin_checkpoint(model, lay.family, json.loads(json.dumps(record_json, default=str)), tmp)
+        else:
+            _write_weights_and_config(model, tmp, base)
+        if not expressible and not plugin:
             (tmp / OWN_WEIGHTS).rename(tmp / PRUNED_WEIGHTS)
             _mark_config(tmp / "config.json")
         if processors_from and Path(processors_from).is_dir():
             for pattern in PROCESSOR_GLOBS:
                 for f in Path(processors_from).glob(pattern):
                     shutil.copy2(f, tmp / f.name)
-        plan_json = {
-            "format": FORMAT,
-            "vlaprune_version": __version__,
-            "family": lay.family,
-            "model_class": type(model).__name__,
-            "weights": OWN_WEIGHTS if expressible else PRUNED_WEIGHTS,
-            "family_loader_ok": expressible,
-            "base": base,
-            "stacks": record.stacks,
-            "plans": [plan_to_dict(p) for p in record.plans],
-            "trained_on": record.trained_on,
-        }
         (tmp / "plan.json").write_text(json.dumps(plan_json, indent=2, default=str) + "\n")
         for name, obj in (extra_json or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
@@ -166,13 +175,27 @@ def load_pruned(folder: str | Path) -> tuple[Source, PruningRecord]:
     with where it came from, its PruningRecord)."""
     folder = Path(folder)
     plan_file = folder / "plan.json"
-    if not plan_file.is_file():
+    saved = record_from_config(folder)  # the plugin format: config.json carries the record
+    if plan_file.is_file():
+        try:
+            saved = json.loads(plan_file.read_text())
+        except json.JSONDecodeError as e:
+            raise VlapruneError(
+                f"{plan_file} is not valid JSON ({e.msg}); restore it from the checkpoint"
+            ) from None
+    elif saved is None:
         raise VlapruneError(
-            f"{folder} has no plan.json: not a vlaprune pruned checkpoint (use its family's loader)"
+            f"{folder} has no plan.json and no vlaprune policy type in config.json: not a vlaprune pruned "
+            "checkpoint (use its family's loader)"
         )
-    saved = json.loads(plan_file.read_text())
-    if saved.get("format") != FORMAT:
-        raise VlapruneError(f"{plan_file} has format {saved.get('format')!r}; this vlaprune reads {FORMAT}")
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        got = saved.get("format") if isinstance(saved, dict) else None
+        raise VlapruneError(f"{folder}: pruning record format {got!r}; this vlaprune reads {FORMAT}")
+    missing = [k for k in ("base", "plans", "weights") if k not in saved]
+    if missing:
+        raise VlapruneError(
+            f"{folder}: the pruning record lacks {', '.join(missing)}; restore plan.json from the checkpoint"
+        )
     weights = folder / saved["weights"]
     if not weights.is_file():
         raise VlapruneError(f"{weights} is missing; the checkpoint is incomplete (re-save it)")
