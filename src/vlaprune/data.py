@@ -98,8 +98,12 @@ def processors(policy: Loaded, stats: dict | None = None) -> tuple[Any, Any]:
             "(policy_preprocessor.json) or pass --dataset.repo_id / --dataset.root"
         )
     with redirect_tokenizers(policy.tokenizers):
-        if saved:
-            return make_pre_post_processors(policy.config, pretrained_path=str(policy.folder))
+        if saved:  # on the policy's device, as lerobot-train / lerobot-eval override it
+            device = str(next(policy.module.parameters()).device)
+            overrides = {"device_processor": {"device": device}}
+            return make_pre_post_processors(
+                policy.config, pretrained_path=str(policy.folder), preprocessor_overrides=overrides
+            )
         return make_pre_post_processors(policy.config, dataset_stats=stats)
 
 

@@ -207,3 +207,45 @@ def test_resume_from_another_model_is_refused(tiny_dataset, tmp_path, monkeypatc
     )
     err = capsys.readouterr().err
     assert "written for another model" in err and "Traceback" not in err
+
+
+def test_lr_sets_the_scheduler_peak_and_moves_its_floor(tmp_path):
+    """--lr is the schedule's peak (as lerobot-train's --policy.optimizer_lr with scheduler_decay_lr), and the
+    decay floor keeps its ratio to the peak."""
+    from vlaprune.recover.train import _optimizer
+
+    policy = load_policy("tiny:smolvla").module
+    preset = policy.config.get_scheduler_preset()
+    ratio = preset.decay_lr / preset.peak_lr
+    c = cfg(tmp_path, tmp_path, lr=3e-3, steps=10)
+    optimizer, scheduler = _optimizer(policy, policy, c)
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    lrs.append(optimizer.param_groups[0]["lr"])
+    assert max(lrs) == pytest.approx(3e-3, rel=0.05)  # the peak is --lr, not the preset's
+    assert lrs[-1] == pytest.approx(3e-3 * ratio, rel=1e-6)  # the floor moved with it
+
+
+@pytest.mark.parametrize(
+    "config, want", [({"dtype": "bfloat16"}, "bf16"), ({"dtype": "float32"}, "no"), ({}, "no")]
+)
+def test_mixed_precision_follows_the_policy_config(config, want, tmp_path):
+    from vlaprune.recover.train import _mixed_precision
+
+    (tmp_path / "config.json").write_text(json.dumps({"type": "pi0", **config}))
+    c = cfg(tmp_path / "o", tmp_path, policy=PolicyConfig(path=str(tmp_path)))
+    assert c.mixed_precision == "auto" and _mixed_precision(c) == want
+    assert _mixed_precision(cfg(tmp_path / "o", tmp_path, mixed_precision="fp16")) == "fp16"
+
+
+def test_distillation_replays_the_teachers_noise_on_every_generator():
+    from vlaprune.recover.modes import rng_state, set_rng_state
+
+    state = rng_state()
+    a = torch.randn(3)
+    set_rng_state(state)
+    assert torch.equal(torch.randn(3), a)
+    assert state[1] is None or len(state[1]) == torch.cuda.device_count()

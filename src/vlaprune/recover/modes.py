@@ -39,6 +39,20 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
+def rng_state() -> tuple:
+    """The CPU generator's state and, once CUDA is initialised, every CUDA device's (flow-matching noise and
+    time samples come from the generator of the device the policy runs on)."""
+    live = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if live else None)
+
+
+def set_rng_state(state: tuple) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
 @contextlib.contextmanager
 def _capture(module: nn.Module, store: list) -> Any:
     h = module.register_forward_hook(lambda m, a, o: store.append(o))
@@ -81,20 +95,20 @@ class Distill(nn.Module):
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         teacher = self._teacher[0]
         s_v, t_v, s_h, t_h = [], [], [], []
-        rng = torch.get_rng_state()
+        rng = rng_state()
         with contextlib.ExitStack() as stack:
             stack.enter_context(_capture(self._out[0], s_v))
             if self.hidden_weight:
                 stack.enter_context(_capture(self._exits[0], s_h))
             task_loss, info = self.student.forward(batch)
-        after = torch.get_rng_state()
-        torch.set_rng_state(rng)  # the teacher sees the same noise and time samples
+        after = rng_state()
+        set_rng_state(rng)  # the teacher sees the same noise and time samples (CPU and CUDA generators)
         with torch.no_grad(), contextlib.ExitStack() as stack:
             stack.enter_context(_capture(self._out[1], t_v))
             if self.hidden_weight:
                 stack.enter_context(_capture(self._exits[1], t_h))
             teacher.forward(dict(batch))
-        torch.set_rng_state(after)
+        set_rng_state(after)
         match = torch.nn.functional.mse_loss(s_v[-1], t_v[-1])
         loss = self.alpha * task_loss + (1 - self.alpha) * match
         info = dict(info or {}, task_loss=task_loss.item(), match_loss=match.item())

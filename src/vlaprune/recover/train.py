@@ -44,7 +44,8 @@ class RecoverConfig:
     # The budget: optimizer steps and frames per step (per process).
     steps: int = 1000
     batch_size: int = 8
-    # Optimizer / schedule: the policy's lerobot preset; set lr to override its peak learning rate.
+    # Optimizer / schedule: the policy's lerobot preset; lr overrides its peak learning rate, for the
+    # optimizer and the scheduler alike (the decay floor keeps its ratio to the peak: lr * decay_lr / peak).
     lr: float | None = None
     # "preset": the policy's own trainable flags (e.g. SmolVLA trains the expert only); "all": everything.
     trainable: str = "preset"
@@ -52,7 +53,9 @@ class RecoverConfig:
     save_every: int = 500
     log_every: int = 50
     resume: bool = False
-    mixed_precision: str = "no"
+    # auto: as lerobot-train, from the policy's config (`dtype` bfloat16 -> bf16, float16 -> fp16, float32 ->
+    # no; policies without `dtype`: `use_amp` -> the device's autocast dtype); or no / bf16 / fp16.
+    mixed_precision: str = "auto"
     num_workers: int = 0
     wandb: bool = False
     # Data augmentation: random image shifts of up to this many pixels (0 = none).
@@ -79,8 +82,8 @@ class RecoverConfig:
             raise VlapruneError("--mode=distill needs --teacher=PATH (the unpruned policy)")
         if self.trainable not in ("preset", "all"):
             raise VlapruneError(f"--trainable={self.trainable!r}; choose preset or all")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise VlapruneError(f"--mixed_precision={self.mixed_precision!r}; choose no, bf16 or fp16")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise VlapruneError(f"--mixed_precision={self.mixed_precision!r}; choose auto, no, bf16 or fp16")
 
 
 class _StepStats:
@@ -112,17 +115,53 @@ def build_trainee(cfg: RecoverConfig, device: str = "") -> tuple[Loaded, torch.n
 
 
 def _optimizer(policy: torch.nn.Module, trainee, cfg: RecoverConfig):
+    """The policy's lerobot optimizer and scheduler presets; --lr sets the optimizer's lr and the scheduler's
+    peak, and moves the decay floor with it (decay_lr * lr / peak_lr), so the schedule keeps its shape."""
     opt_cfg = policy.config.get_optimizer_preset()
+    sched_cfg = policy.config.get_scheduler_preset()
     if cfg.lr is not None:
         opt_cfg.lr = cfg.lr
+        peak = getattr(sched_cfg, "peak_lr", None)
+        if peak:
+            if getattr(sched_cfg, "decay_lr", None) is not None:
+                sched_cfg.decay_lr = sched_cfg.decay_lr * cfg.lr / peak
+            sched_cfg.peak_lr = cfg.lr
     if cfg.mode == "full" and hasattr(policy, "get_optim_params"):
         params = policy.get_optim_params()
     else:
         params = [p for p in trainee.parameters() if p.requires_grad]
     optimizer = opt_cfg.build(params)
-    sched_cfg = policy.config.get_scheduler_preset()
     scheduler = sched_cfg.build(optimizer, cfg.steps) if sched_cfg is not None else None
     return optimizer, scheduler
+
+
+def _mixed_precision(cfg: RecoverConfig) -> str:
+    """--mixed_precision, with "auto" resolved from the policy's config as lerobot-train does."""
+    if cfg.mixed_precision != "auto":
+        return cfg.mixed_precision
+    pcfg = _policy_config(cfg.policy.path)
+    dtype = pcfg.get("dtype")
+    if dtype is not None:
+        return {"bfloat16": "bf16", "float16": "fp16"}.get(dtype, "no")
+    if pcfg.get("use_amp"):
+        device = cfg.policy.device or pcfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        autocast = torch.get_autocast_dtype(torch.device(device).type)
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast, "no")
+    return "no"
+
+
+def _policy_config(path: str) -> dict[str, Any]:
+    """The config.json of a policy folder or hub id ({} for built models, or when it cannot be read: the
+    loader reports that one properly)."""
+    file = Path(path) / "config.json"
+    try:
+        if not file.is_file() and "/" in path and not path.startswith(("tiny:", ".", "/")):
+            from huggingface_hub import hf_hub_download
+
+            file = Path(hf_hub_download(path, "config.json"))
+        return json.loads(file.read_text()) if file.is_file() else {}
+    except Exception:  # noqa: BLE001  (offline, missing, not JSON)
+        return {}
 
 
 def run(cfg: RecoverConfig, data: Data | None = None, episodes: list[int] | None = None) -> dict[str, Any]:
@@ -142,11 +181,18 @@ def run(cfg: RecoverConfig, data: Data | None = None, episodes: list[int] | None
         )
     if cfg.resume and (out / "final").exists():
         raise VlapruneError(f"{out} holds a finished run (final/); nothing to resume")
+    from accelerate.utils import DistributedDataParallelKwargs
+
     accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=_mixed_precision(cfg),
         step_scheduler_with_optimizer=False,
         cpu=cfg.policy.device == "cpu",
+        # as lerobot-train: parameters the loss does not reach in a step (pi0's unused heads, SmolVLA's last
+        # VLM layer output with --trainable=all) must not stall DDP's gradient reduction
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    if accelerator.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # as lerobot-train
     set_seed(cfg.seed)
     # Accelerate picks the device (one GPU per process under `accelerate launch`); the policy's config
     # follows it so that the processors move every batch to the same device.
@@ -184,17 +230,21 @@ def _train(cfg, accelerator, policy: Loaded, trainee, data: Data, episodes, ckpt
         sampler.load_state_dict(
             compute_sampler_state(step, len(sampler), cfg.batch_size, accelerator.num_processes)
         )
+    from lerobot.utils.collate import lerobot_collate_fn
+
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.batch_size,
         sampler=sampler,
         num_workers=cfg.num_workers,
+        collate_fn=lerobot_collate_fn if dataset.meta.has_language_columns else None,  # as lerobot-train
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched by the loader
         pin_memory=accelerator.device.type == "cuda",
     )
     trainee, optimizer, loader, scheduler = accelerator.prepare(trainee, optimizer, loader, scheduler)
     grad_clip = getattr(policy.module.config.get_optimizer_preset(), "grad_clip_norm", 0.0) or 0.0
-    log = (out / "train.log").open("a")
+    main = accelerator.is_main_process  # one process writes the log, checkpoints and the final policy
+    log = (out / "train.log").open("a") if main else None
     wandb = _wandb(cfg) if cfg.wandb and accelerator.is_main_process else None
     stats, batches = _StepStats(), cycle(loader)
     bar = tqdm(total=cfg.steps, initial=step, desc="recover", disable=not accelerator.is_main_process)
@@ -219,7 +269,7 @@ def _train(cfg, accelerator, policy: Loaded, trainee, data: Data, episodes, ckpt
         bar.update(1)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}", refresh=False)
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if log is not None and (step % cfg.log_every == 0 or step == cfg.steps):
             row = {
                 **stats.extra,
                 "step": step,
@@ -233,7 +283,7 @@ def _train(cfg, accelerator, policy: Loaded, trainee, data: Data, episodes, ckpt
             log.flush()
             if wandb:
                 wandb.log(row, step=step)
-        if accelerator.is_main_process and (step % cfg.save_every == 0 or step == cfg.steps):
+        if main and (step % cfg.save_every == 0 or step == cfg.steps):
             checkpoints.save(
                 ckpt_root,
                 step,
@@ -244,33 +294,40 @@ def _train(cfg, accelerator, policy: Loaded, trainee, data: Data, episodes, ckpt
                 cfg.batch_size,
             )
     bar.close()
-    log.close()
+    if log is not None:
+        log.close()
     elapsed = time.perf_counter() - t_start
     policy.record.trained_on = [
         *(policy.record.trained_on or []),
         {"dataset": data.identity(), "episodes": sorted(int(e) for e in episodes)},
     ]
-    summary = _finish(cfg, policy, accelerator.unwrap_model(trainee), out, step - start_step, elapsed, losses)
-    logging.info("recover finished: %s", summary)
+    summary = _summary(cfg, step - start_step, elapsed, losses, accelerator.num_processes)
+    if main:
+        _finish(cfg, policy, accelerator.unwrap_model(trainee), out, summary)
+        logging.info("recover finished: %s", summary)
+    accelerator.wait_for_everyone()
     return summary
 
 
-def _finish(
-    cfg, policy: Loaded, trainee, out: Path, steps_run: int, elapsed: float, losses: list[float]
-) -> dict:
-    """Save the trained policy (LoRA merged, distillation wrapper dropped) with the policy's pruning record
-    as a (pruned) checkpoint."""
-    final_module = merge_lora(trainee) if cfg.mode == "lora" else policy.module
-    summary = {
+def _summary(cfg, steps_run: int, elapsed: float, losses: list[float], processes: int) -> dict:
+    """recover.json: the budget, what this run did, its throughput (per process) and losses."""
+    return {
         "steps": cfg.steps,
         "steps_this_run": steps_run,
         "batch_size": cfg.batch_size,
+        "processes": processes,
         "mode": cfg.mode,
         "seconds_this_run": round(elapsed, 3),
         "samples_per_s": round(steps_run * cfg.batch_size / elapsed, 3) if elapsed and steps_run else None,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
     }
+
+
+def _finish(cfg, policy: Loaded, trainee, out: Path, summary: dict) -> None:
+    """Save the trained policy (LoRA merged, distillation wrapper dropped) with the policy's pruning record
+    as a (pruned) checkpoint."""
+    final_module = merge_lora(trainee) if cfg.mode == "lora" else policy.module
     save_pruned(
         final_module,
         policy.record,
@@ -278,7 +335,6 @@ def _finish(
         processors_from=policy.folder,
         extra_json={"recover.json": summary},
     )
-    return summary
 
 
 def _shift(pixels: int):
