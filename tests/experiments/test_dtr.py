@@ -10,6 +10,7 @@ import pytest
 from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
 from vlaprune.errors import VlapruneError
 from vlaprune.experiments import dtr, plans, report
+from vlaprune.experiments.measure import measure_one
 from vlaprune.experiments.store import Store
 
 
@@ -78,7 +79,7 @@ def test_killed_sweep_reruns_to_the_same_rows(tiny_dataset, tmp_path, finished_r
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("killed")
-        return dtr._measure(*a, **k)
+        return measure_one(*a, **k)
 
     with pytest.raises(RuntimeError, match="killed"):
         dtr.run(config(out, tiny_dataset), measure=crashing)
@@ -395,3 +396,34 @@ def test_a_sublayer_row_is_measured_and_reported(tiny_dataset, tmp_path):
     assert cut["recovery"]["steps"] == 2
     html_path, md = report.build(out)
     assert "action mlp-only" in md.read_text()
+
+
+def test_the_selected_variant_is_exported(tmp_path):
+    """Hand-made store: two cuts keep success, one loses; selected/ gets the smaller keeping cut's recovered
+    checkpoint and selection.json; with no keeping cut nothing is written."""
+    from vlaprune.experiments.select import export
+
+    store = Store(tmp_path)
+    n = 100
+    rows = {"base": ([True] * n, 10), "a": ([True] * n, 8), "b": ([True] * n, 6), "c": ([False] * n, 2)}
+    for name, (succ, params) in rows.items():
+        drops = {} if name == "base" else {"language": list(range(10 - params))}
+        ev = _episodes(succ)
+        row = {"kind": "measure", "spec": {"drops": drops, "settings_id": "s"}, "before": ev, "after": ev}
+        row |= {"blocks_removed": {}, "recovery": {}, "plan": {"kind": "blocks", "drops": drops}}
+        row["cost"] = {"params": params, "flops_chunk": params, "latency_ms": 1.0}
+        store.put(name, row)
+        final = tmp_path / "work" / name / "recover" / "final"
+        final.mkdir(parents=True)
+        (final / "config.json").write_text(json.dumps({"type": "vlaprune_smolvla", "name": name}))
+        (final / "model.safetensors").write_bytes(name.encode())
+    out = export(tmp_path)
+    assert out == tmp_path / "selected"
+    assert json.loads((out / "config.json").read_text())["name"] == "b"  # fewest params that keeps success
+    assert (out / "model.safetensors").read_bytes() == b"b"
+    sel = json.loads((out / "selection.json").read_text())
+    assert sel["cut"] == {"language": [0, 1, 2, 3]} and sel["cost"]["params"] == 6
+    assert sel["paired"]["verdict"].startswith("keeps success") and sel["success_after_recovery"] == 1.0
+    for name in ("a", "b"):  # no cut keeps success any more: nothing is exported, the old one stays
+        store.put(name, {**store.get(name), "after": _episodes([False] * n)})
+    assert export(tmp_path) is None and (tmp_path / "selected" / "selection.json").is_file()

@@ -7,7 +7,8 @@ measure that plan: evaluate without recovery -> recover with the *same budget* a
 baseline is fine-tuned with it too) -> evaluate again. Identical plans (methods that agree, coupled stacks)
 are measured once. Every measurement is one row of the store (see `store.py`): a killed sweep reruns and
 skips finished rows; `--shard=i/n` runs every n-th measurement so that n processes or cluster jobs can
-share one store.
+share one store. Once every measurement is in the store, the variant the verdict picks goes to
+`<output_dir>/selected/` (`select.py`), a checkpoint lerobot's tools load.
 """
 
 from __future__ import annotations
@@ -25,22 +26,17 @@ from vlaprune.adapters.anatomy import anatomy
 from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
 from vlaprune.data import Data, Splits, policy_loss
 from vlaprune.errors import VlapruneError
-from vlaprune.evaluate.cost import cost
-from vlaprune.evaluate.offline import offline_eval
-from vlaprune.evaluate.run import closed_loop, task_instructions
+from vlaprune.evaluate.run import task_instructions
+from vlaprune.experiments.measure import measure_one
 from vlaprune.experiments.plans import choices, partners
+from vlaprune.experiments.select import export
 from vlaprune.experiments.store import Store, row_id
 from vlaprune.policy import Loaded, load_policy
-from vlaprune.recover.budget import BUDGETS, budget_steps, step_flops
-from vlaprune.recover.budget import record as budget_record
-from vlaprune.recover.train import RecoverConfig
-from vlaprune.recover.train import run as recover
+from vlaprune.recover.budget import BUDGETS
 from vlaprune.scoring import METHODS, SUBLAYER_METHODS, Probe
 from vlaprune.surgery.levels import PROTOCOL_LEVELS, level_count
-from vlaprune.surgery.plan import MODES, plan_to_dict
+from vlaprune.surgery.plan import MODES
 from vlaprune.surgery.sublayers import PARTS
-
-RECORD_KEYS = ("success_rate", "successes", "episodes", "ci95", "episodes_detail")
 
 
 @dataclass
@@ -185,7 +181,7 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
     scored = list(
         dict.fromkeys(s for c in comps for s in partners(lay, c, mode))
     )  # plan costs count partners
-    measure = measure or _measure
+    measure = measure or measure_one
     todo: list[tuple[str, dict, dict]] = []  # (row id, measurement spec, plan rows pointing at it)
     plans: list[tuple[str, dict]] = []
     for seed in (int(s) for s in _split(cfg.sweep.seeds)):
@@ -271,7 +267,21 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
             chash,
             mspec["seed"],
         )
-    return {"measurements": len(todo), "this_shard": len(mine), "rows": len(store.rows())}
+    selected = None
+    if cfg.env.type and all(store.has(t[0], t[1]) for t in todo):  # the whole sweep is in the store
+        selected = export(cfg.output_dir)
+        console.print(
+            f"selected variant (fewest parameters that keeps success): {selected}"
+            if selected
+            else "no cut keeps success within the paired interval: nothing exported to selected/",
+            markup=False,
+        )
+    return {
+        "measurements": len(todo),
+        "this_shard": len(mine),
+        "rows": len(store.rows()),
+        "selected": str(selected) if selected else None,
+    }
 
 
 def _scores(
@@ -321,108 +331,3 @@ def _scores(
         seed,
     )
     return result.blocks if granularity == "block" else result.detail["parts"]
-
-
-def evaluate_policy(
-    path: str, cfg: DTRConfig, data: Data, held: list[int] | None, probes: bool = False
-) -> dict[str, Any]:
-    """Offline loss on held-out episodes and closed-loop success per task (with CIs) of a checkpoint (cut
-    or recovered from the sweep's policy, so the sweep's processors serve it)."""
-    policy = load_policy(PolicyConfig(path=path, device=cfg.policy.device))
-    data.check_held_out(policy.record.trained_on, held or [], "the held-out")
-    out: dict[str, Any] = {}
-    out["offline"] = offline_eval(
-        policy.module, data, held, batch_size=cfg.calib_batch_size, max_batches=cfg.offline_batches
-    )
-    if cfg.env.type:
-        pre, post = data.processors()
-        res = closed_loop(policy.module, pre, post, cfg.env, cfg.eval)["normal"]
-        out["success"] = res["mean_success"]
-        out["tasks"] = {t: {k: v[k] for k in RECORD_KEYS} for t, v in res["tasks"].items()}
-        if probes:
-            episodes = EpisodesConfig(
-                n_episodes=cfg.probe_episodes, seed=cfg.eval.seed, n_envs=cfg.eval.n_envs
-            )
-            pres = closed_loop(
-                policy.module, pre, post, cfg.env, episodes, language_probe=True, vision_probe=True
-            )
-            out["probes"] = {
-                c: {
-                    "mean_success": r["mean_success"],
-                    "change_vs_normal": r["change_vs_normal"],
-                    "tasks": {t: {k: v[k] for k in RECORD_KEYS} for t, v in r["tasks"].items()},
-                }
-                for c, r in pres.items()
-            }
-    return out
-
-
-def _measure(
-    cfg: DTRConfig, mspec: dict, work: Path, baseline: bool, data: Data, splits: tuple
-) -> dict[str, Any]:
-    """Cut -> evaluate -> recover (the budget: same steps, or the baseline's training FLOPs; training
-    episodes) -> evaluate; cost of the cut model."""
-    train, held = splits
-    b = cfg.recover
-    work.mkdir(parents=True, exist_ok=True)
-    policy = load_policy(cfg.policy)
-    batch = data.batches(1, b.batch_size, mspec["seed"], train)[0]  # the same batch for both counts
-    base_flops = _step_flops(policy, batch, b.trainable)
-    part = mspec.get("part", "block")
-    plan = policy.drop_blocks(mspec["drops"], mspec.get("mode", "pair"), part) if mspec["drops"] else None
-    flops = _step_flops(policy, batch, b.trainable) if plan else base_flops
-    steps = budget_steps(b.kind, b.steps, base_flops, flops)
-    cut = work / "cut"
-    if not cut.exists():
-        policy.save(cut)
-    c = cost(policy.layout(), n_calls=15, warmup=3)
-    before = evaluate_policy(str(cut), cfg, data, held, probes=baseline)
-    rec_dir = work / "recover"
-    if (rec_dir / "final").exists():
-        shutil.rmtree(rec_dir)  # a finished-but-unrecorded recovery: redo it cleanly
-    summary = recover(
-        RecoverConfig(
-            policy=PolicyConfig(path=str(cut), device=cfg.policy.device),
-            dataset=cfg.dataset,
-            output_dir=str(rec_dir),
-            steps=steps,
-            batch_size=b.batch_size,
-            lr=b.lr,
-            trainable=b.trainable,
-            image_shift=b.image_shift,
-            seed=mspec["seed"],
-            resume=rec_dir.exists(),
-            save_every=max(1, steps // 4),
-            log_every=max(1, steps // 10),
-        ),
-        data=data,
-        episodes=train,
-    )
-    after = evaluate_policy(str(rec_dir / "final"), cfg, data, held)
-    removed = {s if part == "block" else f"{s}.{part}": len(v) for s, v in mspec["drops"].items()}
-    return {
-        "blocks_removed": removed,
-        "plan": plan_to_dict(plan) if plan else None,
-        "cost": {
-            "params": c["params"],
-            "flops_chunk": c["flops_chunk"],
-            "latency_ms": c["latency"]["median_ms"] if c["latency"] else None,
-            "peak_memory_bytes": c.get("peak_memory_bytes"),
-        },
-        "before": before,
-        "after": after,
-        "recovery": summary,
-        "budget": budget_record(b.kind, steps, b.batch_size, flops),
-    }
-
-
-def _step_flops(policy: Loaded, batch: dict, trainable: str) -> int:
-    """Training FLOPs of one step of `policy` with the recovery's trainable flags (`--recover.trainable`)."""
-    flags = [(p, p.requires_grad) for p in policy.module.parameters()]
-    if trainable == "all":
-        policy.module.requires_grad_(True)
-    try:
-        return step_flops(policy.module, batch)
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
