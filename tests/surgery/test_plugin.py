@@ -204,3 +204,28 @@ def test_tampered_checkpoints_are_refused_by_both_loaders(fresh, tmp_path, cli_e
         lerobot_load(shape)
     with pytest.raises(ValueError, match="'vlaprune_xvla'.*is not registered"):
         lerobot_load(foreign)
+
+
+def test_lerobot_eval_refuses_a_tampered_checkpoint_in_one_line(fresh, tmp_path):
+    handle = wrap(fresh("pi0"))
+    handle.drop_blocks({"language": [1]})
+    out = handle.save(tmp_path / "ck")
+    from safetensors.torch import save_model
+
+    save_model(fresh("pi0"), str(out / "model.safetensors"))  # weights of another shape
+    r = lerobot(
+        "lerobot-eval",
+        f"--policy.path={out}",
+        "--env.type=metaworld",
+        "--env.task=drawer-close-v3",
+        "--eval.n_episodes=1",
+        "--eval.batch_size=1",
+        f"--output_dir={tmp_path / 'e'}",
+        cwd=tmp_path,
+    )
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert (
+        lines[-1].startswith("lerobot-eval: error:") and "do not match the pruned architecture" in lines[-1]
+    )
+    assert not (tmp_path / "e").exists()

@@ -4,6 +4,7 @@ replayed cuts, strict weights) instead of constructing the unpruned one."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,16 @@ class _LoadedByVlaprune:
 
     @classmethod
     def from_pretrained(cls, pretrained_name_or_path: str | Path, *, config: Any = None, **kwargs: Any):
+        from vlaprune.errors import VlapruneError
         from vlaprune.surgery.plugin import load_plugin_policy
 
-        return load_plugin_policy(cls, pretrained_name_or_path, config, revision=kwargs.get("revision"))
+        try:
+            return load_plugin_policy(cls, pretrained_name_or_path, config, revision=kwargs.get("revision"))
+        except VlapruneError as e:
+            if Path(sys.argv[0]).name.startswith("lerobot-"):  # inside lerobot-train / eval / record
+                print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+                raise SystemExit(2) from None  # one line and a non-zero exit, no traceback
+            raise
 
 
 class VlapruneSmolVLAPolicy(_LoadedByVlaprune, SmolVLAPolicy):
