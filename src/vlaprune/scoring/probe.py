@@ -22,7 +22,8 @@ class Probe:
     """layout: the model's stacks. stacks: names of the stacks to score. batches / loss: calibration
     batches and loss(i, batch) with fixed noise per batch. granularity: "block" or "sublayer" gates.
     example_weights: batch -> w (B,) with loss = sum_b w[b] * (example b's own loss), for per-example
-    methods (gateprobe); None: the lerobot family's rule (`gateprobe.example_weights`)."""
+    methods (gateprobe); None: the lerobot family's rule (`gateprobe.example_weights`). probes / ig_steps /
+    span: settings of hessian_trace / integrated_gradients / contiguous_cossim."""
 
     layout: Layout
     stacks: list[str]
@@ -31,6 +32,11 @@ class Probe:
     seed: int = 0
     granularity: str = "block"
     example_weights: Callable[[Any], torch.Tensor] | None = None
+    # method settings: Hutchinson probes (hessian_trace), integration steps (integrated_gradients), span of
+    # contiguous blocks (contiguous_cossim)
+    probes: int = 8
+    ig_steps: int = 8
+    span: int = 2
 
     def mean_loss(self) -> float:
         """Mean calibration loss under whatever gates/hooks are active (no grad)."""

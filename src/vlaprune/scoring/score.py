@@ -39,6 +39,11 @@ class ScoreConfig:
     seed: int = 0
     # One gate per block, or one per residual branch (attention, MLP): gateprobe_branch(_abs) only.
     granularity: str = "block"
+    # Method settings: Hutchinson probes per batch (hessian_trace), integration steps (integrated_gradients),
+    # blocks per contiguous span (contiguous_cossim).
+    probes: int = 8
+    ig_steps: int = 8
+    span: int = 2
     output: str = "scores.json"
 
     def __post_init__(self) -> None:
@@ -49,6 +54,9 @@ class ScoreConfig:
             raise VlapruneError(f"--batches={self.batches}: need at least one calibration batch")
         if self.batch_size < 1:
             raise VlapruneError(f"--batch_size={self.batch_size}: need at least one frame per batch")
+        for name in ("probes", "ig_steps", "span"):
+            if getattr(self, name) < 1:
+                raise VlapruneError(f"--{name}={getattr(self, name)}: must be at least 1")
         if self.granularity not in GRANULARITIES:
             raise VlapruneError(f"--granularity={self.granularity!r}; choose one of {GRANULARITIES}")
         whole = [m for m in self.methods() if m in BLOCK_ONLY]
@@ -112,6 +120,10 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     lay = policy.layout()
     stacks = select_stacks(lay.stacks, cfg.components)
     batches, loss = [], None
+    if "perplexity" in cfg.methods():  # refuse before calibrating: no language-model head, other stacks
+        from vlaprune.scoring.perplexity import check
+
+        check(lay, stacks)
     if any(m in NEEDS_DATA for m in cfg.methods()):
         if not policy.is_lerobot:
             raise VlapruneError(
@@ -119,7 +131,17 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
             )
         batches = Data(policy, cfg.dataset).batches(cfg.batches, cfg.batch_size, cfg.seed)
         loss = policy_loss(policy.module, cfg.seed)
-    probe = Probe(lay, stacks, batches, loss, cfg.seed, cfg.granularity)
+    probe = Probe(
+        lay,
+        stacks,
+        batches,
+        loss,
+        cfg.seed,
+        cfg.granularity,
+        probes=cfg.probes,
+        ig_steps=cfg.ig_steps,
+        span=cfg.span,
+    )
     base = probe.mean_loss() if batches else None
     results: dict[str, Any] = {}
     console = Console(width=max(Console().width, 100))

@@ -91,3 +91,45 @@ def angular(probe: Probe) -> Scores:
     return Scores(
         {s: [float(torch.arccos(c.clamp(-1, 1)).mean()) / math.pi for c in per] for s, per in cos.items()}
     )
+
+
+def _span_cosines(probe: Probe, spans: dict[str, int]) -> dict[str, list[float]]:
+    """Per stack s and start block j: the mean row-wise cosine between h_j (entering block j) and h_{j+n}
+    (leaving block j+n-1), n = spans[s], for every span of n contiguous blocks in the stack."""
+    sums: dict[str, list[list[torch.Tensor]]] = {}
+    for i, batch in enumerate(probe.batches):
+        ins, outs, exits = _observe(probe, i, batch)
+        for s in probe.stacks:
+            size, n = len(probe.layout.stacks[s]), spans[s]
+            per = sums.setdefault(s, [[] for _ in range(max(0, size - n + 1))])
+            for j in range(size - n + 1):
+                last = j + n - 1
+                h_out = outs[(s, last)] or (ins[(s, last + 1)] if last + 1 < size else exits[s])
+                if not ins[(s, j)] or len(h_out) != len(ins[(s, j)]):
+                    raise VlapruneError(
+                        f"stack {s!r} blocks {j}..{last}: could not observe the span's input and output"
+                    )
+                for a, b in zip(ins[(s, j)], h_out):
+                    per[j].append(
+                        torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).flatten()
+                    )
+    return {s: [float(torch.cat(c).mean()) for c in per] for s, per in sums.items()}
+
+
+def contiguous_cossim(probe: Probe) -> Scores:
+    """ShortGPT-style contiguous spans: a span of `Probe.span` blocks starting at j scores
+    1 - mean cos(h_j, h_{j+n}) (row-wise, over every calibration token), and a block gets the lowest score of
+    the spans that contain it, so the blocks of the most redundant span rank last (with n equal to the
+    number of blocks you drop, the k lowest-scoring blocks are that span). A stack shorter than the span
+    uses one span of its whole length. span 1 is block_influence."""
+    if probe.span < 1:
+        raise VlapruneError(f"--span={probe.span}: a span holds at least one block")
+    spans = {s: min(probe.span, len(probe.layout.stacks[s])) for s in probe.stacks}
+    cos = _span_cosines(probe, spans)
+    out: dict[str, list[float]] = {}
+    for s in probe.stacks:
+        size, n = len(probe.layout.stacks[s]), spans[s]
+        out[s] = [
+            min(1.0 - cos[s][j] for j in range(max(0, i - n + 1), min(i, size - n) + 1)) for i in range(size)
+        ]
+    return Scores(out, {"span": probe.span})
