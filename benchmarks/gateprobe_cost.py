@@ -108,9 +108,65 @@ def main() -> None:
         "agreement_gateprobe_vs_loo": agreement(gp.blocks, loo.blocks),
         "agreement_gateprobe_branch_vs_loo": agreement(branch.blocks, loo.blocks),
     }
+    result["metrics"] = metric_set(probe, loo, t_plain)
+    result["diagnosis"] = diagnose(probe, batches, loss, lay)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def metric_set(probe: Probe, loo, t_plain: float) -> dict:
+    """Every data-driven metric of the paper's comparison: seconds / plain, agreement with leave-one-out."""
+    out = {}
+    probe.probes, probe.ig_steps, probe.span = 4, 4, 2
+    for m in (
+        "taylor",
+        "taylor_elementwise",
+        "fisher",
+        "fisher_params",
+        "hessian_trace",
+        "integrated_gradients",
+        "contiguous_cossim",
+        "block_influence",
+    ):
+        t0 = time.perf_counter()
+        sc = METHODS[m](probe)
+        secs = time.perf_counter() - t0
+        out[m] = {
+            "over_plain": round(secs / t_plain, 3),
+            "agreement_with_loo": agreement(sc.blocks, loo.blocks),
+        }
+    return out
+
+
+def diagnose(probe: Probe, batches, loss, lay) -> dict:
+    """Why GateProbe and leave-one-out disagree on some stack: per block, GateProbe, the signed first-order
+    prediction of the loss change when the block goes (-mean dL/da), the exact change (loo); and each method's
+    split-half stability (Spearman between the scores of the first and the second half of the batches)."""
+    from vlaprune.scoring.gateprobe import example_gradients
+
+    grads = example_gradients(probe)
+    loo = METHODS["loo"](probe).blocks
+    gp = METHODS["gateprobe"](probe).blocks
+    half = len(batches) // 2
+    halves = [Probe(lay, probe.stacks, batches[:half], loss), Probe(lay, probe.stacks, batches[half:], loss)]
+    # the second half's loss must see its own batch indices' noise: shift them
+    halves[1] = Probe(lay, probe.stacks, batches[half:], lambda i, b: loss(i + half, b))
+    split = {}
+    for m in ("gateprobe", "loo"):
+        a, b = (METHODS[m](h).blocks for h in halves)
+        split[m] = agreement(a, b)
+    out = {"split_half_agreement": split, "blocks": {}}
+    for s in probe.stacks:
+        out["blocks"][s] = [
+            {
+                "gateprobe": round(gp[s][i], 6),
+                "first_order_change": round(-float(grads[(s, i)].mean()), 6),
+                "loo_change": round(loo[s][i], 6),
+            }
+            for i in range(len(lay.stacks[s]))
+        ]
+    return out
 
 
 if __name__ == "__main__":
