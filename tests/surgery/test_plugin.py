@@ -229,3 +229,54 @@ def test_lerobot_eval_refuses_a_tampered_checkpoint_in_one_line(fresh, tmp_path)
         lines[-1].startswith("lerobot-eval: error:") and "do not match the pruned architecture" in lines[-1]
     )
     assert not (tmp_path / "e").exists()
+
+
+def _with_processors(handle, folder: Path, dataset: Path) -> None:
+    """Save the policy's processors (normalized with the dataset's stats) into a checkpoint folder, with the
+    tiny stand-in tokenizer's local path in place of the hub id pi0's processor hard-codes."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    from vlaprune.data import processors
+
+    pre, post = processors(handle, LeRobotDatasetMetadata("local/tiny", root=dataset).stats)
+    pre.save_pretrained(folder)
+    post.save_pretrained(folder)
+    for f in folder.glob("policy_*processor.json"):
+        text = f.read_text()
+        for hub_id, local in handle.tokenizers.items():
+            text = text.replace(hub_id, local)
+        f.write_text(text)
+
+
+@pytest.mark.parametrize("family, kind", [("pi0", "keep_kv"), ("pi05", "units")])
+def test_lerobot_train_console_on_tiny_pi_cuts(family, kind, fresh, tiny_dataset, tmp_path):
+    handle = wrap(fresh(family))
+    _cut(handle, kind)
+    cut = handle.save(tmp_path / "cut")
+    _with_processors(handle, cut, tiny_dataset)
+    train = tmp_path / "train"
+    common = ["--num_workers=0", "--policy.device=cpu", "--policy.push_to_hub=false", "--wandb.enable=false"]
+    r = lerobot(
+        "lerobot-train",
+        f"--policy.path={cut}",
+        "--dataset.repo_id=local/tiny",
+        f"--dataset.root={tiny_dataset}",
+        "--steps=2",
+        "--batch_size=2",
+        "--save_freq=2",
+        f"--output_dir={train}",
+        *common,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    config = train / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
+    r = lerobot("lerobot-train", f"--config_path={config}", "--resume=true", "--steps=3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = train / "checkpoints" / "000003" / "pretrained_model"
+    back = load_policy(ckpt)
+    assert [p.kind for p in back.record.plans] == [p.kind for p in handle.record.plans]
+    assert sum(p.numel() for p in back.module.parameters()) == sum(
+        p.numel() for p in handle.module.parameters()
+    )
+    assert torch.equal(actions(back.module), actions(lerobot_load(ckpt)))
+    assert not torch.equal(actions(back.module), actions(handle.module))  # lerobot-train changed it

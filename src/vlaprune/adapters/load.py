@@ -70,8 +70,6 @@ def _first_line(e: BaseException) -> str:
 
 def build(name: str, config: Any = None, **kwargs: Any) -> Source:
     """A registered builder's model (with `config`: that architecture, e.g. to rebuild a pruned one)."""
-    if name.startswith("tiny:") and name not in BUILDERS:
-        import vlaprune.tiny  # noqa: F401  (registers the tiny builders; a plugin load in lerobot's tools)
     if name not in BUILDERS:
         what = "tiny model" if name.startswith("tiny:") else "built-in model"
         known = ", ".join(BUILDERS) or "none registered (import vlaprune.tiny to register the tiny models)"

@@ -1,12 +1,13 @@
 """One DTR measurement: cut the sweep's policy -> evaluate -> recover with the budget -> evaluate again, and
 the cost of the cut model (`measure_one`, what `dtr.run` calls for every row it has not measured yet).
+`cfg` is the sweep's `dtr.DTRConfig` (not imported here: dtr imports this module).
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vlaprune.configs import EpisodesConfig, PolicyConfig
 from vlaprune.data import Data
@@ -20,14 +21,11 @@ from vlaprune.recover.train import RecoverConfig
 from vlaprune.recover.train import run as recover
 from vlaprune.surgery.plan import plan_to_dict
 
-if TYPE_CHECKING:  # the sweep's config; dtr imports this module at run time, not the other way round
-    from vlaprune.experiments.dtr import DTRConfig
-
 RECORD_KEYS = ("success_rate", "successes", "episodes", "ci95", "episodes_detail")
 
 
 def evaluate_policy(
-    path: str, cfg: DTRConfig, data: Data, held: list[int] | None, probes: bool = False
+    path: str, cfg: Any, data: Data, held: list[int] | None, probes: bool = False
 ) -> dict[str, Any]:
     """Offline loss on held-out episodes and closed-loop success per task (with CIs) of a checkpoint (cut
     or recovered from the sweep's policy, so the sweep's processors serve it)."""
@@ -61,7 +59,7 @@ def evaluate_policy(
 
 
 def measure_one(
-    cfg: DTRConfig, mspec: dict, work: Path, baseline: bool, data: Data, splits: tuple
+    cfg: Any, mspec: dict, work: Path, baseline: bool, data: Data, splits: tuple
 ) -> dict[str, Any]:
     """Cut -> evaluate -> recover (the budget: same steps, or the baseline's training FLOPs; training
     episodes) -> evaluate; cost of the cut model."""

@@ -13,7 +13,8 @@ sublayer drops, unit pruning) is saved as
                        trained episodes)
     model.safetensors  the pruned weights (the name lerobot's tools and `save_pretrained` use)
     plan.json          the same record, for people and for vlaprune (weights: model.safetensors)
-Loading (vlaprune's `load_pruned`, or the plugin's `from_pretrained` in lerobot's tools) rebuilds the base
+Loading (vlaprune's `load_pruned`, or the plugin's `from_pretrained` in lerobot's tools, which calls it and
+then hands the policy lerobot's config) rebuilds the base
 architecture with random weights, replays the plans and loads the weights strictly: missing, unexpected or
 mis-shaped tensors are refused in one line, never silently re-initialised. lerobot-train's checkpoints of
 such a policy are again this format (its config carries the record), so vlaprune loads them back.
@@ -21,7 +22,6 @@ such a policy are again this format (its config carries the record), so vlaprune
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -84,53 +84,3 @@ def record_from_config(folder: Path) -> dict[str, Any] | None:
             "cannot be rebuilt; restore config.json from the checkpoint vlaprune wrote"
         )
     return {**record, "weights": WEIGHTS}
-
-
-def swap_config(model: nn.Module, config: Any) -> None:
-    """Make `config` the config of `model` and of every submodule that shared the old one (lerobot's policies
-    hand one config object to their inner model), so CLI overrides (device, n_action_steps, ...) reach all."""
-    old = model.config
-    for m in model.modules():
-        if getattr(m, "config", None) is old:
-            m.config = config
-
-
-def check_structure(model: nn.Module, config: Any) -> None:
-    """The loaded config must describe the architecture the plans produced: every field it shares with the
-    rebuilt model's config and that the surgery changed (layer counters) must agree."""
-    old = model.config
-    for f in dataclasses.fields(old):
-        if f.name.startswith("num_") and f.name.endswith("_layers") and hasattr(config, f.name):
-            if getattr(config, f.name) != getattr(old, f.name):
-                raise VlapruneError(
-                    f"config.json says {f.name}={getattr(config, f.name)} but the recorded cuts give "
-                    f"{getattr(old, f.name)}; the config was edited: restore it from the checkpoint"
-                )
-
-
-def load_plugin_policy(
-    cls: type, pretrained_name_or_path: str | Path, config: Any = None, revision: str | None = None
-) -> nn.Module:
-    """What the plugin's `from_pretrained` returns: the pruned policy (vlaprune's `load_pruned`), with
-    `config` (lerobot's, CLI overrides included) as its config everywhere, of class `cls` (the plugin's
-    subclass of the family policy, so lerobot's name-based lookups find the plugin type), on
-    `config.device`, in eval mode."""
-    from vlaprune.surgery.checkpoint import load_pruned
-
-    folder = Path(pretrained_name_or_path)
-    if not folder.is_dir():
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(str(pretrained_name_or_path), revision=revision))
-    source, _ = load_pruned(folder)
-    policy = source.module
-    if config is None:
-        from lerobot.configs.policies import PreTrainedConfig
-
-        config = PreTrainedConfig.from_pretrained(folder)
-    check_structure(policy, config)
-    swap_config(policy, config)
-    policy.__class__ = cls
-    if getattr(config, "device", None):
-        policy.to(config.device)
-    return policy.eval()
