@@ -31,6 +31,26 @@ def lerobot(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def train_and_resume(policy: Path, repo_id: str, root: Path, out: Path, total: int, cwd: Path) -> Path:
+    """Vanilla lerobot-train: 2 steps from `policy`, then a resume to `total` steps; the last checkpoint."""
+    common = ["--num_workers=0", "--policy.device=cpu", "--policy.push_to_hub=false", "--wandb.enable=false"]
+    data = [f"--dataset.repo_id={repo_id}", f"--dataset.root={root}", "--batch_size=2", "--save_freq=2"]
+    r = lerobot(
+        "lerobot-train",
+        f"--policy.path={policy}",
+        *data,
+        "--steps=2",
+        f"--output_dir={out}",
+        *common,
+        cwd=cwd,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    config = out / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
+    r = lerobot("lerobot-train", f"--config_path={config}", "--resume=true", f"--steps={total}", cwd=cwd)
+    assert r.returncode == 0 and "Resuming" in r.stderr + r.stdout, r.stderr[-3000:]
+    return out / "checkpoints" / f"{total:06d}" / "pretrained_model"
+
+
 def lerobot_load(folder: Path):
     import lerobot_policy_vlaprune  # noqa: F401  (lerobot's tools import it at start)
     from lerobot.configs.policies import PreTrainedConfig
@@ -49,25 +69,7 @@ def test_lerobot_train_resume_and_eval_a_pruned_checkpoint(tmp_path):
     assert json.loads((cut / "config.json").read_text())["type"] == "vlaprune_smolvla"
     data = assets.ASSETS / "dataset"
     train = tmp_path / "train"
-    common = ["--num_workers=0", "--policy.device=cpu", "--policy.push_to_hub=false", "--wandb.enable=false"]
-    r = lerobot(
-        "lerobot-train",
-        f"--policy.path={cut}",
-        "--dataset.repo_id=local/metaworld4",
-        f"--dataset.root={data}",
-        "--steps=2",
-        "--batch_size=2",
-        "--save_freq=2",
-        f"--output_dir={train}",
-        *common,
-        cwd=tmp_path,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    config = train / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
-    r = lerobot("lerobot-train", f"--config_path={config}", "--resume=true", "--steps=4", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "Resuming" in r.stderr + r.stdout
-    ckpt = train / "checkpoints" / "000004" / "pretrained_model"
+    ckpt = train_and_resume(cut, "local/metaworld4", data, train, 4, tmp_path)
     assert json.loads((ckpt / "config.json").read_text())["type"] == "vlaprune_smolvla"
     trained = load_policy(ckpt)  # vlaprune loads lerobot-train's output back
     assert len(trained.layout().stacks["vision"]) == len(load_policy(src).layout().stacks["vision"]) - 1
@@ -254,25 +256,7 @@ def test_lerobot_train_console_on_tiny_pi_cuts(family, kind, fresh, tiny_dataset
     _cut(handle, kind)
     cut = handle.save(tmp_path / "cut")
     _with_processors(handle, cut, tiny_dataset)
-    train = tmp_path / "train"
-    common = ["--num_workers=0", "--policy.device=cpu", "--policy.push_to_hub=false", "--wandb.enable=false"]
-    r = lerobot(
-        "lerobot-train",
-        f"--policy.path={cut}",
-        "--dataset.repo_id=local/tiny",
-        f"--dataset.root={tiny_dataset}",
-        "--steps=2",
-        "--batch_size=2",
-        "--save_freq=2",
-        f"--output_dir={train}",
-        *common,
-        cwd=tmp_path,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    config = train / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
-    r = lerobot("lerobot-train", f"--config_path={config}", "--resume=true", "--steps=3", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    ckpt = train / "checkpoints" / "000003" / "pretrained_model"
+    ckpt = train_and_resume(cut, "local/tiny", tiny_dataset, tmp_path / "train", 3, tmp_path)
     back = load_policy(ckpt)
     assert [p.kind for p in back.record.plans] == [p.kind for p in handle.record.plans]
     assert sum(p.numel() for p in back.module.parameters()) == sum(
