@@ -1,5 +1,6 @@
 """GateProbe at full model scale on a CPU machine: SmolVLA (SmolVLM2-500M) and pi0 / pi0.5 (gemma_2b +
-gemma_300m, ~3.3 B), random weights built offline (vlaprune.tiny.full_size), bf16 parameters.
+gemma_300m, ~3.3 B), random weights built offline (vlaprune.tiny.full_size): SmolVLA in fp32, pi0 / pi0.5
+with lerobot's `dtype="bfloat16"` (vision path fp32).
 
     .venv/bin/python benchmarks/gateprobe_fullscale.py --model smolvla [--batches 2 --batch-size 1]
 
@@ -139,7 +140,8 @@ def main() -> None:
     summary = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {_ram_gb()} GB RAM, "
         f"torch {torch.__version__}",
-        "model": f"{args.model} full size, random weights, bf16 parameters, "
+        "model": f"{args.model} full size, random weights, "
+        f"{'fp32' if args.model == 'smolvla' else 'bf16 (vision fp32)'} parameters, "
         f"{gp['params'] / 1e6:.0f} M params",
         "calibration": f"{args.batches} batches x {args.batch_size} example(s)",
         "phases": results,

@@ -10,14 +10,15 @@ real sizes, for the full-scale benchmark (benchmarks/gateprobe_fullscale.py) and
            hard-coded; building the model needs no tokenizer). ~3.3 B parameters.
 Batches come from `adapters.lerobot_batch.example_batch` (model-ready tensors; the SmolVLM tokenizer here is a
 small stand-in whose ids fit the real vocabulary); nothing is downloaded.
-Parameters are created in `dtype` (bf16 halves memory and init time: pi0 ~6.6 GB instead of ~13 GB).
+Precision as lerobot runs them: SmolVLA in fp32 (a checkpoint loaded by `from_pretrained` is fp32; its
+joint forward does not support a bf16 VLM beside the fp32 expert: the residual stream mixes dtypes, tried),
+~1.8 GB; pi0 / pi0.5 with `dtype="bfloat16"` (lerobot's own selective bf16, vision path in fp32), ~7 GB.
+Parameters are initialised in fp32 first (pi0: ~13 GB for a moment).
 """
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -62,6 +63,7 @@ def write_smolvlm2_500m(out_dir: str | Path) -> Path:
             size={"longest_edge": IMAGE}, max_image_size={"longest_edge": IMAGE}, do_image_splitting=False
         ),
         tokenizer=tok,
+        video_processor=_video_processor(),
         image_seq_len=(IMAGE // 16) ** 2 // SCALE_FACTOR**2,
     )
     proc.save_pretrained(str(out))
@@ -76,17 +78,16 @@ def write_smolvlm2_500m(out_dir: str | Path) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
+def _video_processor():
     try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
+        from transformers import SmolVLMVideoProcessor
+
+        return SmolVLMVideoProcessor()
+    except Exception:  # needs torchvision ops a CPU torchvision may lack (as in tiny.smolvla)
+        return None
 
 
-def full_smolvla(vlm_dir: str | Path | None = None, dtype: torch.dtype = torch.bfloat16, seed: int = 0):
+def full_smolvla(vlm_dir: str | Path | None = None, seed: int = 0):
     """lerobot's SmolVLAPolicy at SmolVLM2-500M size (random weights, eval mode, 1 camera, state/action 6)."""
     from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
@@ -103,9 +104,7 @@ def full_smolvla(vlm_dir: str | Path | None = None, dtype: torch.dtype = torch.b
         output_features={"action": PolicyFeature(FeatureType.ACTION, (6,))},
     )
     torch.manual_seed(seed)
-    with default_dtype(dtype):
-        policy = SmolVLAPolicy(cfg)
-    return policy.to(dtype).eval()
+    return SmolVLAPolicy(cfg).eval()
 
 
 def full_pi(kind: str = "pi0", dtype: torch.dtype = torch.bfloat16, seed: int = 0):
@@ -125,11 +124,11 @@ def full_pi(kind: str = "pi0", dtype: torch.dtype = torch.bfloat16, seed: int = 
             "observation.state": PolicyFeature(FeatureType.STATE, (6,)),
         },
         output_features={"action": PolicyFeature(FeatureType.ACTION, (6,))},
+        dtype="bfloat16" if dtype == torch.bfloat16 else "float32",  # lerobot's own mixed precision
+        device="cpu",
     )
     torch.manual_seed(seed)
-    with default_dtype(dtype):
-        policy = getattr(model, cls_name)(cfg)
-    return policy.to(dtype).eval()
+    return getattr(model, cls_name)(cfg).eval()
 
 
 def calibration_batches(policy, n: int = 1, size: int = 1) -> list[dict]:
