@@ -264,3 +264,21 @@ def test_lerobot_train_console_on_tiny_pi_cuts(family, kind, fresh, tiny_dataset
     )
     assert torch.equal(actions(back.module), actions(lerobot_load(ckpt)))
     assert not torch.equal(actions(back.module), actions(handle.module))  # lerobot-train changed it
+
+
+def test_async_inference_server_accepts_and_loads_the_pruned_types(fresh, tmp_path, monkeypatch):
+    """lerobot's policy server checks the type against SUPPORTED_POLICIES, then calls
+    get_policy_class(type).from_pretrained(path) with no config: both work for the plugin's types."""
+    pytest.importorskip("grpc")
+    monkeypatch.chdir(tmp_path)  # the server module opens a log file under ./logs when imported
+    import lerobot_policy_vlaprune  # noqa: F401
+    from lerobot.async_inference import policy_server
+    from lerobot.policies.factory import get_policy_class
+
+    handle = wrap(fresh("pi05"))
+    handle.drop_blocks({"language": [1, 2]})
+    out = handle.save(tmp_path / "ck")
+    assert "vlaprune_pi05" in policy_server.SUPPORTED_POLICIES
+    served = get_policy_class("vlaprune_pi05").from_pretrained(str(out))
+    assert served.config.type == "vlaprune_pi05" and served.config.vlaprune["plans"]
+    assert torch.equal(actions(served), actions(handle.module))
