@@ -80,9 +80,10 @@ class Loaded:
         self.record.plans.append(plan)
         return plan
 
-    def prune_units(self, units: dict) -> UnitPlan:
-        """Remove FFN channels / attention heads for real; the plan joins the record."""
-        plan = prune_units(self.module, units, layout=self.layout())
+    def prune_units(self, units: dict, removal: str = "real", spec: list[str] | None = None) -> UnitPlan:
+        """Remove FFN channels / attention heads (for real, or zeroed in place with removal="masked"); the
+        plan joins the record."""
+        plan = prune_units(self.module, units, layout=self.layout(), removal=removal, spec=spec)
         self.record.plans.append(plan)
         return plan
 

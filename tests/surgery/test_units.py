@@ -110,7 +110,7 @@ def test_bad_plans(fresh):
     with pytest.raises(VlapruneError, match="removes all 2 vision block 0 KV groups"):
         select(scores_for(policy, {"vision": {"q", "kv"}}), {("vision", "attn"): 0.9})
     sc = scores_for(policy, {"language": {"q", "kv"}})
-    with pytest.raises(VlapruneError, match="cannot be pruned: its attention is joint"):
+    with pytest.raises(VlapruneError, match="cannot be removed: its attention is joint"):
         prune_units(policy, select(sc, {("language", "attn"): 0.5}))
 
 
@@ -208,7 +208,7 @@ def test_prune_units_cli(smolvla, tiny_dataset, tmp_path, cli_error):
     assert report["judged_on"]["budget_search_on"] == "validation"
     for bad, msg in [
         (["--ratios=language.mlp=1.5"], "[0, 1)"),
-        (["--ratios=language.mlp=0.3", "--budget=0.2"], "either --ratios"),
+        (["--ratios=language.mlp=0.3", "--budget=0.2"], "exactly one"),
         (["--ratios=language.mlp=0.3", "--criterion=best"], "unknown criterion"),
         (["--ratios=language.mlp=0.3", "--holdout=1"], "--holdout=1"),
         (["--ratios=language.mlp=0.3", "--env.type=metaworld"], "--env.task is required"),
@@ -216,4 +216,49 @@ def test_prune_units_cli(smolvla, tiny_dataset, tmp_path, cli_error):
     ]:
         argv = [f"--policy.path={tmp_path / 'vla'}", f"--dataset.root={tiny_dataset}", *bad]
         assert msg in cli_error(["prune-units", *argv, f"--output_dir={tmp_path / 'x'}"], only=False), bad
+    assert not (tmp_path / "x").exists()
+
+
+def test_prune_units_spec_cli(smolvla, tiny_dataset, tmp_path, cli_error):
+    """A multi-module spec with per-module criteria, directions, scopes and protected blocks, compared with
+    baselines on the same modules; masked removal with FLAP's bias compensation; bad specs."""
+    smolvla.save_pretrained(tmp_path / "vla")
+    save_file({k: v.detach().clone() for k, v in smolvla.state_dict().items()}, tmp_path / "vlm.safetensors")
+    common = [f"--policy.path={tmp_path / 'vla'}", f"--dataset.root={tiny_dataset}", "--batches=1"]
+    spec = (
+        "language.mlp=dw_openvla:high:0.25:global:protect=0 vision.mlp=dw_pi05:low:0.25 action.mlp=flap:0.25"
+    )
+    out = tmp_path / "spec"
+    argv = [*common, f"--spec={spec}", f"--base={tmp_path / 'vlm.safetensors'}", "--map=identity"]
+    assert main(["prune-units", *argv, "--compare=magnitude,flap", "--removal=masked", "--flap_bias=true",
+                 f"--output_dir={out}"]) == 0  # fmt: skip
+    report = json.loads((out / "prune.json").read_text())
+    rows = {r["criterion"]: r for r in report["rows"]}
+    assert list(rows) == ["spec", "magnitude", "flap"]
+    assert rows["spec"]["spec"][0] == "language.mlp=dw_openvla:high:0.25:global:protect=0"
+    assert rows["magnitude"]["spec"][1] == "vision.mlp=magnitude:low:0.25:layer"
+    for r in rows.values():  # masked: nothing saved (FLAP's biases even add a few parameters)
+        assert r["removal"] == "masked" and -0.5 < r["params_removed_pct"] <= 0
+    assert rows["magnitude"]["params_removed_pct"] == 0  # no flap module, no bias
+    assert len({tuple(r["units_removed"].items()) for r in rows.values()}) == 1
+    plan = json.loads((out / "plan.json").read_text())["plans"][-1]
+    assert plan["removal"] == "masked" and plan["spec"] == rows["spec"]["spec"]
+    assert "0" not in plan["units"]["language"]  # protected
+    pruned = load(out)
+    down = layout(pruned).stacks["action"].blocks[0].mlp.down_proj
+    assert down.bias is not None and down.bias.abs().sum() > 0  # FLAP's compensation on the flap module
+    assert (down.weight.abs().sum(0) == 0).sum() == round(0.25 * down.in_features)
+    for bad, msg in [
+        (f"--spec={spec}", "need the base VLM's weights"),
+        ("--spec=language.mlp=dw:0.2:protect=9", "out of range"),
+        ("--spec=language.mlp=magnitude:0.2:sideways", "unknown field 'sideways'"),
+        ("--spec=robot.mlp=magnitude:0.2", "no stack 'robot'"),
+        ("--spec=language.mlp=magnitude:0.9999", "removes all"),
+        ("--removal=zeroed", "--removal='zeroed'"),
+    ]:
+        extra = [] if bad.startswith("--spec") else ["--spec=language.mlp=magnitude:0.2"]
+        base = [f"--base={tmp_path / 'vlm.safetensors'}"] if "protect=9" in bad else []
+        argv = ["prune-units", *common, bad, *extra, *base, f"--output_dir={tmp_path / 'x'}"]
+        err = cli_error(argv, only=False)
+        assert msg in err, (bad, err)
     assert not (tmp_path / "x").exists()

@@ -79,12 +79,17 @@ def ffn_parts(block: nn.Module) -> tuple[nn.Module, list[str], str]:
 
 def attn_parts(block: nn.Module) -> dict[str, Any]:
     """{"attn": module, "path": its name in the block, "o": output projection name, "head_dim", "n_q",
-    "n_kv"} of a block's self-attention with separate q / k / v projections."""
+    "n_kv", "qkv": None | name of a fused projection} of a block's self-attention: separate q / k / v
+    projections (Llama / Gemma / SigLIP: `self_attn`) or timm's fused `attn.qkv` (rows: all q, then all k,
+    then all v; n_q == n_kv == num_heads)."""
     _refuse_kv_only(block)
-    attn = getattr(block, "self_attn", None)
-    if attn is None or not all(hasattr(attn, n) for n in QKV):
+    attn, path = getattr(block, "self_attn", None), "self_attn"
+    fused = attn is None and isinstance(getattr(getattr(block, "attn", None), "qkv", None), nn.Linear)
+    if fused:
+        attn, path = block.attn, "attn"
+    if attn is None or not (fused or all(hasattr(attn, n) for n in QKV)):
         raise VlapruneError(
-            f"{type(block).__name__}: no self_attn with q/k/v projections; heads cannot be pruned"
+            f"{type(block).__name__}: no self_attn with q/k/v projections (or attn.qkv): no heads to prune"
         )
     o_name = next(n for n in ATTN_OUT_NAMES if hasattr(attn, n))
     if getattr(attn, "removed", False) or getattr(getattr(attn, o_name), "removed", False):
@@ -93,11 +98,13 @@ def attn_parts(block: nn.Module) -> dict[str, Any]:
             "it out of the plan"
         )
     d = attn.head_dim
+    n_q = attn.qkv.out_features // (3 * d) if fused else attn.q_proj.out_features // d
     return {
         "attn": attn,
-        "path": "self_attn",
+        "path": path,
         "o": o_name,
         "head_dim": d,
-        "n_q": attn.q_proj.out_features // d,
-        "n_kv": attn.k_proj.out_features // d,
+        "n_q": n_q,
+        "n_kv": n_q if fused else attn.k_proj.out_features // d,
+        "qkv": "qkv" if fused else None,
     }

@@ -4,6 +4,8 @@
         --ratios=language.mlp=0.3,language.attn=0.1,vision.mlp=0.2 --compare=magnitude,wanda --output_dir=out
     vlaprune prune-units ... --budget=0.2      # search per-module ratios that remove 20% of the parameters
     vlaprune prune-units ... --env.type=metaworld --env.task=reach-v3 --eval.n_episodes=20   # + success
+    vlaprune prune-units ... --base=VLM --spec="language.mlp=dw_pi05:high:0.2:global:protect=0-1 \
+        vision.mlp=dw_pi05:low:0.1:global" --compare=magnitude,wanda,flap --removal=masked
 
 Ratios are per stack and unit kind (`mlp`: FFN channels, `attn`: attention heads), applied uniformly to
 every block of the stack (the lowest-scoring units of each block go). Scores are calibrated on the
@@ -13,11 +15,18 @@ closed-loop success with a Wilson 95% interval when `--env.type` is given, next 
 `select_action` latency. `--budget` searches the ratios greedily in steps of 0.1: each step raises the
 ratio of the module whose step costs the least held-out loss per parameter removed, until the budget is
 met (the cheap offline proxy; the closed-loop success is the final check). No fine-tuning follows.
+
+`--spec` names every module with its own criterion, direction, ratio, scope and protected blocks (grammar in
+`vlaprune.surgery.spec`; the divergence paper's public-code recipes are specs); `--compare` then runs each
+baseline criterion on the same modules, ratios, scopes and protected blocks (direction low). `--removal`:
+`real` shrinks the layers, `masked` zeroes the same units in place (no parameter / FLOP saving, reported as
+such). `--flap_bias` adds FLAP's bias compensation to the modules scored by `flap`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,17 +36,19 @@ from torch import nn
 
 from vlaprune.adapters.counting import unique_params
 from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
-from vlaprune.data import Data, action_error, policy_loss
+from vlaprune.data import Data, policy_loss
 from vlaprune.errors import VlapruneError
-from vlaprune.evaluate.closed_loop import wilson
-from vlaprune.evaluate.cost import cost, inference_call, latency
-from vlaprune.evaluate.paired import compare, pair_episodes, verdict
-from vlaprune.evaluate.run import closed_loop, task_instructions
+from vlaprune.evaluate.cost import cost
+from vlaprune.evaluate.run import task_instructions
+from vlaprune.experiments.judge import Judge, paired, table
 from vlaprune.policy import Loaded, load_policy
 from vlaprune.scoring.probe import Probe
-from vlaprune.scoring.units import CRITERIA, unit_scores
-from vlaprune.surgery.ratios import KINDS, parse_ratios, select
+from vlaprune.scoring.units import CRITERIA, LEGACY, bias_compensation, input_stats, unit_scores
+from vlaprune.surgery.ratios import KINDS, Module, parse_ratios, select
+from vlaprune.surgery.spec import label, parse_spec
 from vlaprune.surgery.units import coupled_stacks
+
+DW = ("dw", "dw_openvla", "dw_pi05", *LEGACY)
 
 
 @dataclass
@@ -52,6 +63,14 @@ class PruneUnitsConfig:
     compare: str = ""
     ratios: str = ""
     budget: float = 0.0
+    # Per-module criterion / direction / ratio / scope / protected blocks (see vlaprune.surgery.spec), e.g.
+    # "language.mlp=dw_openvla:high:0.2:global:protect=0-4,30,31 vision.mlp=dw_openvla:low:0.1".
+    spec: str = ""
+    # real: the layers shrink; masked: the units are zeroed in place (shapes kept, nothing saved).
+    removal: str = "real"
+    # FLAP's bias compensation for the modules scored by `flap` (the removed units' mean output is added
+    # to the output projection's bias).
+    flap_bias: bool = False
     # Attention heads under grouped-query attention: remove whole KV groups, or query heads inside groups.
     heads: str = "groups"
     # Base VLM for the dW criteria, and the VLA -> VLM name mapping (see `vlaprune diverge`).
@@ -74,9 +93,17 @@ class PruneUnitsConfig:
                 raise VlapruneError(f"unknown criterion {c!r}; choose from {', '.join(CRITERIA)}")
         if not self.output_dir:
             raise VlapruneError("--output_dir is required")
-        if bool(self.ratios) == bool(self.budget):
+        if sum(map(bool, (self.ratios, self.budget, self.spec))) != 1:
             raise VlapruneError(
-                "give either --ratios=STACK.mlp=R,... or --budget=FRACTION (not both, not neither)"
+                "give one of --ratios=STACK.mlp=R,..., --budget=FRACTION or --spec=ITEMS (exactly one)"
+            )
+        if self.removal not in ("real", "masked"):
+            raise VlapruneError(f"--removal={self.removal!r}; choose real or masked")
+        named = self.criteria() + re.findall(r"=([A-Za-z_0-9]+)", self.spec)
+        if any(c in DW for c in named) and not self.base:
+            raise VlapruneError(
+                "dW criteria (dw, dw_openvla, dw_pi05) need the base VLM's weights: "
+                "pass --base=VLM_CHECKPOINT"
             )
         if self.budget and not 0 < self.budget < 1:
             raise VlapruneError(f"--budget={self.budget}: a fraction of the parameters in (0, 1)")
@@ -90,9 +117,9 @@ class PruneUnitsConfig:
             task_instructions(self.env)  # validates the task names now, before any work
 
     def criteria(self) -> list[str]:
-        return list(
-            dict.fromkeys([self.criterion, *(c.strip() for c in self.compare.split(",") if c.strip())])
-        )
+        """The criteria of the arms: --criterion (unless --spec names them per module), then --compare."""
+        main = [] if self.spec else [self.criterion]
+        return list(dict.fromkeys([*main, *(c.strip() for c in self.compare.split(",") if c.strip())]))
 
 
 def _dw_lookup(cfg: PruneUnitsConfig, model: nn.Module):
@@ -115,74 +142,6 @@ def _dw_lookup(cfg: PruneUnitsConfig, model: nn.Module):
     return lookup
 
 
-class Judge:
-    """Measures one model the same way every time: loss and action L1 on fixed test batches, `select_action`
-    latency, and, with --env.type, closed-loop success with its Wilson interval and per-episode records
-    (for paired comparisons). The dataset is opened once (`data`) and split per task into train (scoring
-    calibrates on it), validation (the --budget search selects on it) and test (reported)."""
-
-    def __init__(self, cfg: PruneUnitsConfig, data: Data, policy: Loaded | None = None):
-        self.cfg = cfg
-        parts = data.splits(cfg.holdout, cfg.validation if cfg.budget else 0.0)
-        self.parts = parts
-        self.held_out = bool(parts.test)
-        if policy is not None and parts.test:
-            data.check_held_out(policy.record.trained_on, parts.test, "the held-out")
-        self.calibration = data.batches(cfg.batches, cfg.batch_size, cfg.seed, parts.train)
-        self.batches = (
-            data.batches(cfg.batches, cfg.batch_size, cfg.seed, parts.test)
-            if parts.test
-            else self.calibration
-        )
-        self.selection = (
-            data.batches(cfg.batches, cfg.batch_size, cfg.seed, parts.validation)
-            if parts.validation
-            else self.calibration
-        )
-        self.episodes = parts.test or parts.train
-        self.pre_post = data.processors() if cfg.env.type else None
-
-    def loss(self, m: nn.Module, batches: list[dict] | None = None) -> float:
-        """Mean loss on `batches` (default: the test batches)."""
-        batches = batches or self.batches
-        fn = policy_loss(m, self.cfg.seed)
-        with torch.no_grad():
-            return sum(float(fn(i, b)) for i, b in enumerate(batches)) / len(batches)
-
-    def selection_loss(self, m: nn.Module) -> float:
-        """The loss the --budget search minimizes: validation batches (or calibration), never test."""
-        return self.loss(m, self.selection)
-
-    def __call__(self, m: Loaded, progress=None) -> dict[str, Any]:
-        abs_sum, steps = 0.0, 0
-        for i, b in enumerate(self.batches):
-            err = action_error(m.module, b, i, self.cfg.seed)
-            abs_sum, steps = abs_sum + float(err[0].sum()), steps + err[2]
-        out = {
-            "loss": self.loss(m.module),
-            "l1": abs_sum / max(1, steps * self.batches[0]["action"].shape[-1]),
-            "latency_ms": latency(inference_call(m.layout()), 10, 2)["median_ms"],
-        }
-        if self.pre_post:
-            res = closed_loop(m.module, *self.pre_post, self.cfg.env, self.cfg.eval, progress=progress)[
-                "normal"
-            ]
-            k = sum(t["successes"] for t in res["tasks"].values())
-            n = sum(t["episodes"] for t in res["tasks"].values())
-            out |= {
-                "success": res["mean_success"],
-                "success_ci95": list(wilson(k, n)),
-                "success_tasks": {
-                    t: {
-                        key: v[key]
-                        for key in ("success_rate", "successes", "episodes", "ci95", "episodes_detail")
-                    }
-                    for t, v in res["tasks"].items()
-                },
-            }
-        return out
-
-
 def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
     """Score units with every criterion, prune (same ratios, or each searched under --budget), and judge
     each pruned model without recovery against the original: held-out loss / action error, closed-loop
@@ -198,31 +157,50 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
     ratios = parse_ratios(cfg.ratios, lay.stacks) if cfg.ratios else {}
     if not policy.is_lerobot:
         raise VlapruneError("prune-units evaluates lerobot policies (the recovery-free action loss)")
+    depths = {s: len(st.blocks) for s, st in lay.stacks.items()}
+    modules = parse_spec(cfg.spec, depths, CRITERIA, LEGACY) if cfg.spec else []
     n_tasks = len(task_instructions(cfg.env)) if cfg.env.type else 0
     judge = Judge(cfg, Data(policy, cfg.dataset), policy)
     coupled = coupled_stacks(lay)
-    candidates = list(ratios) or [
-        (s, k) for s in lay.stacks for k in ("mlp", "attn") if k == "mlp" or s not in coupled
-    ]
+    candidates = (
+        [m.key for m in modules]
+        or list(ratios)
+        or [(s, k) for s in lay.stacks for k in ("mlp", "attn") if k == "mlp" or s not in coupled]
+    )
     kinds: dict[str, set[str]] = {}
     for s, k in candidates:
         kinds.setdefault(s, set()).update(KINDS[k])
     lookup = _dw_lookup(cfg, policy.module)
     console = Console(width=max(Console().width, 100))
-    episodes = n_tasks * cfg.eval.n_episodes * (1 + len(cfg.criteria()))
+    arms = _arms(cfg, modules, ratios)
+    episodes = n_tasks * cfg.eval.n_episodes * (1 + len(arms))
     bar = tqdm(total=episodes, desc="closed-loop episodes", disable=not episodes)
     original = {"criterion": "unpruned", "params": unique_params(policy.module), **judge(policy, bar.update)}
     total = original["params"]
     rows, pruned_main = [], None
-    for crit in cfg.criteria():
+    for name, mods in arms:
         m = policy.copy()
         probe = Probe(m.layout(), sorted(kinds), judge.calibration, policy_loss(m.module, cfg.seed), cfg.seed)
-        scores = unit_scores(probe, crit, kinds, dw_lookup=lookup)
-        used = ratios or search(m, scores, candidates, cfg.budget, judge.selection_loss, cfg.heads)
-        plan = m.prune_units(select(scores, used, cfg.heads))
+        crits = {x.criterion for x in mods} or {LEGACY.get(name, (name,))[0]}
+        stats = input_stats(probe, kinds) if crits & {"wanda", "flap"} else None
+        if not mods:  # --budget: search the ratios on this criterion's scores
+            crit, direction = LEGACY.get(name, (name, "low"))
+            scores = unit_scores(probe, crit, kinds, dw_lookup=lookup, direction=direction, stats=stats)
+            used = search(m, scores, candidates, cfg.budget, judge.selection_loss, cfg.heads)
+            mods = [Module(s, k, r, crit, direction) for (s, k), r in used.items()]
+        else:
+            scores = score_modules(probe, mods, lookup, stats)
+        units = select(scores, mods, cfg.heads)
+        flap = [x.key for x in mods if x.criterion == "flap"] if cfg.flap_bias else []
+        deltas = bias_compensation(m.layout(), units, stats, flap) if flap else {}
+        plan = m.prune_units(units, cfg.removal, [label(x) for x in mods])
+        _add_biases(m, deltas)
         row = {
-            "criterion": crit,
-            "ratios": {f"{s}.{k}": r for (s, k), r in used.items()},
+            "criterion": name,
+            "spec": plan.spec,
+            "removal": cfg.removal,
+            "ratios": {f"{x.stack}.{x.kind}": x.ratio for x in mods},
+            "units_removed": removed_units(units, scores),
             "params": plan.params_after,
             "params_removed_pct": 100 * (1 - plan.params_after / total),
             **judge(m, bar.update),
@@ -232,13 +210,15 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
             row["success_change"] = row["success"] - original["success"]
             row["success_paired"] = paired(original, row)
         rows.append(row)
+        cut = f"{row['params_removed_pct']:.1f}% of the parameters removed"
+        cut = "masked (no parameter saved)" if cfg.removal == "masked" else cut
         console.print(
-            f"{crit}: {row['params_removed_pct']:.1f}% params removed ("
-            + ", ".join(f"{k}={v:.2f}" for k, v in row["ratios"].items())
-            + f"), loss {original['loss']:.4f} -> {row['loss']:.4f}"
+            f"{name}: {cut} ("
+            + ", ".join(f"{k}: {v}" for k, v in row["units_removed"].items())
+            + f" units), loss {original['loss']:.4f} -> {row['loss']:.4f}"
             + (f", success {row['success']:.2f}" if "success" in row else "")
         )
-        if crit == cfg.criterion:
+        if pruned_main is None:
             pruned_main = m
     bar.close()
     console.print(table(original, rows, judge.held_out))
@@ -264,8 +244,64 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
         report["cost_original"]["latency"]["median_ms"],
         report["cost_pruned"]["latency"]["median_ms"],
     )
-    console.print(f"{cfg.criterion}: select_action {lat0:.1f} -> {lat1:.1f} ms; wrote {out}")
+    main = rows[0]["criterion"]
+    note = " (masked: shapes kept, nothing saved)" if cfg.removal == "masked" else ""
+    console.print(f"{main}: select_action {lat0:.1f} -> {lat1:.1f} ms{note}; wrote {out}")
     return report
+
+
+def _arms(cfg: PruneUnitsConfig, modules: list[Module], ratios: dict) -> list[tuple[str, list[Module]]]:
+    """(label, modules) per pruned model: the spec and each --compare criterion on the spec's modules, or one
+    arm per criterion on --ratios (modules empty under --budget: searched per arm)."""
+    if modules:
+        swap = dataclasses.replace
+        return [("spec", modules)] + [
+            (c, [swap(x, criterion=c, direction="low") for x in modules]) for c in cfg.criteria()
+        ]
+    out = []
+    for c in cfg.criteria():
+        crit, direction = LEGACY.get(c, (c, "low"))
+        out.append((c, [Module(s, k, r, crit, direction) for (s, k), r in ratios.items()]))
+    return out
+
+
+def score_modules(probe: Probe, modules: list[Module], lookup, stats) -> dict[str, list[dict]]:
+    """Unit scores per stack and block, each module scored by its own criterion and direction."""
+    out: dict[str, list[dict]] = {}
+    groups: dict[tuple[str, str], list[Module]] = {}
+    for x in modules:
+        groups.setdefault((x.criterion, x.direction), []).append(x)
+    for (crit, direction), mods in groups.items():
+        kinds: dict[str, set[str]] = {}
+        for x in mods:
+            kinds.setdefault(x.stack, set()).update(KINDS[x.kind])
+        sc = unit_scores(probe, crit, kinds, dw_lookup=lookup, direction=direction, stats=stats)
+        for x in mods:
+            blocks = out.setdefault(x.stack, [{} for _ in sc[x.stack]])
+            for mine, theirs in zip(blocks, sc[x.stack]):
+                mine |= {k: v for k, v in theirs.items() if k in KINDS[x.kind]}
+    return out
+
+
+def removed_units(units: dict, scores: dict) -> dict[str, int]:
+    """How many FFN channels / query heads each stack loses under `units`."""
+    out: dict[str, int] = {}
+    for stack, blocks in units.items():
+        for i, spec in blocks.items():
+            for kind, what in (("ffn", "mlp"), ("q", "attn")):
+                if kind in spec:
+                    n = len(scores[stack][int(i)][kind])
+                    out[f"{stack}.{what}"] = out.get(f"{stack}.{what}", 0) + n - len(spec[kind])
+    return out
+
+
+def _add_biases(policy: Loaded, deltas: dict) -> None:
+    """Add FLAP's compensation (computed before the cut) to the biases the plan created."""
+    lay = policy.layout()
+    with torch.no_grad():
+        for (stack, i, path), delta in deltas.items():
+            lin = lay.stacks[stack].blocks[i].get_submodule(path)
+            lin.bias += delta.to(lin.bias.dtype)
 
 
 def search(
@@ -302,45 +338,3 @@ def search(
             raise VlapruneError(f"cannot reach --budget={budget}: every module is at its largest ratio")
         _, ratios, current_loss, removed = best
     return {k: v for k, v in ratios.items() if v > 0}
-
-
-def table(original: dict[str, Any], rows: list[dict[str, Any]], held_out: bool):
-    from rich.table import Table
-
-    where = "held-out episodes" if held_out else "calibration batches"
-    t = Table(title=f"recovery-free unit pruning (loss and action L1 on {where})", title_justify="left")
-    cols = ["criterion", "params cut", "loss", "change", "action L1", "latency ms"]
-    if "success" in original:
-        cols += ["success [95% CI]", "paired change [95% CI]", "verdict"]
-    for c in cols:
-        t.add_column(c, justify="left" if c == "criterion" else "right", no_wrap=True)
-    for r in [original, *rows]:
-        cells = [
-            r["criterion"],
-            f"{r.get('params_removed_pct', 0.0):.1f}%",
-            f"{r['loss']:.4f}",
-            f"{r['loss'] - original['loss']:+.4f}",
-            f"{r['l1']:.4f}",
-            f"{r['latency_ms']:.1f}",
-        ]
-        if "success" in original:
-            lo, hi = r["success_ci95"]
-            p = r.get("success_paired")
-            cells += [
-                f"{r['success']:.2f} [{lo:.2f},{hi:.2f}]",
-                f"{p['difference']:+.2f} [{p['ci_low']:+.2f},{p['ci_high']:+.2f}]" if p else "-",
-                p["verdict"] if p else "-",
-            ]
-        t.add_row(*cells)
-    return t
-
-
-def paired(original: dict[str, Any], row: dict[str, Any], tol: float = 0.05) -> dict[str, Any]:
-    """The pruned model's closed-loop success against the original's, episode by episode (same task, same
-    seed): difference, Newcombe 95% interval, McNemar p and the verdict at `tol` (evaluate/paired.py)."""
-    pairs = pair_episodes(
-        {t: v["episodes_detail"] for t, v in original["success_tasks"].items()},
-        {t: v["episodes_detail"] for t, v in row["success_tasks"].items()},
-    )
-    result = compare(*pairs)
-    return {**result, "verdict": verdict(result, tol)}

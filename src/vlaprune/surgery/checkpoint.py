@@ -85,7 +85,12 @@ def save_pruned(
         )
     lay = find_layout(model, record.stacks)
     dropped = {n for p in record.plans if isinstance(p, BlockPlan) for n, idx in p.drops.items() if idx}
-    unit_plans = any(p.kind == "units" for p in record.plans)  # per-layer widths: no family config has them
+    # per-layer widths (or added biases): no family config has them; masked units keep every shape
+    unit_plans = any(
+        p.kind == "units"
+        and (p.removal == "real" or any(b.get("bias") for bl in p.units.values() for b in bl.values()))
+        for p in record.plans
+    )
     kv_only = any(isinstance(p, BlockPlan) and any(p.kv_only.values()) for p in record.plans)  # nor these
     expressible = base["kind"] not in ("source", "builder") and dropped <= lay.config_expresses
     expressible = expressible and not unit_plans and not kv_only and not base.get("builder")
@@ -209,7 +214,7 @@ def load_pruned(folder: str | Path) -> tuple[Source, PruningRecord]:
     model = source.module
     for plan in record.plans:
         if plan.kind == "units":
-            apply_units(find_layout(model, record.stacks), plan.units)
+            apply_units(find_layout(model, record.stacks), plan.units, plan.removal)
         elif plan.part != "block":
             replay_sublayers(model, plan, record.stacks)
         else:

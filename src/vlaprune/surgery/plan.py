@@ -108,9 +108,14 @@ class UnitPlan:
     params_before: int = 0
     params_after: int = 0
     kind: str = "units"
+    # "real" (layers shrank) or "masked" (units zeroed in place, shapes and parameter count unchanged)
+    removal: str = "real"
+    # the multi-module spec items that chose the units (surgery.spec.label), when a spec did
+    spec: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return ", ".join(f"{s}: {len(b)} blocks pruned" for s, b in self.units.items()) + _params(
+        how = "masked (zeroed, shapes kept)" if self.removal == "masked" else "pruned"
+        return ", ".join(f"{s}: {len(b)} blocks {how}" for s, b in self.units.items()) + _params(
             self.params_before, self.params_after
         )
 
@@ -139,6 +144,8 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
             sizes=d.get("sizes") or extra.get("sizes", {}),
             params_before=d.get("params_before", 0),
             params_after=d.get("params_after", 0),
+            removal=d.get("removal", "real"),
+            spec=d.get("spec", []),
         )
     names = {f.name for f in fields(BlockPlan)}
     d = {k: v for k, v in d.items() if k in names}
