@@ -94,7 +94,7 @@ def table(original: dict[str, Any], rows: list[dict[str, Any]], held_out: bool):
         cols += ["success [95% CI]", "paired change [95% CI]", "verdict"]
     for c in cols:
         t.add_column(c, justify="left" if c == "criterion" else "right", no_wrap=True)
-    for r in [original, *rows]:
+    for r in [original, *(r for r in rows if "error" not in r)]:
         cells = [
             r["criterion"],
             "masked" if r.get("removal") == "masked" else f"{r.get('params_removed_pct', 0.0):.1f}%",

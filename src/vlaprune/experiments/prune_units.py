@@ -190,7 +190,15 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
             mods = [Module(s, k, r, crit, direction) for (s, k), r in used.items()]
         else:
             scores = score_modules(probe, mods, lookup, stats)
-        units = select(scores, mods, cfg.heads)
+        try:
+            units = select(scores, mods, cfg.heads)
+        except VlapruneError as e:
+            if not rows:  # the main criterion's own plan is bad input
+                raise
+            # a compared criterion that cannot meet the same modules (e.g. zero scores empty a block)
+            rows.append({"criterion": name, "spec": [label(x) for x in mods], "error": str(e)})
+            console.print(f"{name}: not run: {e}")
+            continue
         flap = [x.key for x in mods if x.criterion == "flap"] if cfg.flap_bias else []
         deltas = bias_compensation(m.layout(), units, stats, flap) if flap else {}
         plan = m.prune_units(units, cfg.removal, [label(x) for x in mods])
