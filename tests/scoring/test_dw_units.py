@@ -130,3 +130,50 @@ def test_dw_needs_the_unpruned_shapes():
         unit_scores(probe, "dw_openvla", {"language": {"ffn"}}, dw_lookup=base.get)
     with pytest.raises(VlapruneError, match="need the base VLM"):
         unit_scores(probe, "dw_pi05", {"language": {"ffn"}})
+
+
+def test_flap_is_input_fluctuation_times_column_norm_and_its_compensation_keeps_the_mean(probe_for):
+    """FLAP scores against a direct computation from hooked activations; with bias compensation, a masked
+    cut leaves the block's mean MLP output over the calibration tokens unchanged."""
+    from vlaprune.scoring.units import bias_compensation, input_stats
+    from vlaprune.surgery.ratios import Module, select
+    from vlaprune.surgery.units import apply_units
+
+    policy = tiny_pi("pi05")
+    probe = probe_for(policy)
+    mlp = probe.layout.stacks["action"].blocks[1].mlp
+    seen, outs = [], []
+    h1 = mlp.down_proj.register_forward_pre_hook(
+        lambda m, a: seen.append(a[0].detach().reshape(-1, a[0].shape[-1]))
+    )
+    h2 = mlp.register_forward_hook(lambda m, a, o: outs.append(o.detach().reshape(-1, o.shape[-1])))
+    probe.mean_loss()
+    h1.remove(), h2.remove()
+    x = torch.cat(seen).double()
+    direct = x.var(0, unbiased=False) * mlp.down_proj.weight.detach().double().square().sum(0)
+    kinds = {"action": {"ffn"}}
+    stats = input_stats(probe, kinds)
+    sc = unit_scores(probe, "flap", kinds, stats=stats)["action"][1]["ffn"]
+    assert torch.allclose(sc, direct, rtol=1e-4, atol=1e-10)
+    before = torch.cat(outs).double().mean(0)
+    picked = select({"action": sc_all(probe, stats)}, [Module("action", "mlp", 0.5)])
+    units = {"action": {"1": picked["action"]["1"]}}  # cut block 1 only: its inputs stay the same
+    deltas = bias_compensation(probe.layout, units, stats, [("action", "mlp")])
+    apply_units(probe.layout, units, "masked")
+    outs.clear()
+    h2 = mlp.register_forward_hook(lambda m, a, o: outs.append(o.detach().reshape(-1, o.shape[-1])))
+    probe.mean_loss()
+    uncompensated = torch.cat(outs).double().mean(0)
+    with torch.no_grad():
+        mlp.down_proj.bias += deltas[("action", 1, "mlp.down_proj")]
+    outs.clear()
+    probe.mean_loss()
+    h2.remove()
+    after = torch.cat(outs).double().mean(0)
+    assert (mlp.down_proj.weight.abs().sum(0) == 0).sum() == 48
+    assert not torch.allclose(uncompensated, before, atol=1e-4)
+    assert torch.allclose(after, before, atol=1e-5)
+
+
+def sc_all(probe, stats):
+    return unit_scores(probe, "flap", {"action": {"ffn"}}, stats=stats)["action"]
