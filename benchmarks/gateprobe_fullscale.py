@@ -1,8 +1,9 @@
 """GateProbe at full model scale on a CPU machine: SmolVLA (SmolVLM2-500M) and pi0 / pi0.5 (gemma_2b +
-gemma_300m, ~3.3 B), random weights built offline (vlaprune.tiny.full_size): SmolVLA in fp32, pi0 / pi0.5
-with lerobot's `dtype="bfloat16"` (vision path fp32).
+gemma_300m, ~4 B), random weights built offline (vlaprune.tiny.full_size): SmolVLA in fp32, pi0 / pi0.5 in
+fp32 or with lerobot's `dtype="bfloat16"` (`--dtype bf16`, vision path fp32).
 
     .venv/bin/python benchmarks/gateprobe_fullscale.py --model smolvla [--batches 2 --batch-size 1]
+    .venv/bin/python benchmarks/gateprobe_fullscale.py --model pi0 --dtype fp32 --batches 1 --phases inference
 
 For the chosen model, three phases, each in a fresh process (so each one's peak RSS is its own), on the same
 calibration batches (`adapters.lerobot_batch`, model-ready tensors):
@@ -15,7 +16,7 @@ Reported: seconds per calibration example (the phase's wall time / examples, aft
 peak RSS of the phase (sampled every 10 ms while it runs) and of the whole process (ru_maxrss, which
 includes the model build), and GateProbe / fwd_bwd. Goals from the issue: GateProbe within 1.5x of the
 plain forward + backward; full pi0 GateProbe within 20 GB peak RSS. Writes
-benchmarks/results/gateprobe_fullscale_<model>.json.
+benchmarks/results/gateprobe_fullscale_<model>_<dtype>.json (phases not re-run are kept from the file).
 """
 
 from __future__ import annotations
@@ -135,7 +136,12 @@ def main() -> None:
     if args.phase:
         print(json.dumps(phase(args.model, args.phase, args.batches, args.batch_size, args.dtype)))
         return
-    results = {}
+    path = Path(f"benchmarks/results/gateprobe_fullscale_{args.model}_{args.dtype}.json")
+    # phases not re-run are kept from an earlier run on the same calibration (each phase is its own process
+    # anyway); "phases_run_together" says which ones this run measured
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    same = earlier.get("calibration") == f"{args.batches} batches x {args.batch_size} example(s)"
+    results = dict(earlier.get("phases", {})) if same else {}
     for name in args.phases.split(","):
         cmd = [sys.executable, __file__, f"--model={args.model}", f"--phase={name}", f"--dtype={args.dtype}"]
         cmd += [f"--batches={args.batches}", f"--batch-size={args.batch_size}"]
@@ -150,13 +156,13 @@ def main() -> None:
         f"{'bf16 (vision fp32)' if args.dtype == 'bf16' and args.model != 'smolvla' else 'fp32'} parameters, "
         f"{next(iter(results.values()))['params'] / 1e6:.0f} M params",
         "calibration": f"{args.batches} batches x {args.batch_size} example(s)",
-        "phases": results,
+        "phases": {k: results[k] for k in PHASES if k in results},
+        "phases_run_together": args.phases.split(","),
         "gateprobe_over_fwd_bwd": round(gp["seconds"] / fb["seconds"], 3) if gp and fb else None,
         "goal_gateprobe_within_1_5x": gp["seconds"] <= 1.5 * fb["seconds"] if gp and fb else None,
         "goal_pi0_under_20_gb": gp["process_peak_rss_gb"] <= 20 if gp and args.model != "smolvla" else None,
     }
-    out = Path(f"benchmarks/results/gateprobe_fullscale_{args.model}_{args.dtype}.json")
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    path.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 
 
