@@ -132,7 +132,7 @@ def load_policy(cfg: PolicyConfig | str | Path, stacks: str | None = None) -> Lo
     cfg = cfg if isinstance(cfg, PolicyConfig) else PolicyConfig(path=str(cfg))
     folder = Path(cfg.path).expanduser()
     if (folder / "plan.json").is_file() or record_from_config(folder) is not None:  # ours or lerobot-train's
-        source, record = load_pruned(folder)
+        source, record = load_pruned(folder, cfg.trust_remote_code)
         loaded = Loaded(
             source.module,
             cfg.path,

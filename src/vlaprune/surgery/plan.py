@@ -308,6 +308,13 @@ def resolve_drops(layout: Layout, request: dict[str, list[int]], mode: str = "au
         if rest := [i for i in idx if i not in gone]:
             kv_only[name] = rest
     for name, stack in layout.stacks.items():
+        k = stack.readout.index if stack.readout is not None else None
+        if k is not None and k in drops.get(name, []):
+            raise VlapruneError(
+                f"{name}: block {k} is the block the model reads (its features feed the projector; later "
+                f"blocks are unused), so dropping it would silently feed another block; keep block {k} "
+                f"(blocks 0..{k - 1} and {k + 1}.. can go)"
+            )
         gone = set(drops.get(name, [])) | set(kv_only.get(name, []))
         left = [i for i in range(len(stack)) if i not in gone and not is_kv_only(stack.blocks[i])]
         if gone and not left:
