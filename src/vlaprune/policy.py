@@ -54,6 +54,16 @@ class Loaded:
         return is_lerobot(self.module)
 
     @property
+    def takes_datasets(self) -> bool:
+        """Does the policy train / score on LeRobotDataset batches (lerobot policies; OpenVLA-OFT with its
+        head, through `adapters.openvla_batch`)?"""
+        return (
+            self.is_lerobot
+            or getattr(self.module, "action_head", None) is not None
+            and self.family == "openvla"
+        )
+
+    @property
     def family(self) -> str:
         return "paths" if self.stacks else (find_family(self.module) or "unknown")
 

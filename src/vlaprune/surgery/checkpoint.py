@@ -142,15 +142,23 @@ def _record_json(lay, model: nn.Module, record: PruningRecord, weights: str, own
 
 def _save_openvla(model, record: PruningRecord, out: Path, lay, source, extra_json) -> Path:
     """OFT's own layout (`adapters.openvla_load.save`) + plan.json. OFT's loaders rebuild language drops
-    (text_config.num_hidden_layers); vision drops (timm depth comes from the model id), head block drops
-    (OFT builds 2 blocks), head widths (OFT builds hidden = LLM width) and sublayer drops they cannot: such
-    folders name the VLA weights pruned_model.safetensors, so OFT's from_pretrained refuses them."""
-    dropped = {n for p in record.plans if isinstance(p, BlockPlan) for n, idx in p.drops.items() if idx}
-    whole = all(isinstance(p, BlockPlan) and p.part == "block" for p in record.plans)
-    own = whole and dropped <= lay.config_expresses
-    plan_json = _record_json(lay, model, record, OWN_WEIGHTS if own else PRUNED_WEIGHTS, own)
+    (text_config.num_hidden_layers); vision drops (timm depth comes from the model id) and sublayer drops
+    they cannot: then the VLA weights are named pruned_model.safetensors, so OFT's from_pretrained refuses the
+    folder. Head cuts (blocks: OFT builds 2; width: OFT builds hidden = LLM width) keep the VLA loadable and
+    make OFT's strict head loading fail loudly by themselves."""
+    vla_stacks = {n for n, s in lay.stacks.items() if s.component != "action"}
+    touched: set[str] = set()  # VLA stacks cut in a way the VLA's config cannot express
+    for p in record.plans:
+        if isinstance(p, BlockPlan):
+            cut = {n for n, idx in {**p.drops, **p.sublayers}.items() if idx}
+            touched |= cut - (lay.config_expresses if p.part == "block" else set())
+        else:
+            touched |= set(p.units)
+    vla_ok = not touched & vla_stacks
+    own = vla_ok and not touched
+    plan_json = _record_json(lay, model, record, OWN_WEIGHTS if vla_ok else PRUNED_WEIGHTS, own)
     with atomic_dir(out) as tmp:
-        openvla_load.save(model, tmp, Path(source) if source else None, own)
+        openvla_load.save(model, tmp, Path(source) if source else None, vla_ok)
         (tmp / "plan.json").write_text(json.dumps(plan_json, indent=2, default=str) + "\n")
         for name, obj in (extra_json or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
