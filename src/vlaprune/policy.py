@@ -26,10 +26,11 @@ from vlaprune.adapters.stack import Layout
 from vlaprune.configs import PolicyConfig
 from vlaprune.surgery.blocks import drop_blocks
 from vlaprune.surgery.checkpoint import base_record, load_pruned, save_pruned
-from vlaprune.surgery.plan import BlockPlan, PruningRecord, UnitPlan
+from vlaprune.surgery.plan import BlockPlan, PruningRecord, UnitPlan, WidthPlan
 from vlaprune.surgery.plugin import record_from_config
 from vlaprune.surgery.sublayers import drop_sublayers
 from vlaprune.surgery.units import prune_units
+from vlaprune.surgery.width import shrink_width
 
 
 @dataclass
@@ -93,6 +94,13 @@ class Loaded:
     def prune_units(self, units: dict) -> UnitPlan:
         """Remove FFN channels / attention heads for real; the plan joins the record."""
         plan = prune_units(self.module, units, layout=self.layout())
+        self.record.plans.append(plan)
+        return plan
+
+    def shrink_width(self, width: int, criterion: str = "magnitude", stack: str = "action") -> WidthPlan:
+        """Cut the hidden width of the MLP-ResNet head holding `stack` (OpenVLA-OFT's action head) to `width`
+        channels (`vlaprune.surgery.width`); the plan joins the record."""
+        plan = shrink_width(self.layout(), stack, width, criterion)
         self.record.plans.append(plan)
         return plan
 

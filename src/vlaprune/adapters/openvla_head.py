@@ -106,7 +106,8 @@ class DiffusionActionHead(nn.Module):
         self, input_dim: int, hidden_dim: int, action_dim: int, num_blocks: int = 2, steps: int = 50
     ):
         super().__init__()
-        self.action_dim, self.hidden_dim, self.num_diffusion_steps_train = action_dim, hidden_dim, steps
+        # the timestep embedding enters the VLA as a token: LLM width, whatever the MLP's hidden width
+        self.action_dim, self.time_dim, self.num_diffusion_steps_train = action_dim, input_dim, steps
         self.noise_predictor = nn.Module()
         self.noise_predictor.mlp_resnet = MLPResNet(
             num_blocks, input_dim * action_dim, hidden_dim, action_dim
@@ -119,7 +120,7 @@ class DiffusionActionHead(nn.Module):
         t = torch.randint(0, self.num_diffusion_steps_train, (actions.shape[0],), device=actions.device)
         ab = self.alphas_cumprod.to(actions.device)[t].view(-1, 1, 1).to(actions.dtype)
         noisy = ab.sqrt() * actions + (1 - ab).sqrt() * noise
-        emb = sinusoidal(t, self.hidden_dim).to(actions.dtype).unsqueeze(1)
+        emb = sinusoidal(t, self.time_dim).to(actions.dtype).unsqueeze(1)
         return {"noise": noise, "noisy_actions": noisy, "diffusion_timestep_embeddings": emb}
 
     def predict_noise(self, hidden: torch.Tensor, chunk: int) -> torch.Tensor:

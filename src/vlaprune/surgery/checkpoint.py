@@ -31,10 +31,11 @@ from vlaprune.adapters.load import Source, build, kind_of, load_source
 from vlaprune.atomic import atomic_dir
 from vlaprune.errors import VlapruneError
 from vlaprune.surgery.blocks import replay_blocks
-from vlaprune.surgery.plan import BlockPlan, PruningRecord, plan_from_dict, plan_to_dict
+from vlaprune.surgery.plan import BlockPlan, PruningRecord, WidthPlan, plan_from_dict, plan_to_dict
 from vlaprune.surgery.plugin import PLUGIN_TYPES, record_from_config, write_plugin_checkpoint
 from vlaprune.surgery.sublayers import replay_sublayers
 from vlaprune.surgery.units import apply_units
+from vlaprune.surgery.width import apply_width, resnet_of
 
 FORMAT = "vlaprune-pruned/1"
 OWN_WEIGHTS, PRUNED_WEIGHTS = "model.safetensors", "pruned_model.safetensors"
@@ -93,7 +94,9 @@ def save_pruned(
     if base["kind"] == "openvla":
         return _save_openvla(model, record, out, lay, processors_from, extra_json)
     dropped = {n for p in record.plans if isinstance(p, BlockPlan) for n, idx in p.drops.items() if idx}
-    unit_plans = any(p.kind == "units" for p in record.plans)  # per-layer widths: no family config has them
+    unit_plans = any(
+        p.kind in ("units", "width") for p in record.plans
+    )  # per-layer widths: no config has them
     kv_only = any(isinstance(p, BlockPlan) and any(p.kv_only.values()) for p in record.plans)  # nor these
     expressible = base["kind"] not in ("source", "builder") and dropped <= lay.config_expresses
     expressible = expressible and not unit_plans and not kv_only and not base.get("builder")
@@ -153,7 +156,7 @@ def _save_openvla(model, record: PruningRecord, out: Path, lay, source, extra_js
             cut = {n for n, idx in {**p.drops, **p.sublayers}.items() if idx}
             touched |= cut - (lay.config_expresses if p.part == "block" else set())
         else:
-            touched |= set(p.units)
+            touched |= {p.stack} if isinstance(p, WidthPlan) else set(p.units)
     vla_ok = not touched & vla_stacks
     own = vla_ok and not touched
     plan_json = _record_json(lay, model, record, OWN_WEIGHTS if vla_ok else PRUNED_WEIGHTS, own)
@@ -260,7 +263,9 @@ def load_pruned(folder: str | Path, trust_remote_code: bool = False) -> tuple[So
         source = rebuild(record.base)
     model = source.module
     for plan in record.plans:
-        if plan.kind == "units":
+        if plan.kind == "width":
+            apply_width(resnet_of(find_layout(model, record.stacks), plan.stack), plan.kept)
+        elif plan.kind == "units":
             apply_units(find_layout(model, record.stacks), plan.units)
         elif plan.part != "block":
             replay_sublayers(model, plan, record.stacks)

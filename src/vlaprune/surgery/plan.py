@@ -115,7 +115,27 @@ class UnitPlan:
         )
 
 
-Plan = BlockPlan | UnitPlan
+@dataclass
+class WidthPlan:
+    """What a width cut removed (`surgery.width`): the hidden stream of the MLP-ResNet holding `stack` (OFT's
+    action head) keeps channels `kept` (ascending) of `width_before`, chosen by `criterion`."""
+
+    family: str
+    model_class: str
+    stack: str
+    kept: list[int]
+    width_before: int
+    criterion: str = "magnitude"
+    params_before: int = 0
+    params_after: int = 0
+    kind: str = "width"
+
+    def summary(self) -> str:
+        head = f"{self.stack}: hidden width {self.width_before} -> {len(self.kept)} (by {self.criterion})"
+        return head + _params(self.params_before, self.params_after)
+
+
+Plan = BlockPlan | UnitPlan | WidthPlan
 
 
 def _params(before: int, after: int) -> str:
@@ -131,6 +151,8 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
     """A plan from its JSON (also reads the single-class format of vlaprune 0.1 checkpoints)."""
     d = dict(d)
     extra = d.pop("extra", None) or {}
+    if d.get("kind") == "width":
+        return WidthPlan(**{k: v for k, v in d.items() if k in {f.name for f in fields(WidthPlan)}})
     if d.get("kind") == "units":
         return UnitPlan(
             family=d["family"],
