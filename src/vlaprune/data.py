@@ -143,7 +143,7 @@ class Data:
             raise VlapruneError(
                 f"cannot open dataset {repo_id!r}: {type(e).__name__}: {str(e)[:200]}"
             ) from None
-        if policy.family == "openvla":  # mapped to OFT's own batch format (adapters.openvla_batch)
+        if policy.is_openvla:  # mapped to OFT's own batch format (adapters.openvla_batch)
             openvla_batch.check_features(policy.module, meta.features)
             deltas = openvla_batch.delta_timestamps(policy.module, meta.fps)
         else:
@@ -259,7 +259,7 @@ class Data:
     def processors(self) -> tuple[Any, Any]:
         """(preprocessor, postprocessor) of the policy for this dataset (see `processors`), built once; for
         OpenVLA-OFT the preprocessor maps frames to OFT's batch format and there is no postprocessor."""
-        if self._processors is None and self.policy.family == "openvla":
+        if self._processors is None and self.policy.is_openvla:
             self._processors = (
                 openvla_batch.preprocessor(self.policy.module, self.policy.folder, self.meta),
                 None,

@@ -21,7 +21,7 @@ from torch import nn
 
 from vlaprune.adapters import family as find_family
 from vlaprune.adapters import layout as find_layout
-from vlaprune.adapters.load import Source, is_lerobot, load_source, place, source_of
+from vlaprune.adapters.load import Source, is_lerobot, kind_of, load_source, place, source_of
 from vlaprune.adapters.stack import Layout
 from vlaprune.configs import PolicyConfig
 from vlaprune.surgery.blocks import drop_blocks
@@ -55,14 +55,15 @@ class Loaded:
         return is_lerobot(self.module)
 
     @property
+    def is_openvla(self) -> bool:
+        """An OpenVLA / OpenVLA-OFT VLA with OFT's separately saved modules (`adapters.openvla`)?"""
+        return kind_of(self.module) == "openvla"
+
+    @property
     def takes_datasets(self) -> bool:
         """Does the policy train / score on LeRobotDataset batches (lerobot policies; OpenVLA-OFT with its
         head, through `adapters.openvla_batch`)?"""
-        return (
-            self.is_lerobot
-            or getattr(self.module, "action_head", None) is not None
-            and self.family == "openvla"
-        )
+        return self.is_lerobot or (self.is_openvla and self.module.action_head is not None)
 
     @property
     def family(self) -> str:

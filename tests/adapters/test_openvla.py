@@ -114,3 +114,40 @@ def test_dropping_the_read_out_block_is_refused(oft):
     with pytest.raises(VlapruneError, match="block 2 is the block the model reads"):
         oft.drop_blocks({"vision.dino": [2]})
     assert len(oft.layout().stacks["vision.dino"]) == 4  # nothing touched
+
+
+def test_diffusion_head_loss_and_gates(tmp_path):
+    """OFT's diffusion head: noise-prediction MSE with the timestep token and projected noisy actions."""
+    from vlaprune.tiny.oft import write_tiny_oft
+
+    folder = write_tiny_oft(tmp_path / "oft-diffusion", head="diffusion")
+    policy = load_policy(PolicyConfig(path=str(folder), trust_remote_code=True))
+    lay = policy.layout()
+    assert lay.stacks["action"].path == "action_head.noise_predictor.mlp_resnet.mlp_resnet_blocks"
+    assert policy.module.noisy_action_projector is not None
+    batch = example_batch(policy.module, batch_size=2)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        base = policy.module(batch)[0]
+    with update_gates(lay, ["action", "language"], 2) as gates:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            loss = policy.module(batch)[0]
+        assert torch.equal(loss, base)
+        loss.backward()
+        assert bool((gates.grads()[("action", 1)] != 0).all())
+
+
+def test_a_policy_built_in_python_saves_and_reloads(oft, tmp_path):
+    """No folder behind it: the model code is taken from where its class was imported."""
+    from vlaprune.adapters.openvla import OpenVLAPolicy
+    from vlaprune.policy import wrap
+
+    built = OpenVLAPolicy(oft.module.vla, oft.module.action_head, oft.module.proprio_projector, chunk=8)
+    handle = wrap(built)
+    handle.drop_blocks({"language": [2]})
+    batch = example_batch(built, batch_size=2)
+    out = handle.save(tmp_path / "built")
+    assert (out / "modeling_prismatic.py").is_file()
+    again = load_policy(PolicyConfig(path=str(out), trust_remote_code=True))
+    assert torch.equal(again.module(batch)[0], built(batch)[0])

@@ -1,6 +1,6 @@
 """LeRobotDataset frames -> OpenVLA-OFT's batch format, the one its RLDS pipeline and collator produce:
 
-    input_ids      (B, T)  <s> + "In: What action should the robot take to {task}?\\nOut:" + chunk * A action
+    input_ids      (B, T)  <s> + "In: What action should the robot take to {task}?\\nOut: " + chunk * A action
                            tokens + </s>, right-padded with the pad id
     attention_mask (B, T)  False on padding
     labels         (B, T)  -100 on <s>, the prompt and padding; the action token ids and </s> elsewhere
@@ -30,7 +30,7 @@ from vlaprune.adapters.openvla import OpenVLAPolicy
 from vlaprune.adapters.openvla_head import IGNORE_INDEX
 from vlaprune.errors import VlapruneError
 
-PROMPT = "In: What action should the robot take to {}?\nOut:"
+PROMPT = "In: What action should the robot take to {}?\nOut: "  # OFT's PurePromptBuilder (trailing space)
 DEFAULT_MEANS = ([0.485, 0.456, 0.406], [0.5, 0.5, 0.5])  # DINOv2 (ImageNet), SigLIP
 DEFAULT_STDS = ([0.229, 0.224, 0.225], [0.5, 0.5, 0.5])
 
