@@ -49,6 +49,23 @@ def llama():
 
 
 @pytest.fixture(scope="session")
+def oft_dir(tmp_path_factory):
+    """A tiny OpenVLA-OFT checkpoint folder (remote code, L1 head and proprio projector files beside it)."""
+    from vlaprune.tiny.oft import write_tiny_oft
+
+    return write_tiny_oft(tmp_path_factory.mktemp("oft") / "oft")
+
+
+@pytest.fixture
+def oft(oft_dir):
+    """A fresh vlaprune handle of `oft_dir` (loaded with trust_remote_code)."""
+    from vlaprune.configs import PolicyConfig
+    from vlaprune.policy import load_policy
+
+    return load_policy(PolicyConfig(path=str(oft_dir), trust_remote_code=True))
+
+
+@pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A LeRobotDataset (3 episodes x 20 frames, one 64x64 camera, 4-D state and action) on disk."""
     from vlaprune.tiny.dataset import write_tiny_dataset

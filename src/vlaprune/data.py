@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlaprune.adapters import openvla_batch
 from vlaprune.configs import DatasetConfig
 from vlaprune.errors import VlapruneError
 from vlaprune.policy import Loaded
@@ -124,8 +125,11 @@ class Data:
         from lerobot.datasets.factory import resolve_delta_timestamps
         from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
-        if not policy.is_lerobot:
-            raise VlapruneError("datasets feed lerobot policies; this model is not one")
+        if not policy.takes_datasets:
+            raise VlapruneError(
+                "datasets feed lerobot policies and OpenVLA-OFT checkpoints with their action head; this "
+                "model is neither"
+            )
         if not cfg.given:
             raise VlapruneError(
                 "no dataset given; pass --dataset.repo_id=ORG/NAME and/or --dataset.root=FOLDER"
@@ -139,14 +143,14 @@ class Data:
             raise VlapruneError(
                 f"cannot open dataset {repo_id!r}: {type(e).__name__}: {str(e)[:200]}"
             ) from None
-        check_features(policy.module, meta.features)
+        if policy.is_openvla:  # mapped to OFT's own batch format (adapters.openvla_batch)
+            openvla_batch.check_features(policy.module, meta.features)
+            deltas = openvla_batch.delta_timestamps(policy.module, meta.fps)
+        else:
+            check_features(policy.module, meta.features)
+            deltas = resolve_delta_timestamps(policy.config, meta)
         self.cfg, self.policy, self.meta = cfg, policy, meta
-        self.dataset = LeRobotDataset(
-            repo_id,
-            root=cfg.root,
-            episodes=cfg.episodes,
-            delta_timestamps=resolve_delta_timestamps(policy.config, meta),
-        )
+        self.dataset = LeRobotDataset(repo_id, root=cfg.root, episodes=cfg.episodes, delta_timestamps=deltas)
         self._processors: tuple[Any, Any] | None = None
 
     @property
@@ -253,7 +257,13 @@ class Data:
             self.dataset.set_image_transforms(before)
 
     def processors(self) -> tuple[Any, Any]:
-        """(preprocessor, postprocessor) of the policy for this dataset (see `processors`), built once."""
+        """(preprocessor, postprocessor) of the policy for this dataset (see `processors`), built once; for
+        OpenVLA-OFT the preprocessor maps frames to OFT's batch format and there is no postprocessor."""
+        if self._processors is None and self.policy.is_openvla:
+            self._processors = (
+                openvla_batch.preprocessor(self.policy.module, self.policy.folder, self.meta),
+                None,
+            )
         if self._processors is None:
             self._processors = processors(self.policy, self.meta.stats)
         return self._processors

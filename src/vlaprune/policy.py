@@ -21,15 +21,16 @@ from torch import nn
 
 from vlaprune.adapters import family as find_family
 from vlaprune.adapters import layout as find_layout
-from vlaprune.adapters.load import Source, is_lerobot, load_source, place, source_of
+from vlaprune.adapters.load import Source, is_lerobot, kind_of, load_source, place, source_of
 from vlaprune.adapters.stack import Layout
 from vlaprune.configs import PolicyConfig
 from vlaprune.surgery.blocks import drop_blocks
 from vlaprune.surgery.checkpoint import base_record, load_pruned, save_pruned
-from vlaprune.surgery.plan import BlockPlan, PruningRecord, UnitPlan
+from vlaprune.surgery.plan import BlockPlan, PruningRecord, UnitPlan, WidthPlan
 from vlaprune.surgery.plugin import record_from_config
 from vlaprune.surgery.sublayers import drop_sublayers
 from vlaprune.surgery.units import prune_units
+from vlaprune.surgery.width import shrink_width
 
 
 @dataclass
@@ -52,6 +53,17 @@ class Loaded:
     @property
     def is_lerobot(self) -> bool:
         return is_lerobot(self.module)
+
+    @property
+    def is_openvla(self) -> bool:
+        """An OpenVLA / OpenVLA-OFT VLA with OFT's separately saved modules (`adapters.openvla`)?"""
+        return kind_of(self.module) == "openvla"
+
+    @property
+    def takes_datasets(self) -> bool:
+        """Does the policy train / score on LeRobotDataset batches (lerobot policies; OpenVLA-OFT with its
+        head, through `adapters.openvla_batch`)?"""
+        return self.is_lerobot or (self.is_openvla and self.module.action_head is not None)
 
     @property
     def family(self) -> str:
@@ -84,6 +96,13 @@ class Loaded:
         """Remove FFN channels / attention heads (for real, or zeroed in place with removal="masked"); the
         plan joins the record."""
         plan = prune_units(self.module, units, layout=self.layout(), removal=removal, spec=spec)
+        self.record.plans.append(plan)
+        return plan
+
+    def shrink_width(self, width: int, criterion: str = "magnitude", stack: str = "action") -> WidthPlan:
+        """Cut the hidden width of the MLP-ResNet head holding `stack` (OpenVLA-OFT's action head) to `width`
+        channels (`vlaprune.surgery.width`); the plan joins the record."""
+        plan = shrink_width(self.layout(), stack, width, criterion)
         self.record.plans.append(plan)
         return plan
 
@@ -133,7 +152,7 @@ def load_policy(cfg: PolicyConfig | str | Path, stacks: str | None = None) -> Lo
     cfg = cfg if isinstance(cfg, PolicyConfig) else PolicyConfig(path=str(cfg))
     folder = Path(cfg.path).expanduser()
     if (folder / "plan.json").is_file() or record_from_config(folder) is not None:  # ours or lerobot-train's
-        source, record = load_pruned(folder)
+        source, record = load_pruned(folder, cfg.trust_remote_code)
         loaded = Loaded(
             source.module,
             cfg.path,

@@ -99,3 +99,31 @@ def test_path_that_is_not_a_module_list():
 
 def test_preset_is_plain_spec():
     assert parse_stacks("openvla")["vision.siglip"] == "vision_backbone.fused_featurizer.blocks"
+
+
+def test_sequential_blocks_are_a_stack():
+    """timm's ViT keeps its blocks in an nn.Sequential (OpenVLA's vision towers)."""
+    from vlaprune.tiny.vit import VisionTransformer
+
+    vit = VisionTransformer(depth=3)
+    lay = layout(vit, "vision=blocks")
+    assert isinstance(lay.stacks["vision"].blocks, nn.Sequential) and len(lay.stacks["vision"]) == 3
+    from vlaprune.adapters.hf import find_stack_paths
+
+    assert find_stack_paths(vit) == ["blocks"]
+
+
+def test_openvla_preset_on_a_vla_and_head_pair():
+    """`nn.ModuleDict(vla=vla, head=head)` with --stacks=openvla: paths get `vla.`, the head joins."""
+    pair = nn.ModuleDict({"vla": PrismaticLike(), "head": OFTHead()})
+    spec = parse_stacks("openvla", pair)
+    assert spec["language"] == "vla.language_model.model.layers"
+    assert spec["action"] == "head.model.mlp_resnet_blocks"
+    lay = layout(pair, "openvla")
+    assert {n: len(s) for n, s in lay.stacks.items()} == {
+        "language": 3,
+        "vision.dino": 4,
+        "vision.siglip": 2,
+        "action": 2,
+    }
+    assert lay.stacks["action"].single_branch == "ffn"

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from vlaprune.adapters import hf, paths, pi, smolvla
+from vlaprune.adapters import hf, openvla, paths, pi, smolvla
 from vlaprune.adapters.load import is_lerobot
 from vlaprune.adapters.stack import Counter, Coupling, Layout, Stack
 from vlaprune.errors import VlapruneError
@@ -21,6 +21,7 @@ ADAPTERS: dict[str, Callable[[nn.Module], Layout]] = {
     "smolvla": smolvla.layout,
     "pi0": pi.layout,
     "pi05": pi.layout,
+    "openvla": openvla.layout,
     "hf": hf.layout,
 }
 # VLA -> base VLM tensor-name prefix rules, per family (`vlaprune diverge`, the dW criteria)
@@ -48,6 +49,8 @@ __all__ = [
 
 def family(model: nn.Module) -> str | None:
     """The adapter name for `model`, or None when no adapter recognizes it."""
+    if isinstance(model, openvla.OpenVLAPolicy):
+        return "openvla"
     cfg_type = getattr(getattr(model, "config", None), "type", None)
     if isinstance(cfg_type, str):  # a policy loaded through the lerobot plugin: vlaprune_<family>
         cfg_type = cfg_type.removeprefix("vlaprune_")
@@ -62,12 +65,14 @@ def family(model: nn.Module) -> str | None:
 
 def layout(model: nn.Module, stacks: str | None = None) -> Layout:
     """The Layout of `model`. `stacks`: a path spec ('language=model.layers,...') or preset ('openvla')."""
+    if stacks and stacks.strip() == "openvla" and isinstance(model, openvla.OpenVLAPolicy):
+        return openvla.layout(model)  # the preset names what the OpenVLA adapter finds anyway
     if stacks:
         return paths.layout(model, stacks)
     name = family(model)
     if name is None:
         raise VlapruneError(
-            f"no adapter knows {type(model).__name__} (supported: lerobot smolvla / pi0 / pi05 and "
-            f"transformers models with layer lists); {paths.HOW}"
+            f"no adapter knows {type(model).__name__} (supported: lerobot smolvla / pi0 / pi05, OpenVLA / "
+            f"OpenVLA-OFT folders and transformers models with layer lists); {paths.HOW}"
         )
     return ADAPTERS[name](model)

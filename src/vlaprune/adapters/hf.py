@@ -1,10 +1,11 @@
 """Adapter for any Hugging Face transformers model: its layer stacks are found automatically.
 
-A stack is a ModuleList of >= 1 modules of one class whose name ends in Layer / Block and which contain an
-attention submodule (e.g. LlamaForCausalLM `model.layers`, SiglipModel `vision_model.encoder.layers` and
-`text_model.encoder.layers`). Stacks nested inside another stack's blocks (MoE experts) are ignored. The
-component comes from the path: vision / visual / image / vit / patch -> "vision", otherwise "language";
-when several stacks share a component they are named `component.<label>` after their path.
+A stack is a ModuleList (or an nn.Sequential, as timm's ViT `blocks`) of >= 1 modules of one class whose
+name ends in Layer / Block and which contain an attention submodule (e.g. LlamaForCausalLM `model.layers`,
+SiglipModel `vision_model.encoder.layers` and `text_model.encoder.layers`). Stacks nested inside another
+stack's blocks (MoE experts) are ignored. The component comes from the path: vision / visual / image / vit /
+patch -> "vision", otherwise "language"; when several stacks share a component they are named
+`component.<label>` after their path.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ BLOCK_CLASS = re.compile(r"(Layer|Block)$")
 
 
 def _is_block_list(ml: nn.Module) -> bool:
-    if not isinstance(ml, nn.ModuleList) or len(ml) == 0:
+    if not isinstance(ml, nn.ModuleList | nn.Sequential) or len(ml) == 0:  # Sequential: timm ViTs
         return False
     cls = type(ml[0])
     if any(type(b) is not cls for b in ml) or not BLOCK_CLASS.search(cls.__name__):
@@ -89,8 +90,9 @@ def stacks_from_paths(model: nn.Module, names: dict[str, str]) -> dict[str, Stac
 def example_forward(model: nn.Module):
     """A closure running one forward on example inputs built from the config, or None if unknown.
 
-    Text: 32 token ids; images: one image of the config's image_size. Covers decoder LMs, encoders,
-    vision towers and dual encoders (SigLIP / CLIP)."""
+    Text: 32 token ids; images: one image of the config's image_size (Prismatic / OpenVLA: `image_sizes`, one
+    per tower, the towers' images stacked on the channels). Covers decoder LMs, encoders, vision towers and
+    dual encoders (SigLIP / CLIP)."""
     cfg = getattr(model, "config", None)
     if cfg is None:
         return None, ""
@@ -102,8 +104,9 @@ def example_forward(model: nn.Module):
         n = min(32, getattr(text_cfg, "max_position_embeddings", 32) or 32)
         kw["input_ids"] = torch.randint(0, text_cfg.vocab_size, (1, n), generator=gen)
         desc.append(f"{n} tokens")
-    if getattr(vision_cfg, "image_size", None) and "pixel_values" in _forward_args(model):
-        s, c = vision_cfg.image_size, getattr(vision_cfg, "num_channels", 3)
+    sizes = getattr(vision_cfg, "image_sizes", None) or [getattr(vision_cfg, "image_size", None)]
+    if sizes[0] and "pixel_values" in _forward_args(model):
+        s, c = sizes[0], getattr(vision_cfg, "num_channels", 3) * len(sizes)
         kw["pixel_values"] = torch.rand(1, c, s, s, generator=gen)
         desc.append(f"one {s}x{s} image")
     if not kw:

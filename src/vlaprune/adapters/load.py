@@ -27,7 +27,8 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 class Source:
     """A model as loaded, and where it came from.
 
-    kind: "lerobot" (a lerobot policy), "transformers" (a PreTrainedModel) or "module" (anything else).
+    kind: "lerobot" (a lerobot policy), "transformers" (a PreTrainedModel), "openvla" (an OpenVLA / OFT VLA
+        with its separately saved modules, `adapters.openvla.OpenVLAPolicy`) or "module" (anything else).
     folder: the local checkpoint folder (processors, config), None for built models.
     builder: for built models, how to build the same architecture again, {"name": "tiny:pi0", **kwargs}
         (JSON, recorded in pruned checkpoints).
@@ -58,8 +59,12 @@ def is_lerobot(model: nn.Module) -> bool:
 
 
 def kind_of(model: nn.Module) -> str:
+    from vlaprune.adapters.openvla import OpenVLAPolicy
+
     if is_lerobot(model):
         return "lerobot"
+    if isinstance(model, OpenVLAPolicy):
+        return "openvla"
     return "transformers" if hasattr(getattr(model, "config", None), "to_dict") else "module"
 
 
@@ -132,10 +137,15 @@ def read_config(folder: Path) -> dict:
 
 
 def load_folder(folder: Path, trust_remote_code: bool = False) -> Source:
-    """A lerobot policy folder (config.json with a "type") or a transformers one ("model_type")."""
+    """A lerobot policy folder (config.json with a "type"), an OpenVLA / OpenVLA-OFT one (with OFT's action
+    head and projector files beside it: `adapters.openvla_load`) or a transformers one ("model_type")."""
+    from vlaprune.adapters import openvla_load
+
     cfg = read_config(folder)
     if "type" in cfg:
         return Source(_load_lerobot(folder, cfg["type"]), "lerobot", folder)
+    if openvla_load.is_openvla(cfg):
+        return Source(openvla_load.load(folder, cfg, trust_remote_code), "openvla", folder)
     if "model_type" in cfg or "architectures" in cfg:
         return Source(_load_transformers(folder, cfg, trust_remote_code), "transformers", folder)
     raise VlapruneError(
@@ -162,11 +172,15 @@ def _load_lerobot(folder: Path, policy_type: str) -> nn.Module:
 def _load_transformers(folder: Path, cfg: dict, trust_remote_code: bool) -> nn.Module:
     import transformers
 
+    from vlaprune.adapters.openvla_load import remote_class
+
     archs = cfg.get("architectures") or []
     cls = getattr(transformers, archs[0], None) if archs else None
+    if cls is None and cfg.get("auto_map"):  # remote code; its auto_map may name no AutoModel (OpenVLA)
+        cls = remote_class(folder, cfg, trust_remote_code)
     try:
         if cls is not None:
-            return cls.from_pretrained(str(folder)).eval()
+            return cls.from_pretrained(str(folder), trust_remote_code=trust_remote_code).eval()
         return transformers.AutoModel.from_pretrained(str(folder), trust_remote_code=trust_remote_code).eval()
     except Exception as e:
         hint = (

@@ -26,6 +26,16 @@ class Counter:
 
 
 @dataclass
+class ReadOut:
+    """The model reads a stack's features at block `index`, not at its last block (Prismatic binds its vision
+    towers' forward to `get_intermediate_layers(n={depth - 2})`): later blocks run but nothing reads them.
+    rebind(k): make block k the read-out (surgery calls it after a drop, so the same block stays read)."""
+
+    index: int
+    rebind: Callable[[int], None]
+
+
+@dataclass
 class Stack:
     """One stack of blocks.
 
@@ -39,6 +49,10 @@ class Stack:
     notes: one short string per block (e.g. "self-attn" / "cross-attn"), or empty.
     exit: dotted path (from the model root) of the module that receives the last block's output (the final
         norm), so that block outputs can be observed where the policy never calls a block's forward.
+    readout: where the model reads the stack when that is not its last block (`ReadOut`), else None.
+    single_branch: for blocks with one residual branch and no attention (block(x) = x + branch(x), e.g.
+        OFT's MLPResNetBlock: "ffn"), the branch's path inside each block; None for transformer blocks.
+    The blocks are a ModuleList or an nn.Sequential (timm's ViTs); surgery keeps the container's type.
     """
 
     name: str
@@ -50,9 +64,11 @@ class Stack:
     layer_idx_attr: str | None = None
     notes: list[str] = field(default_factory=list)
     exit: str | None = None
+    readout: ReadOut | None = None
+    single_branch: str | None = None
 
     @property
-    def blocks(self) -> nn.ModuleList:
+    def blocks(self) -> nn.ModuleList | nn.Sequential:
         return getattr(self.parent, self.attr)
 
     def __len__(self) -> int:
@@ -117,6 +133,8 @@ class Layout:
         at inference (SmolVLA / pi0 / pi0.5: "model"), or None; closed-loop evaluation seeds it per episode.
     keep_kv: stacks whose blocks can go while their K/V stay (`KeepKV`, by stack name); empty when no
         stack attends to another's keys / values.
+    example_weights: batch -> w (B,) with batch loss = sum_b w[b] * (example b's own loss), for per-example
+        scores (GateProbe); None where the scoring code knows the family's rule (lerobot policies).
     """
 
     family: str
@@ -131,6 +149,7 @@ class Layout:
     action_out: str | None = None
     noise: str | None = None
     keep_kv: dict[str, KeepKV] = field(default_factory=dict)
+    example_weights: Callable[[Any], Any] | None = None
 
 
 def resolve(model: nn.Module, path: str) -> tuple[nn.Module, str, nn.Module]:

@@ -5,6 +5,7 @@ vlaprune drop --policy.path=lerobot/smolvla_base --drop.language=2,3 --output_di
 vlaprune drop --policy.path=... --drop.from=scores.json --drop.k=8 --drop.components=language --output_dir=...
 vlaprune drop --policy.path=... --drop.language=2,3 --drop.mode=pair --output_dir=...   # partners go too
 vlaprune drop --policy.path=... --drop.language=drop_half --drop.part=mlp --output_dir=...  # MLP-only
+vlaprune drop --policy.path=OFT_FOLDER --policy.trust_remote_code=true --drop.head_width=2048 --output_dir=...
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vlaprune.policy import load_policy
 from vlaprune.surgery.levels import PROTOCOL_LEVELS, protocol_blocks
 from vlaprune.surgery.plan import MODES, plan_to_dict, resolve_drops
 from vlaprune.surgery.sublayers import PARTS, resolve_sublayers
+from vlaprune.surgery.width import CRITERIA, resnet_of
 
 
 @dataclass
@@ -47,8 +49,19 @@ class DropSpec:
     # granularity ablation). With --drop.from, attn / mlp rank by that sublayer's own scores (a scores.json
     # from `vlaprune score --granularity=sublayer --method=gateprobe_branch_abs`).
     part: str = "block"
+    # Shrink the hidden width of the action head's MLP-ResNet (OpenVLA-OFT: 4096 -> N, the DTR paper's head
+    # cut) to this many channels (0: no width cut), keeping the channels the criterion ranks highest
+    # (vlaprune.surgery.width.CRITERIA: magnitude, first, random). Alone or with block drops (blocks first).
+    head_width: int = 0
+    head_criterion: str = "magnitude"
 
     def __post_init__(self) -> None:
+        if self.head_criterion not in CRITERIA:
+            raise VlapruneError(
+                f"--drop.head_criterion={self.head_criterion!r}: choose one of {', '.join(CRITERIA)}"
+            )
+        if self.head_width < 0:
+            raise VlapruneError(f"--drop.head_width={self.head_width}: a channel count, or 0 for none")
         if self.mode not in MODES:
             raise VlapruneError(f"--drop.mode={self.mode!r}: choose one of {', '.join(MODES)}")
         if self.part not in PARTS:
@@ -111,9 +124,10 @@ def request_from(spec: DropSpec, lay: Layout) -> dict[str, list[int]]:
         if req:
             raise VlapruneError("give either block indices or --drop.from, not both")
         req = _from_scores(spec, list(lay.stacks))
-    if not req:
+    if not req and not spec.head_width:
         raise VlapruneError(
-            "nothing to drop: pass --drop.language=3,7 (or vision/action/blocks) or --drop.from"
+            "nothing to drop: pass --drop.language=3,7 (or vision/action/blocks), --drop.from or "
+            "--drop.head_width"
         )
     return req
 
@@ -166,18 +180,32 @@ def run(cfg: DropConfig) -> dict[str, Any]:
     policy = load_policy(cfg.policy, cfg.stacks or None)
     lay = policy.layout()
     request = request_from(cfg.drop, lay)
-    if cfg.drop.part == "block":  # refuse a bad plan before measuring anything
+    if request and cfg.drop.part == "block":  # refuse a bad plan before measuring anything
         resolve_drops(lay, request, cfg.drop.mode)
-    else:
+    elif request:
         resolve_sublayers(lay, request, cfg.drop.part)
+    if cfg.drop.head_width:
+        width = resnet_of(lay, "action").fc1.out_features
+        if not 0 < cfg.drop.head_width < width:
+            raise VlapruneError(
+                f"--drop.head_width={cfg.drop.head_width}: choose 1..{width - 1} (the head has {width})"
+            )
     console.print("measuring the original ...")
     before = cost(lay, cfg.latency_calls, cfg.warmup_calls)
-    plan = policy.drop_blocks(request, cfg.drop.mode, cfg.drop.part)
-    console.print(f"[bold]plan[/]: {plan.summary()}")
+    plans = [policy.drop_blocks(request, cfg.drop.mode, cfg.drop.part)] if request else []
+    if cfg.drop.head_width:
+        plans.append(policy.shrink_width(cfg.drop.head_width, cfg.drop.head_criterion))
+    plan = plans[0] if len(plans) == 1 else None
+    for p in plans:
+        console.print(f"[bold]plan[/]: {p.summary()}")
     console.print("measuring the pruned model ...")
     after = cost(policy.layout(), cfg.latency_calls, cfg.warmup_calls)
     console.print(cost_table(before, after))
-    report = {"plan": plan_to_dict(plan), "cost_original": before, "cost_pruned": after}
+    report = {
+        "plan": plan_to_dict(plan) if plan else [plan_to_dict(p) for p in plans],
+        "cost_original": before,
+        "cost_pruned": after,
+    }
     saved = policy.save(out, extra_json={"cost.json": report})
     console.print(f"wrote {saved} (plan.json, cost.json, weights)")
     return report

@@ -43,6 +43,12 @@ def run(cfg: InspectConfig) -> dict[str, Any]:
     console.print(table(anat))
     for c in anat["couplings"]:
         console.print(f"coupling {c['a']} / {c['b']}: {c['rule']}")
+    for s in anat["stacks"]:  # Prismatic's vision towers: the projector reads block depth-2
+        read = [i for i, note in enumerate(s["block_notes"]) if note == "read by the projector"]
+        if read:
+            console.print(
+                f"{s['name']}: the projector reads block {read[0]}; later blocks run but are unused"
+            )
     write_json_atomic(cfg.output, anat)
     print(f"wrote {cfg.output}")
     return anat

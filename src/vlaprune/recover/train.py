@@ -86,6 +86,9 @@ class RecoverConfig:
             raise VlapruneError(f"--mixed_precision={self.mixed_precision!r}; choose auto, no, bf16 or fp16")
 
 
+OFT_LR, OFT_DECAY_STEP = 5e-4, 100_000  # OpenVLA-OFT's finetune.py: learning_rate, num_steps_before_decay
+
+
 class _StepStats:
     """What lerobot's `update_policy` writes into (its MetricsTracker interface, minus the bookkeeping)."""
 
@@ -101,8 +104,11 @@ def build_trainee(cfg: RecoverConfig, device: str = "") -> tuple[Loaded, torch.n
     """(policy, module that is trained): the policy itself, its LoRA wrapper, or a Distill wrapper."""
     pcfg = dataclasses.replace(cfg.policy, device=device or cfg.policy.device)
     policy = load_policy(pcfg)
-    if not policy.is_lerobot:
-        raise VlapruneError("recovery trains lerobot policies (a config with input_features)")
+    if not policy.takes_datasets:
+        raise VlapruneError(
+            "recovery trains lerobot policies and OpenVLA-OFT checkpoints with their action head; this model "
+            "is neither"
+        )
     module = policy.module
     if cfg.trainable == "all":
         module.requires_grad_(True)
@@ -116,7 +122,14 @@ def build_trainee(cfg: RecoverConfig, device: str = "") -> tuple[Loaded, torch.n
 
 def _optimizer(policy: torch.nn.Module, trainee, cfg: RecoverConfig):
     """The policy's lerobot optimizer and scheduler presets; --lr sets the optimizer's lr and the scheduler's
-    peak, and moves the decay floor with it (decay_lr * lr / peak_lr), so the schedule keeps its shape."""
+    peak, and moves the decay floor with it (decay_lr * lr / peak_lr), so the schedule keeps its shape.
+    OpenVLA-OFT (no lerobot preset): OFT's finetune.py defaults, AdamW at 5e-4 (or --lr), x0.1 after
+    100k steps, no gradient clipping."""
+    if not hasattr(getattr(policy, "config", None), "get_optimizer_preset"):
+        optimizer = torch.optim.AdamW(
+            [p for p in trainee.parameters() if p.requires_grad], lr=cfg.lr or OFT_LR
+        )
+        return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, [OFT_DECAY_STEP], gamma=0.1)
     opt_cfg = policy.config.get_optimizer_preset()
     sched_cfg = policy.config.get_scheduler_preset()
     if cfg.lr is not None:
@@ -242,7 +255,8 @@ def _train(cfg, accelerator, policy: Loaded, trainee, data: Data, episodes, ckpt
         pin_memory=accelerator.device.type == "cuda",
     )
     trainee, optimizer, loader, scheduler = accelerator.prepare(trainee, optimizer, loader, scheduler)
-    grad_clip = getattr(policy.module.config.get_optimizer_preset(), "grad_clip_norm", 0.0) or 0.0
+    preset = getattr(getattr(policy.module, "config", None), "get_optimizer_preset", None)
+    grad_clip = (getattr(preset(), "grad_clip_norm", 0.0) or 0.0) if preset else 0.0
     main = accelerator.is_main_process  # one process writes the log, checkpoints and the final policy
     log = (out / "train.log").open("a") if main else None
     wandb = _wandb(cfg) if cfg.wandb and accelerator.is_main_process else None

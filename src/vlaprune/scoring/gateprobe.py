@@ -27,6 +27,8 @@ lerobot's `forward(batch, reduction="none")` returns. Then dL_b/da = grad[b] / w
   SmolVLA     padded steps (action_is_pad) masked, L = sum / (V * A) with V the valid steps of the batch,
               L_b = sum_b / (n_b * A)                                                      -> w[b] = n_b / V
               (1/B without action_is_pad; an example with no valid step has L_b = 0 and gets 0)
+  OpenVLA-OFT L1 / diffusion loss: mean over (batch, chunk, action dims)               -> w[b] = 1/B
+              (the adapter's `Layout.example_weights`)
   others      `Probe.example_weights(batch)` must give w (B,).
 tests/scoring/test_gateprobe_paper.py checks these against finite differences of lerobot's per-example loss.
 
@@ -47,8 +49,9 @@ from vlaprune.scoring.probe import Probe, Scores, weights_frozen
 
 def example_weights(probe: Probe, batch) -> torch.Tensor:
     """w (B,), float64 on the CPU: batch loss = sum_b w[b] * (example b's own loss); see the module doc."""
-    if probe.example_weights is not None:
-        return probe.example_weights(batch).detach().double().cpu()
+    rule = probe.example_weights or probe.layout.example_weights  # the Probe's, else the adapter's
+    if rule is not None:
+        return rule(batch).detach().double().cpu()
     kind = getattr(getattr(probe.layout.model, "config", None), "type", None)
     if kind in ("pi0", "pi05", "smolvla"):
         n = batch["action"].shape[0]

@@ -40,8 +40,13 @@ SANDWICH_NORMS = ("pre_feedforward_layernorm", "post_feedforward_layernorm")  # 
 
 def branch_modules(layout: Layout, stack: str) -> list[dict[str, Any]]:
     """Per block of `stack`: {"attn": attention output projection, "mlp": MLP, "entry": first norm,
-    "pre_mlp": the norm feeding the MLP (None when not recognised), "sandwich": Gemma 2/3 post-norms}."""
+    "pre_mlp": the norm feeding the MLP (None when not recognised), "sandwich": Gemma 2/3 post-norms}.
+    Single-branch blocks (`Stack.single_branch`, x + ffn(x)): "attn" None, "mlp" and "entry" the branch,
+    whose input is the block's input."""
     s = layout.stacks[stack]
+    if s.single_branch:  # block(x) = x + branch(x) (OFT's MLPResNetBlock): one gate on the branch output
+        branches = [block.get_submodule(s.single_branch) for block in s.blocks]
+        return [{"attn": None, "mlp": b, "entry": b, "pre_mlp": None, "sandwich": False} for b in branches]
     out = []
     for i, block in enumerate(s.blocks):
         br = find_branches(block)
@@ -124,7 +129,7 @@ def virtual_gates(
     keyed: list[tuple[Key, nn.Module]] = []
     for name in stacks:
         for i, mods in enumerate(branch_modules(layout, name)):
-            for part in ("attn", "mlp"):
+            for part in ("attn", "mlp") if mods["attn"] is not None else ("mlp",):
                 keyed.append(((name, i) if granularity == "block" else (name, i, part), mods[part]))
     device = next(layout.model.parameters()).device
     gates = VirtualGates(list(dict.fromkeys(k for k, _ in keyed)), device)
@@ -196,6 +201,16 @@ def update_gates(layout: Layout, stacks: list[str] | None, batch_size: int) -> I
     for s in stacks:
         for i, mods in enumerate(branch_modules(layout, s)):
             where = f"stack {s!r} block {i}"
+            if mods["attn"] is None:  # single branch: out = x + a * ffn(x), exactly
+                a = gates.values[(s, i)]
+                plan.append(
+                    (
+                        mods["mlp"],
+                        "post",
+                        lambda m, args, out, a=a, w=where: _scale(out, lambda x: _rows(a, x, w)),
+                    )
+                )
+                continue
             if mods["entry"] is None or mods["pre_mlp"] is None or mods["sandwich"]:
                 raise VlapruneError(
                     f"{where}: not a pre-norm block with a recognised first norm and MLP norm (one of "

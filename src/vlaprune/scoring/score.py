@@ -125,9 +125,10 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
 
         check(lay, stacks)
     if any(m in NEEDS_DATA for m in cfg.methods()):
-        if not policy.is_lerobot:
+        if not policy.takes_datasets:
             raise VlapruneError(
-                "data-driven scoring needs a lerobot policy; use --method=magnitude for others"
+                "data-driven scoring needs a lerobot policy or an OpenVLA-OFT checkpoint with its action "
+                "head; use --method=magnitude for others"
             )
         batches = Data(policy, cfg.dataset).batches(cfg.batches, cfg.batch_size, cfg.seed)
         loss = policy_loss(policy.module, cfg.seed)

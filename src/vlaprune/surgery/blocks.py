@@ -8,6 +8,8 @@ KV cache, `save_pretrained` all run. What is kept consistent (from the adapter's
   - config counters (`num_hidden_layers`, SmolVLA's `num_vlm_layers` / `num_expert_layers`, ...)
   - per-layer config lists of the same length (`layer_types` in Qwen2 / Gemma configs)
   - attention `layer_idx` renumbered 0..n'-1 (the KV cache indexes layers by it)
+  - the read-out block of stacks the model reads below their top (Prismatic's vision towers read block
+    depth-2): re-bound so that the same block feeds the projector; nn.Sequential stacks stay Sequential
   - the coupling rules (see `vlaprune.surgery.plan`)
 
 Keep-K/V drops (mode "auto" / "keep_kv", the default for the language stack of SmolVLA / pi0 / pi0.5): the
@@ -41,9 +43,17 @@ def _set_dotted(obj: Any, dotted: str, value: Any) -> None:
 
 def shrink_stack(stack: Stack, drop: list[int]) -> None:
     """Remove blocks `drop` from `stack` and update its counters, per-layer lists and layer indices."""
+    container = (
+        nn.Sequential if isinstance(stack.blocks, nn.Sequential) else nn.ModuleList
+    )  # timm: Sequential
     old = list(stack.blocks)
     keep = [i for i in range(len(old)) if i not in set(drop)]
-    setattr(stack.parent, stack.attr, nn.ModuleList(old[i] for i in keep))
+    kept = [old[i] for i in keep]
+    setattr(
+        stack.parent, stack.attr, nn.Sequential(*kept) if container is nn.Sequential else nn.ModuleList(kept)
+    )
+    if stack.readout is not None:  # the same block stays the read-out (resolve_drops refused dropping it)
+        stack.readout.rebind(keep.index(stack.readout.index))
     for c in stack.counters:
         cfg = c.owner
         for name in PER_LAYER_LISTS:

@@ -26,14 +26,16 @@ from torch import nn
 
 from vlaprune import __version__
 from vlaprune.adapters import layout as find_layout
+from vlaprune.adapters import openvla_load
 from vlaprune.adapters.load import Source, build, kind_of, load_source
 from vlaprune.atomic import atomic_dir
 from vlaprune.errors import VlapruneError
 from vlaprune.surgery.blocks import replay_blocks
-from vlaprune.surgery.plan import BlockPlan, PruningRecord, plan_from_dict, plan_to_dict
+from vlaprune.surgery.plan import BlockPlan, PruningRecord, WidthPlan, plan_from_dict, plan_to_dict
 from vlaprune.surgery.plugin import PLUGIN_TYPES, record_from_config, write_plugin_checkpoint
 from vlaprune.surgery.sublayers import replay_sublayers
 from vlaprune.surgery.units import apply_units
+from vlaprune.surgery.width import apply_width, resnet_of
 
 FORMAT = "vlaprune-pruned/1"
 OWN_WEIGHTS, PRUNED_WEIGHTS = "model.safetensors", "pruned_model.safetensors"
@@ -46,14 +48,19 @@ PROCESSOR_GLOBS = ("policy_preprocessor*", "policy_postprocessor*")
 
 def base_record(source: Source, stacks: str | None = None, trust_remote_code: bool = False) -> dict | None:
     """How to rebuild the unpruned architecture of a freshly loaded model (taken before any surgery, since
-    surgery changes the config's counters); None when it cannot be rebuilt."""
+    surgery changes the config's counters); None when it cannot be rebuilt. A transformers model whose class
+    is remote code (not in transformers) is rebuilt from its folder, with the trust flag it came with."""
+    import transformers
+
     model, cfg = source.module, getattr(source.module, "config", None)
+    if source.kind == "openvla":
+        return openvla_load.base_record(model, trust_remote_code)
     if source.kind == "lerobot":
         import draccus
 
         rec = {"kind": "lerobot", "type": cfg.type, "config": draccus.encode(cfg)}
         return rec | ({"builder": source.builder} if source.builder else {})
-    if source.kind == "transformers" and not stacks:
+    if source.kind == "transformers" and not stacks and hasattr(transformers, type(model).__name__):
         return {"kind": "transformers", "class": type(model).__name__, "config": cfg.to_dict()}
     if source.folder is not None:
         return {"kind": "source", "path": str(source.folder), "trust_remote_code": trust_remote_code}
@@ -84,11 +91,16 @@ def save_pruned(
             "from a checkpoint folder or a registered builder before pruning it"
         )
     lay = find_layout(model, record.stacks)
+    if base["kind"] == "openvla":
+        return _save_openvla(model, record, out, lay, processors_from, extra_json)
     dropped = {n for p in record.plans if isinstance(p, BlockPlan) for n, idx in p.drops.items() if idx}
     # per-layer widths (or added biases): no family config has them; masked units keep every shape
     unit_plans = any(
-        p.kind == "units"
-        and (p.removal == "real" or any(b.get("bias") for bl in p.units.values() for b in bl.values()))
+        p.kind == "width"
+        or (
+            p.kind == "units"
+            and (p.removal == "real" or any(b.get("bias") for bl in p.units.values() for b in bl.values()))
+        )
         for p in record.plans
     )
     kv_only = any(isinstance(p, BlockPlan) and any(p.kv_only.values()) for p in record.plans)  # nor these
@@ -96,19 +108,12 @@ def save_pruned(
     expressible = expressible and not unit_plans and not kv_only and not base.get("builder")
     plugin = not expressible and base["kind"] == "lerobot" and not record.stacks
     plugin = plugin and lay.family in PLUGIN_TYPES
-    plan_json = {
-        "format": FORMAT,
-        "vlaprune_version": __version__,
-        "family": lay.family,
-        "model_class": type(model).__name__,
-        "weights": OWN_WEIGHTS if expressible or plugin else PRUNED_WEIGHTS,
-        "family_loader_ok": expressible,
-        "lerobot_type": PLUGIN_TYPES[lay.family] if plugin else (base.get("type") if expressible else None),
-        "base": base,
-        "stacks": record.stacks,
-        "plans": [plan_to_dict(p) for p in record.plans],
-        "trained_on": record.trained_on,
-    }
+    plan_json = _record_json(
+        lay, model, record, OWN_WEIGHTS if expressible or plugin else PRUNED_WEIGHTS, expressible
+    )
+    plan_json["lerobot_type"] = (
+        PLUGIN_TYPES[lay.family] if plugin else (base.get("type") if expressible else None)
+    )
     with atomic_dir(out) as tmp:
         if plugin:  # lerobot's tools load it through the lerobot_policy_vlaprune plugin
             record_json = {k: v for k, v in plan_json.items() if k != "weights"}
@@ -122,6 +127,47 @@ def save_pruned(
             for pattern in PROCESSOR_GLOBS:
                 for f in Path(processors_from).glob(pattern):
                     shutil.copy2(f, tmp / f.name)
+        (tmp / "plan.json").write_text(json.dumps(plan_json, indent=2, default=str) + "\n")
+        for name, obj in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    return out
+
+
+def _record_json(lay, model: nn.Module, record: PruningRecord, weights: str, own: bool) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "vlaprune_version": __version__,
+        "family": lay.family,
+        "model_class": type(model).__name__,
+        "weights": weights,
+        "family_loader_ok": own,
+        "lerobot_type": None,
+        "base": record.base,
+        "stacks": record.stacks,
+        "plans": [plan_to_dict(p) for p in record.plans],
+        "trained_on": record.trained_on,
+    }
+
+
+def _save_openvla(model, record: PruningRecord, out: Path, lay, source, extra_json) -> Path:
+    """OFT's own layout (`adapters.openvla_load.save`) + plan.json. OFT's loaders rebuild language drops
+    (text_config.num_hidden_layers); vision drops (timm depth comes from the model id) and sublayer drops
+    they cannot: then the VLA weights are named pruned_model.safetensors, so OFT's from_pretrained refuses the
+    folder. Head cuts (blocks: OFT builds 2; width: OFT builds hidden = LLM width) keep the VLA loadable and
+    make OFT's strict head loading fail loudly by themselves."""
+    vla_stacks = {n for n, s in lay.stacks.items() if s.component != "action"}
+    touched: set[str] = set()  # VLA stacks cut in a way the VLA's config cannot express
+    for p in record.plans:
+        if isinstance(p, BlockPlan):
+            cut = {n for n, idx in {**p.drops, **p.sublayers}.items() if idx}
+            touched |= cut - (lay.config_expresses if p.part == "block" else set())
+        else:
+            touched |= {p.stack} if isinstance(p, WidthPlan) else set(p.units)
+    vla_ok = not touched & vla_stacks
+    own = vla_ok and not touched
+    plan_json = _record_json(lay, model, record, OWN_WEIGHTS if vla_ok else PRUNED_WEIGHTS, own)
+    with atomic_dir(out) as tmp:
+        openvla_load.save(model, tmp, Path(source) if source else None, vla_ok)
         (tmp / "plan.json").write_text(json.dumps(plan_json, indent=2, default=str) + "\n")
         for name, obj in (extra_json or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
@@ -167,7 +213,12 @@ def rebuild(base: dict[str, Any]) -> Source:
     if kind == "transformers":
         import transformers
 
-        cls = getattr(transformers, base["class"])
+        cls = getattr(transformers, base["class"], None)
+        if cls is None:
+            raise VlapruneError(
+                f"transformers has no class {base['class']} to rebuild this checkpoint with (remote code?); "
+                "re-create it from the original folder with --policy.trust_remote_code=true"
+            )
         return Source(cls(cls.config_class.from_dict(base["config"])), "transformers")
     if kind == "builder":
         b = dict(base["builder"])
@@ -175,9 +226,10 @@ def rebuild(base: dict[str, Any]) -> Source:
     return load_source(base["path"], base.get("trust_remote_code", False))
 
 
-def load_pruned(folder: str | Path) -> tuple[Source, PruningRecord]:
+def load_pruned(folder: str | Path, trust_remote_code: bool = False) -> tuple[Source, PruningRecord]:
     """Rebuild the base architecture, replay the plans, load the weights (strict): (the model in eval mode
-    with where it came from, its PruningRecord)."""
+    with where it came from, its PruningRecord). trust_remote_code: run model code the folder ships
+    (OpenVLA); refused without it."""
     folder = Path(folder)
     plan_file = folder / "plan.json"
     saved = record_from_config(folder)  # the plugin format: config.json carries the record
@@ -210,10 +262,16 @@ def load_pruned(folder: str | Path) -> tuple[Source, PruningRecord]:
         plans=[plan_from_dict(p) for p in saved["plans"]],
         trained_on=saved.get("trained_on"),
     )
-    source = rebuild(record.base)
+    openvla = record.base.get("kind") == "openvla"
+    if openvla:
+        source = Source(openvla_load.rebuild(record.base, folder, trust_remote_code), "openvla")
+    else:
+        source = rebuild(record.base)
     model = source.module
     for plan in record.plans:
-        if plan.kind == "units":
+        if plan.kind == "width":
+            apply_width(resnet_of(find_layout(model, record.stacks), plan.stack), plan.kept)
+        elif plan.kind == "units":
             apply_units(find_layout(model, record.stacks), plan.units, plan.removal)
         elif plan.part != "block":
             replay_sublayers(model, plan, record.stacks)
@@ -222,7 +280,12 @@ def load_pruned(folder: str | Path) -> tuple[Source, PruningRecord]:
     from safetensors.torch import load_model
 
     try:
-        load_model(model, str(weights), strict=True)
+        if openvla:
+            openvla_load.load_weights(model, folder, saved["weights"])
+        else:
+            load_model(model, str(weights), strict=True)
+    except VlapruneError:
+        raise
     except Exception as e:  # missing / unexpected keys, shape mismatch, corrupt file
         msg = " ".join(str(e).split())[:300]
         raise VlapruneError(

@@ -120,7 +120,27 @@ class UnitPlan:
         )
 
 
-Plan = BlockPlan | UnitPlan
+@dataclass
+class WidthPlan:
+    """What a width cut removed (`surgery.width`): the hidden stream of the MLP-ResNet holding `stack` (OFT's
+    action head) keeps channels `kept` (ascending) of `width_before`, chosen by `criterion`."""
+
+    family: str
+    model_class: str
+    stack: str
+    kept: list[int]
+    width_before: int
+    criterion: str = "magnitude"
+    params_before: int = 0
+    params_after: int = 0
+    kind: str = "width"
+
+    def summary(self) -> str:
+        head = f"{self.stack}: hidden width {self.width_before} -> {len(self.kept)} (by {self.criterion})"
+        return head + _params(self.params_before, self.params_after)
+
+
+Plan = BlockPlan | UnitPlan | WidthPlan
 
 
 def _params(before: int, after: int) -> str:
@@ -136,6 +156,8 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
     """A plan from its JSON (also reads the single-class format of vlaprune 0.1 checkpoints)."""
     d = dict(d)
     extra = d.pop("extra", None) or {}
+    if d.get("kind") == "width":
+        return WidthPlan(**{k: v for k, v in d.items() if k in {f.name for f in fields(WidthPlan)}})
     if d.get("kind") == "units":
         return UnitPlan(
             family=d["family"],
@@ -315,6 +337,13 @@ def resolve_drops(layout: Layout, request: dict[str, list[int]], mode: str = "au
         if rest := [i for i in idx if i not in gone]:
             kv_only[name] = rest
     for name, stack in layout.stacks.items():
+        k = stack.readout.index if stack.readout is not None else None
+        if k is not None and k in drops.get(name, []):
+            raise VlapruneError(
+                f"{name}: block {k} is the block the model reads (its features feed the projector; later "
+                f"blocks are unused), so dropping it would silently feed another block; keep block {k} "
+                f"(blocks 0..{k - 1} and {k + 1}.. can go)"
+            )
         gone = set(drops.get(name, [])) | set(kv_only.get(name, []))
         left = [i for i in range(len(stack)) if i not in gone and not is_kv_only(stack.blocks[i])]
         if gone and not left:

@@ -41,6 +41,15 @@ def _hf(name: str):
     return build
 
 
+def _oft(config: Any = None, **kw: Any) -> Source:
+    """A tiny OpenVLA-OFT: a mirror checkpoint folder written to a temporary directory, then loaded (its
+    remote code is vlaprune's own, so it runs without asking)."""
+    from vlaprune.adapters.load import load_folder
+    from vlaprune.tiny.oft import tiny_oft_folder
+
+    return load_folder(tiny_oft_folder(**kw), trust_remote_code=True)
+
+
 TINY = {
     "smolvla": _smolvla,
     "pi0": _pi("pi0"),
@@ -48,6 +57,7 @@ TINY = {
     "llama": _hf("llama"),
     "qwen2": _hf("qwen2"),
     "siglip": _hf("siglip"),
+    "oft": _oft,
 }
 for _name, _build in TINY.items():
     register_builder(f"tiny:{_name}", _build)
