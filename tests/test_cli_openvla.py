@@ -82,3 +82,52 @@ def test_bad_input_is_one_line_and_writes_nothing(oft_dir, tmp_path, cli_error):
     )
     assert "block 2 is the block the model reads" in line
     assert not out.exists()
+
+
+def test_prune_units_runs_the_openvla_recipe_on_oft(oft_dir, oft_dataset, tmp_path):
+    """The divergence paper's OpenVLA recipe through the OFT adapter: base = the Prismatic VLM's weights
+    (names without "vla."), planted movement, global language FFN ranking with protected blocks, vision FFN
+    and fused-qkv vision heads; masked and real removal judged the same way (same loss)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from vlaprune.configs import PolicyConfig
+    from vlaprune.policy import load_policy
+
+    handle = load_policy(PolicyConfig(path=str(oft_dir), trust_remote_code=True))
+    vla = handle.module.vla
+    base = {k: v.detach().clone().contiguous() for k, v in vla.state_dict().items()}
+    save_file(base, tmp_path / "vlm.safetensors")
+    moved = shutil.copytree(oft_dir, tmp_path / "moved")
+    layers = vla.language_model.model.layers
+    with torch.no_grad():  # the "VLA" moved channels 0-3 of language block 1 the most
+        layers[1].mlp.gate_proj.weight[:4] *= 3.0
+    from safetensors.torch import load_file
+
+    weights = load_file(moved / "model.safetensors")
+    key = next(k for k in weights if k.endswith("layers.1.mlp.gate_proj.weight"))
+    weights[key] = layers[1].mlp.gate_proj.weight.detach().clone().contiguous()
+    save_file(weights, moved / "model.safetensors", metadata={"format": "pt"})
+    n = layers[1].mlp.gate_proj.out_features * (len(layers) - 1)  # block 0 is protected: not ranked
+    spec = (
+        f"language.mlp=dw_openvla:high:{4 / n}:global:protect=0 vision.siglip.mlp=dw_openvla:low:0.25:global "
+        "vision.dino.attn=dw_openvla:high:0.25"
+    )
+    rows = {}
+    for removal in ("masked", "real"):
+        out = tmp_path / removal
+        argv = [
+            "prune-units", f"--policy.path={moved}", "--policy.trust_remote_code=true",
+            f"--dataset.root={oft_dataset}", "--batches=1", "--batch_size=2",
+            f"--base={tmp_path / 'vlm.safetensors'}", f"--spec={spec}", f"--removal={removal}",
+            "--compare=magnitude", f"--output_dir={out}",
+        ]  # fmt: skip
+        assert main(argv) == 0
+        report = json.loads((out / "prune.json").read_text())
+        plan = json.loads((out / "plan.json").read_text())["plans"][-1]
+        assert list(plan["units"]["language"]) == ["1"]  # the planted block, and only it
+        assert plan["units"]["language"]["1"]["ffn"] == list(range(4, layers[1].mlp.gate_proj.out_features))
+        rows[removal] = report["rows"][0]
+    assert rows["real"]["params_removed_pct"] > 0 and rows["masked"]["params_removed_pct"] == 0
+    assert abs(rows["real"]["loss"] - rows["masked"]["loss"]) < 1e-4
+    assert rows["real"]["units_removed"] == rows["masked"]["units_removed"]

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from vlaprune.adapters import openvla_batch
+from vlaprune.adapters.openvla import OpenVLAPolicy, predict_actions
 from vlaprune.configs import DatasetConfig
 from vlaprune.errors import VlapruneError
 from vlaprune.policy import Loaded
@@ -328,9 +329,12 @@ def action_error(
     """
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(noise_seed(seed, i))
-        policy.reset()
-        pred = policy.predict_action_chunk(dict(batch))  # (B, chunk, A), normalized
-    target = batch["action"][:, : pred.shape[1], : pred.shape[2]]
+        if isinstance(policy, OpenVLAPolicy):  # OFT's L1 head on its own batch format ("actions")
+            pred, target = predict_actions(policy, batch), batch["actions"]
+        else:
+            policy.reset()
+            pred, target = policy.predict_action_chunk(dict(batch)), batch["action"]  # (B, chunk, A)
+    target = target[:, : pred.shape[1], : pred.shape[2]]
     pad = batch.get("action_is_pad", torch.zeros(target.shape[:2], dtype=torch.bool, device=target.device))
     diff = (pred - target)[~pad[:, : pred.shape[1]]]  # (valid steps, A)
     return diff.abs().sum(0), (diff**2).sum(0), diff.shape[0]

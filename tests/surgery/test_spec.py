@@ -156,3 +156,10 @@ def test_fused_qkv_heads_masked_equals_real():
     with torch.no_grad():
         out = real(x)
         assert torch.allclose(out, masked(x), atol=1e-5) and not torch.allclose(out, vit(x), atol=1e-4)
+
+
+def test_global_ties_spread_over_the_blocks():
+    """An unmoved stack (all dW 0) loses units evenly under global ranking, not its first block whole."""
+    scores = {"vision": [{"ffn": torch.zeros(8, dtype=torch.float64)} for _ in range(4)]}
+    units = select(scores, [Module("vision", "mlp", 0.25, "dw", "low", "global")])
+    assert {i: 8 - len(s["ffn"]) for i, s in units["vision"].items()} == {"0": 2, "1": 2, "2": 2, "3": 2}

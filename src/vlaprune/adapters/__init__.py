@@ -32,6 +32,10 @@ VLM_MAPS: dict[str, list[tuple[str, str]]] = {
     "pi05": pi.VLM_MAP,
     "pi0-transformers5": pi.VLM_MAP_TRANSFORMERS5,
     "openvla": paths.VLM_MAP_OPENVLA,
+    # an OpenVLA-OFT folder loaded as one policy (vla + action head) against the Prismatic VLM it started
+    # from (same names without "vla."), or against the bare Llama-2 of its language model
+    "oft": [("vla.", "")],
+    "oft-llama": [("vla.language_model.", "")],
 }
 
 __all__ = [

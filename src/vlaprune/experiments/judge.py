@@ -61,7 +61,7 @@ class Judge:
             abs_sum, steps = abs_sum + float(err[0].sum()), steps + err[2]
         out = {
             "loss": self.loss(m.module),
-            "l1": abs_sum / max(1, steps * self.batches[0]["action"].shape[-1]),
+            "l1": abs_sum / max(1, steps * len(err[0])),  # per action dimension
             "latency_ms": latency(inference_call(m.layout()), 10, 2)["median_ms"],
         }
         if self.pre_post:

@@ -155,8 +155,13 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
     policy = load_policy(cfg.policy, cfg.stacks or None)
     lay = policy.layout()
     ratios = parse_ratios(cfg.ratios, lay.stacks) if cfg.ratios else {}
-    if not policy.is_lerobot:
-        raise VlapruneError("prune-units evaluates lerobot policies (the recovery-free action loss)")
+    if not policy.takes_datasets:
+        raise VlapruneError(
+            "prune-units judges a policy by its action loss on a dataset: give a lerobot policy or an "
+            "OpenVLA-OFT folder with its action head"
+        )
+    if cfg.env.type and not policy.is_lerobot:
+        raise VlapruneError("closed-loop success (--env.type) needs a lerobot policy; drop --env.* for OFT")
     depths = {s: len(st.blocks) for s, st in lay.stacks.items()}
     modules = parse_spec(cfg.spec, depths, CRITERIA, LEGACY) if cfg.spec else []
     n_tasks = len(task_instructions(cfg.env)) if cfg.env.type else 0

@@ -22,7 +22,7 @@ class DivergeConfig:
     # The base VLM and the VLA fine-tuned from it: checkpoint folders, .safetensors files or shard indexes.
     base: str = ""
     tuned: str = ""
-    # Name mapping VLA -> VLM: auto | smolvla | pi0 | pi05 | openvla | identity | "a.=>b.;c.=>d."
+    # Name mapping VLA -> VLM: auto | smolvla | pi0 | pi05 | openvla | oft | oft-llama | identity | "a.=>b."
     map: str = "auto"
     output_dir: str = "divergence"
     # Largest float32 chunk per tensor (MB): bounds peak memory; small chunks also stay in the CPU caches.

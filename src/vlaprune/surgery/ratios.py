@@ -104,12 +104,15 @@ def _select_ffn(blocks: list[dict], m: Module) -> dict[int, dict[str, list[int]]
 
 def _global_counts(per_block: dict[int, torch.Tensor], ratio: float) -> dict[int, int]:
     """How many units each block loses when all blocks' units are ranked together and int(ratio * total)
-    of the lowest go (stable: ties go to the earlier block / unit)."""
+    of the lowest go. Ties go round-robin over the blocks (a stack whose scores are all equal, e.g. an
+    encoder adaptation did not move, loses units evenly instead of its first blocks whole)."""
     if not per_block:
         return {}
     owner = torch.cat([torch.full((len(v),), i) for i, v in per_block.items()])
     flat = torch.cat([v.double() for v in per_block.values()])
-    gone = owner[torch.argsort(flat, stable=True)[: int(len(flat) * ratio)]]
+    order = torch.argsort(torch.cat([torch.arange(len(v)) for v in per_block.values()]), stable=True)
+    order = order[torch.argsort(flat[order], stable=True)]
+    gone = owner[order[: int(len(flat) * ratio + 1e-9)]]  # + 1e-9: 4/n * n is 3.999... in floats
     return {i: int((gone == i).sum()) for i in per_block}
 
 
