@@ -127,3 +127,19 @@ def test_recovered_checkpoint_records_its_training_episodes_and_eval_refuses_the
     for bad in (["--dataset.episodes=[1]"], ["--dataset.episodes=[0,1]"]):
         assert "trained on" in cli_error(["eval", *common, *bad], only=False), bad
         assert not out.exists()
+
+
+def test_degenerate_quantiles_are_warned_about(caplog):
+    """pi0.5 normalizes actions by q01 / q99; the demo data's gripper action has q01 == q99, which lerobot
+    would divide by ~0. pi0 (mean / std) is not affected."""
+    import json
+
+    from vlaprune.data import warn_degenerate_quantiles
+    from vlaprune.experiments import assets
+    from vlaprune.tiny.pi import tiny_pi_config
+
+    stats = json.loads((assets.ASSETS / "dataset/meta/stats.json").read_text())
+    with caplog.at_level("WARNING", logger="vlaprune"):
+        assert warn_degenerate_quantiles(tiny_pi_config("pi05"), stats) == ["action"]
+    assert "q01 == q99 in dimension(s) [3]" in caplog.text
+    assert warn_degenerate_quantiles(tiny_pi_config("pi0"), stats) == []

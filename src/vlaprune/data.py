@@ -106,7 +106,37 @@ def processors(policy: Loaded, stats: dict | None = None) -> tuple[Any, Any]:
             return make_pre_post_processors(
                 policy.config, pretrained_path=str(policy.folder), preprocessor_overrides=overrides
             )
+        warn_degenerate_quantiles(policy.config, stats)
         return make_pre_post_processors(policy.config, dataset_stats=stats)
+
+
+def warn_degenerate_quantiles(config: Any, stats: dict) -> list[str]:
+    """Features the policy normalizes by quantiles (pi0.5's default: (x - q01) / (q99 - q01)) whose q01 and
+    q99 coincide in some dimension: lerobot then divides by ~1e-8 there and the loss reaches ~1e15 (e.g. a
+    gripper action that is constant in 98% of the frames). Logs one warning per such feature; returns them."""
+    import logging
+
+    import numpy as np
+
+    mapping = {str(k).split(".")[-1]: str(v).split(".")[-1] for k, v in config.normalization_mapping.items()}
+    features = {**config.input_features, **config.output_features}
+    out = []
+    for key, feat in features.items():
+        mode = mapping.get(str(feat.type).split(".")[-1], "")
+        if "QUANTILE" not in mode.upper() or key not in stats:
+            continue
+        lo, hi = ("q10", "q90") if mode.upper() == "QUANTILE10" else ("q01", "q99")
+        if lo not in stats[key] or hi not in stats[key]:
+            continue
+        flat = np.flatnonzero(np.abs(np.asarray(stats[key][hi]) - np.asarray(stats[key][lo])) < 1e-6)
+        if flat.size:
+            out.append(key)
+            logging.getLogger("vlaprune").warning(
+                f"{key}: {lo} == {hi} in dimension(s) {flat.tolist()}; the policy's quantile normalization "
+                "divides by ~0 there (losses ~1e15): use mean/std normalization for it "
+                "(config.normalization_mapping) or a dataset where that dimension varies"
+            )
+    return out
 
 
 @dataclass(frozen=True)
