@@ -131,3 +131,28 @@ def test_prune_units_runs_the_openvla_recipe_on_oft(oft_dir, oft_dataset, tmp_pa
     assert rows["real"]["params_removed_pct"] > 0 and rows["masked"]["params_removed_pct"] == 0
     assert abs(rows["real"]["loss"] - rows["masked"]["loss"]) < 1e-4
     assert rows["real"]["units_removed"] == rows["masked"]["units_removed"]
+
+
+def test_offline_eval_of_oft_and_of_its_pruned_folder(oft_dir, oft_dataset, tmp_path, cli_error):
+    """`vlaprune eval --offline` on an OFT folder: OFT's loss and the L1 head's action error on held-out
+    episodes; the same numbers again for a reload; closed loop refused in one line."""
+    policy = [f"--policy.path={oft_dir}", "--policy.trust_remote_code=true"]
+    argv = [
+        "eval",
+        *policy,
+        f"--dataset.root={oft_dataset}",
+        "--offline=true",
+        "--holdout=0.5",
+        "--batch_size=2",
+    ]
+    assert main([*argv, f"--output={tmp_path / 'a.json'}"]) == 0
+    assert main([*argv, f"--output={tmp_path / 'b.json'}"]) == 0
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text())["offline"] for n in "ab")
+    assert a == b and a["frames"] > 0 and len(a["l1_per_dim"]) == 7
+    assert a["loss"] > 0 and abs(a["loss"] - a["l1"]) < 1e-4  # OFT's L1 head: its loss is the action L1
+    err = cli_error(
+        ["eval", *policy, "--env.type=metaworld", "--env.task=reach-v3", f"--output={tmp_path / 'c.json'}"],
+        only=False,
+    )
+    assert "needs a lerobot policy; OFT: use --offline" in err
+    assert not (tmp_path / "c.json").exists()

@@ -130,8 +130,10 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     policy = load_policy(cfg.policy)
-    if not policy.is_lerobot:
-        raise VlapruneError("evaluation runs lerobot policies")
+    if not policy.takes_datasets:
+        raise VlapruneError("evaluation runs lerobot policies and OpenVLA-OFT folders with their action head")
+    if cfg.env.type and not policy.is_lerobot:
+        raise VlapruneError("closed-loop evaluation (--env.type) needs a lerobot policy; OFT: use --offline")
     result: dict[str, Any] = {"policy": cfg.policy.path}
     data = Data(policy, cfg.dataset) if cfg.dataset.given else None  # opened once, used by every part
     if cfg.offline:
