@@ -243,6 +243,8 @@ def test_prune_units_spec_cli(smolvla, tiny_dataset, tmp_path, cli_error):
     assert len({tuple(r["units_removed"].items()) for r in rows.values()}) == 1
     plan = json.loads((out / "plan.json").read_text())["plans"][-1]
     assert plan["removal"] == "masked" and plan["spec"] == rows["spec"]["spec"]
+    assert report["removal"] == "masked" and "no saving" in report["removal_note"]
+    assert report["cost_pruned"]["flops_forward"] == report["cost_original"]["flops_forward"]
     assert "0" not in plan["units"]["language"]  # protected
     pruned = load(out)
     down = layout(pruned).stacks["action"].blocks[0].mlp.down_proj

@@ -251,6 +251,10 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
         },
         "cost_original": cost(lay, 5, 1),
         "cost_pruned": cost(pruned_main.layout(), 5, 1),
+        "removal": cfg.removal,
+        "removal_note": "units zeroed in place: shapes, parameters and FLOPs unchanged (no saving)"
+        if cfg.removal == "masked"
+        else "units removed: the layers shrank",
     }
     pruned_main.save(out, extra_json={"prune.json": report})
     lat0, lat1 = (
