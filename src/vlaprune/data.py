@@ -118,14 +118,13 @@ def warn_degenerate_quantiles(config: Any, stats: dict) -> list[str]:
 
     import numpy as np
 
-    mapping = {str(k).split(".")[-1]: str(v).split(".")[-1] for k, v in config.normalization_mapping.items()}
     features = {**config.input_features, **config.output_features}
     out = []
     for key, feat in features.items():
-        mode = mapping.get(str(feat.type).split(".")[-1], "")
-        if "QUANTILE" not in mode.upper() or key not in stats:
+        mode = getattr(config.normalization_mapping.get(feat.type.value), "value", "")  # e.g. "QUANTILES"
+        if not mode.startswith("QUANTILE") or key not in stats:
             continue
-        lo, hi = ("q10", "q90") if mode.upper() == "QUANTILE10" else ("q01", "q99")
+        lo, hi = ("q10", "q90") if mode == "QUANTILE10" else ("q01", "q99")
         if lo not in stats[key] or hi not in stats[key]:
             continue
         flat = np.flatnonzero(np.abs(np.asarray(stats[key][hi]) - np.asarray(stats[key][lo])) < 1e-6)

@@ -9,7 +9,7 @@ from torch import nn
 from vlaprune.adapters import layout
 from vlaprune.scoring import Probe
 from vlaprune.scoring.dw_units import movement
-from vlaprune.scoring.units import unit_scores
+from vlaprune.scoring.units import dw_reconstruction, unit_scores
 from vlaprune.tiny.hf import tiny_decoder_lm
 from vlaprune.tiny.pi import tiny_pi
 from vlaprune.tiny.vit import VisionTransformer
@@ -76,7 +76,7 @@ def test_openvla_recipe_llm_and_fused_vision(openvla_like):
     assert int(v["ffn"].argmax()) == 5 and v["ffn"][6] == 0  # fc1 rows only
     qkv = rel(blk.attn.qkv).reshape(3, blk.attn.num_heads, -1).mean((0, 2))  # q, k and v rows of each head
     assert torch.allclose(v["q"], qkv.double(), rtol=1e-5, atol=1e-7) and int(v["q"].argmax()) == 2
-    ours = movement(blk, {"ffn"}, "dw", b)  # vlaprune's reconstruction sees the fc2 column too
+    ours = dw_reconstruction(blk, {"ffn"}, b)  # vlaprune's reconstruction sees the fc2 column too
     assert set(torch.topk(ours["ffn"], 2).indices.tolist()) == {5, 6}
     for block in [*model["lm"].model.layers, *model["vit"].blocks]:  # untouched blocks did not move
         if block is not model["lm"].model.layers[1] and block is not blk:

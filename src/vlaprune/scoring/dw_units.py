@@ -2,10 +2,10 @@
 
 dW = W_VLA - W_VLM for every Linear a unit owns. Each function returns, per block, {"ffn": (n_ffn,),
 "q": (n_q,), "kv": (n_kv,)} float64 *movements* (higher = moved more); the caller orients them (remove the
-most- or the least-moved units). Three definitions, selectable per module:
+most- or the least-moved units). Beside vlaprune's own reconstruction `dw` (sqrt(sum ||dW||^2 /
+sum ||W_VLM||^2) over all of a unit's rows and columns, `vlaprune.scoring.units.dw_reconstruction`), the
+divergence paper's public code, selectable per module:
 
-  dw          vlaprune's reconstruction: sqrt(sum ||dW||^2 / sum ||W_VLM||^2) over all of a unit's rows
-              (gate / up / q / k / v, fc1, fused qkv) and columns (down / o, fc2, proj).
   dw_openvla  the divergence paper's public code, OpenVLA recipe: per row r = ||dW_row|| / (||W_row|| + 1e-8)
               (per column for down / o). LLM FFN channel = r(gate row) + r(up row) + r(down column); FFN
               with fc1 / fc2 (vision) = r(fc1 row); head = mean r over its q_proj rows, or over its rows of
@@ -27,7 +27,7 @@ from torch import nn
 
 from vlaprune.adapters.parts import attn_parts, ffn_parts
 
-PRESETS = ("dw", "dw_openvla", "dw_pi05")
+PRESETS = ("dw_openvla", "dw_pi05")  # the public code's recipes ("dw" is in scoring.units)
 EPS = 1e-8  # the public code's denominator guard
 
 
@@ -36,11 +36,6 @@ def _norms(lin: nn.Linear, base: torch.Tensor, axis: str) -> tuple[torch.Tensor,
     w, b = lin.weight.detach().double(), base.double()
     dim = 1 if axis == "row" else 0
     return torch.linalg.vector_norm(w - b, dim=dim), torch.linalg.vector_norm(b, dim=dim)
-
-
-def _fused_rows(v: torch.Tensor, n: int, d: int) -> torch.Tensor:
-    """Per-row values of a fused qkv (3*n*d,) -> (3, n, d): part (q, k, v), head, row in head."""
-    return v.reshape(3, n, d)
 
 
 def movement(
@@ -52,11 +47,7 @@ def movement(
         mlp, ins, down = ffn_parts(block)
         rows = {n: _norms(getattr(mlp, n), base_of(getattr(mlp, n)), "row") for n in ins}
         col = _norms(getattr(mlp, down), base_of(getattr(mlp, down)), "col")
-        if preset == "dw":
-            diff = sum(r[0] ** 2 for r in rows.values()) + col[0] ** 2
-            base = sum(r[1] ** 2 for r in rows.values()) + col[1] ** 2
-            out["ffn"] = (diff / base.clamp_min(1e-30)).sqrt()
-        elif preset == "dw_openvla":
+        if preset == "dw_openvla":
             rel = {n: r[0] / (r[1] + EPS) for n, r in rows.items()}
             gated = "gate_proj" in rel
             out["ffn"] = rel["gate_proj"] + rel["up_proj"] + col[0] / (col[1] + EPS) if gated else rel["fc1"]
@@ -70,15 +61,9 @@ def movement(
 def _heads(block: nn.Module, preset: str, base_of) -> dict[str, torch.Tensor]:
     p = attn_parts(block)
     a, d, n_q, n_kv = p["attn"], p["head_dim"], p["n_q"], p["n_kv"]
-    o = getattr(a, p["o"])
-    o_dw, o_b = _norms(o, base_of(o), "col")
     if p["qkv"]:
         dw, b = _norms(a.qkv, base_of(a.qkv), "row")
-        dw, b = _fused_rows(dw, n_q, d), _fused_rows(b, n_q, d)
-        if preset == "dw":
-            diff = dw.square().sum((0, 2)) + o_dw.square().reshape(n_q, d).sum(1)
-            base = b.square().sum((0, 2)) + o_b.square().reshape(n_q, d).sum(1)
-            return {"q": (diff / base.clamp_min(1e-30)).sqrt(), "kv": torch.zeros(n_q, dtype=torch.float64)}
+        dw, b = dw.reshape(3, n_q, d), b.reshape(3, n_q, d)  # part (q, k, v), head, row in head
         if preset == "dw_openvla":
             q = (dw / (b + EPS)).mean((0, 2))
         else:
@@ -86,15 +71,6 @@ def _heads(block: nn.Module, preset: str, base_of) -> dict[str, torch.Tensor]:
         return {"q": q, "kv": torch.zeros(n_q, dtype=torch.float64)}
     qn = _norms(a.q_proj, base_of(a.q_proj), "row")
     kn = _norms(a.k_proj, base_of(a.k_proj), "row")
-    vn = _norms(a.v_proj, base_of(a.v_proj), "row")
-    if preset == "dw":
-        q = (qn[0].square().reshape(n_q, d).sum(1) + o_dw.square().reshape(n_q, d).sum(1)) / (
-            qn[1].square().reshape(n_q, d).sum(1) + o_b.square().reshape(n_q, d).sum(1)
-        ).clamp_min(1e-30)
-        kv = (kn[0].square() + vn[0].square()).reshape(n_kv, d).sum(1) / (
-            (kn[1].square() + vn[1].square()).reshape(n_kv, d).sum(1)
-        ).clamp_min(1e-30)
-        return {"q": q.sqrt(), "kv": kv.sqrt()}
     if preset == "dw_openvla":
         q = (qn[0] / (qn[1] + EPS)).reshape(n_q, d).mean(1)
     else:

@@ -13,9 +13,10 @@ rows (gate / up / q / k / v, fc1, fused qkv) and columns (down / o, fc2, proj):
               removed unit's mean contribution W_:,j * E[X_j] added to the output bias) is an option of the
               removal (`--flap_bias`), which uses `flap_means`.
   random      seeded uniform
-The dW criteria (dw, dw_openvla, dw_pi05: how far VLM-to-VLA adaptation moved a unit) are in
-`vlaprune.scoring.dw_units`; `dw_prune_high` / `dw_prune_low` are the older names of dw with direction high /
-low.
+The dW criteria measure how far VLM-to-VLA adaptation moved a unit: `dw` (vlaprune's reconstruction,
+`dw_reconstruction` below, on the same row / column sums as the criteria above) and the divergence paper's
+public-code recipes `dw_openvla` / `dw_pi05` (`vlaprune.scoring.dw_units`); `dw_prune_high` / `dw_prune_low`
+are the older names of dw with direction high / low.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from vlaprune.surgery.ratios import DIRECTIONS
 
 IMPORTANCE = ("magnitude", "wanda", "taylor", "flap", "random")
 LEGACY = {"dw_prune_high": ("dw", "high"), "dw_prune_low": ("dw", "low")}
-CRITERIA = (*IMPORTANCE, *DW_PRESETS, *LEGACY)
+CRITERIA = (*IMPORTANCE, "dw", *DW_PRESETS, *LEGACY)
 
 
 def unit_weights(block: nn.Module, kinds: set[str]) -> list[tuple[str, nn.Linear, str, str, int]]:
@@ -108,7 +109,7 @@ def flap_means(stats: dict, lin: nn.Linear) -> torch.Tensor:
     return (total / max(n, 1)).float()
 
 
-def _flap(stats: dict, path: str, lin: nn.Linear, axis: str) -> torch.Tensor:
+def _flap(stats: dict, lin: nn.Linear, axis: str) -> torch.Tensor:
     if axis != "col" or id(lin) not in stats:  # only the output projection's inputs count
         return torch.zeros_like(lin.weight, dtype=torch.float64)
     n, total, sq = stats[id(lin)]
@@ -174,7 +175,7 @@ def unit_scores(
                     lambda p, lin: lin.weight.detach().abs() * _sq(stats, lin).sqrt()[None, :],
                 )
             elif criterion == "flap":
-                sc = reduce(block, ks, lambda p, lin: _flap(stats, p, lin, axes[id(lin)]))
+                sc = reduce(block, ks, lambda p, lin: _flap(stats, lin, axes[id(lin)]))
             elif criterion == "taylor":
                 # a weight the loss does not reach (e.g. the last VLM block's MLP in SmolVLA) has no grad: 0
                 sc = reduce(block, ks, lambda p, lin: (lin.weight.detach() * _grad(lin.weight)).abs())
@@ -183,6 +184,8 @@ def unit_scores(
                     k: torch.rand(len(v), generator=gen, dtype=torch.float64)
                     for k, v in reduce(block, ks, lambda p, lin: lin.weight.detach()).items()
                 }
+            elif criterion == "dw":
+                sc = dw_reconstruction(block, ks, _base_of(names, dw_lookup))
             else:
                 sc = movement(block, ks, criterion, _base_of(names, dw_lookup))
             per_block.append({k: v if direction == "low" else -v for k, v in sc.items()})
@@ -190,6 +193,16 @@ def unit_scores(
     if criterion == "taylor":
         probe.layout.model.zero_grad(set_to_none=True)
     return out
+
+
+def dw_reconstruction(
+    block: nn.Module, kinds: set[str], base_of: Callable[[nn.Linear], Any]
+) -> dict[str, torch.Tensor]:
+    """vlaprune's dW criterion: per unit, sqrt(sum ||dW||^2 / sum ||W_VLM||^2) over all of its rows and
+    columns (the same sums `reduce` makes for every criterion); higher = moved more."""
+    diff = reduce(block, kinds, lambda p, lin: (lin.weight.detach().float() - base_of(lin)).square())
+    base = reduce(block, kinds, lambda p, lin: base_of(lin).square())
+    return {k: (diff[k] / base[k].clamp_min(1e-30)).sqrt() for k in diff}
 
 
 def _sq(stats: Stats, lin: nn.Linear) -> torch.Tensor:

@@ -43,15 +43,11 @@ def _set_dotted(obj: Any, dotted: str, value: Any) -> None:
 
 def shrink_stack(stack: Stack, drop: list[int]) -> None:
     """Remove blocks `drop` from `stack` and update its counters, per-layer lists and layer indices."""
-    container = (
-        nn.Sequential if isinstance(stack.blocks, nn.Sequential) else nn.ModuleList
-    )  # timm: Sequential
     old = list(stack.blocks)
     keep = [i for i in range(len(old)) if i not in set(drop)]
     kept = [old[i] for i in keep]
-    setattr(
-        stack.parent, stack.attr, nn.Sequential(*kept) if container is nn.Sequential else nn.ModuleList(kept)
-    )
+    sequential = isinstance(stack.blocks, nn.Sequential)  # timm's ViT blocks stay a Sequential
+    setattr(stack.parent, stack.attr, nn.Sequential(*kept) if sequential else nn.ModuleList(kept))
     if stack.readout is not None:  # the same block stays the read-out (resolve_drops refused dropping it)
         stack.readout.rebind(keep.index(stack.readout.index))
     for c in stack.counters:
