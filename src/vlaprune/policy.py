@@ -80,10 +80,11 @@ class Loaded:
     def drop_blocks(
         self, request: dict[str, list[int]], mode: str = "auto", part: str = "block"
     ) -> BlockPlan:
-        """Remove blocks for real; the plan joins the record. mode "auto" (default): language blocks of
-        joint-attention policies keep their K/V for the action expert, other blocks go whole with their
-        coupled partners; "keep_kv": the same, refused where nothing reads the K/V; "pair": whole blocks
-        and partners only (`vlaprune.surgery.plan`). part "attn" / "mlp": remove only that sublayer of each
+        """Remove blocks for real; the plan joins the record. mode "auto" (default): each component is cut
+        alone (language blocks of joint-attention policies keep their K/V for the action expert; expert
+        blocks go while their language partners stay), other blocks go whole with their coupled partners;
+        "keep_kv": the same, refused where nothing reads the K/V; "pair": whole blocks and partners only
+        (`vlaprune.surgery.plan`). part "attn" / "mlp": remove only that sublayer of each
         requested block (`vlaprune.surgery.sublayers`; `mode` does not apply)."""
         if part == "block":
             plan = drop_blocks(self.module, request, layout=self.layout(), mode=mode)

@@ -39,7 +39,8 @@ def test_dropping_nothing_changes_nothing_lm(fresh):
             "auto",
             {"vision": 1, "language": 4, "action": 4},
         ),  # keep-K/V
-        ("pi05", {"action": [0, 3]}, "auto", {"vision": 2, "language": 2, "action": 2}),
+        ("pi05", {"action": [0, 3]}, "pair", {"vision": 2, "language": 2, "action": 2}),
+        ("pi05", {"action": [0, 3]}, "auto", {"vision": 2, "language": 4, "action": 4}),  # action-only
     ],
 )
 def test_after_a_drop_everything_runs(kind, request_, mode, after, fresh):
@@ -66,9 +67,9 @@ def test_after_a_drop_everything_runs(kind, request_, mode, after, fresh):
         assert policy.select_action(example_batch(policy, 1)).shape == (1, 4)
 
 
-def test_lockstep_drops_the_partner(fresh):
+def test_lockstep_drops_the_partner_in_pair_mode(fresh):
     policy = fresh("pi0")
-    plan = drop_blocks(policy, {"action": [2]})
+    plan = drop_blocks(policy, {"action": [2]}, mode="pair")
     assert plan.drops == {"vision": [], "language": [2], "action": [2]}
     assert plan.requested == {"action": [2]} and plan.coupled == {"language": [2]}
 

@@ -120,10 +120,12 @@ def test_save_strict_reload_same_actions(kind, fresh, tmp_path):
 
 
 def test_mixed_plan_replays_in_order(fresh, tmp_path):
-    """pi0: language 1 kept as K/V, action 2 goes whole with its lockstep partner; indices renumber."""
+    """pi0: language 1 kept as K/V, then (pair mode) action 2 goes whole with its lockstep partner; indices
+    renumber and both plans replay from disk."""
     handle = wrap(fresh("pi0"))
-    plan = handle.drop_blocks({"language": [1], "action": [2]})
-    assert plan.kv_only == {"language": [1]} and plan.drops == {"vision": [], "language": [2], "action": [2]}
+    handle.drop_blocks({"language": [1]})
+    plan = handle.drop_blocks({"action": [2]}, mode="pair")
+    assert plan.drops == {"vision": [], "language": [2], "action": [2]}
     lay = layout(handle.module)
     assert [b.self_attn.layer_idx for b in lay.stacks["language"].blocks] == [0, 1, 2]
     assert [is_kv_only(b) for b in lay.stacks["language"].blocks] == [False, True, False]
@@ -131,8 +133,8 @@ def test_mixed_plan_replays_in_order(fresh, tmp_path):
     assert torch.equal(actions(load_policy(tmp_path / "c").module), actions(handle.module))
 
 
-def test_language_block_goes_whole_with_its_dropped_partner(fresh):
-    plan = drop_blocks(fresh("pi0"), {"language": [1], "action": [1]})
+def test_language_block_goes_whole_with_its_dropped_partner_in_pair_mode(fresh):
+    plan = drop_blocks(fresh("pi0"), {"language": [1], "action": [1]}, mode="pair")
     assert plan.mode == "pair" and not plan.kv_only
     assert plan.drops == {"vision": [], "language": [1], "action": [1]}
 

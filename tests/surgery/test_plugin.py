@@ -98,6 +98,8 @@ def _cut(handle, kind: str) -> None:
         handle.drop_blocks({"language": [1]})
     elif kind == "pair":
         handle.drop_blocks({"language": [2, 3]}, mode="pair")
+    elif kind == "action_only":  # drop_half of the expert, every language block kept
+        handle.drop_blocks({"action": [1, 3]})
     elif kind == "vision":
         handle.drop_blocks({"vision": [1]})
     elif kind == "mlp":
@@ -113,7 +115,9 @@ def _cut(handle, kind: str) -> None:
     [
         ("smolvla", "keep_kv"),
         ("smolvla", "pair"),
+        ("smolvla", "action_only"),
         ("pi0", "keep_kv"),
+        ("pi0", "action_only"),
         ("pi0", "vision"),
         ("pi0", "units"),
         ("pi05", "keep_kv"),
@@ -250,7 +254,7 @@ def _with_processors(handle, folder: Path, dataset: Path) -> None:
         f.write_text(text)
 
 
-@pytest.mark.parametrize("family, kind", [("pi0", "keep_kv"), ("pi05", "units")])
+@pytest.mark.parametrize("family, kind", [("pi0", "keep_kv"), ("pi05", "units"), ("pi05", "action_only")])
 def test_lerobot_train_console_on_tiny_pi_cuts(family, kind, fresh, tiny_dataset, tmp_path):
     handle = wrap(fresh(family))
     _cut(handle, kind)

@@ -99,6 +99,9 @@ class KVOnlyLayer(nn.Module):
             cos, sin = position_embeddings
             k, _ = apply_rotary_pos_emb(k, k, cos, sin)
             past_key_values.update(k, v, self.self_attn.layer_idx)
+        elif past_key_values is not None:  # nobody reads this layer: an empty entry keeps the cache cloneable
+            empty = hidden_states.new_zeros(hidden_states.shape[0], 1, 0, 1)
+            past_key_values.update(empty, empty, self.self_attn.layer_idx)
         return hidden_states
 
 

@@ -1,15 +1,23 @@
-"""pi0 / pi0.5's joint forward with kv-only language layers (`vlaprune.adapters.keep_kv`).
+"""pi0 / pi0.5's joint forward with kv-only language layers (`vlaprune.adapters.keep_kv`) and skipped expert
+blocks (`vlaprune.adapters.skipped`).
 
 `install(pwe)` puts `joint_forward` on one `PaliGemmaWithExpertModel` instance (types.MethodType; the class is
 untouched). Of lerobot 0.6.1's three branches only the joint one (prefix and suffix together: the training
-loss) changes: layers whose language block is kv-only run `kv_only_layer`, the others lerobot's own
-`compute_layer_complete`. The prefix prefill (suffix None) runs lerobot's code, in which PiGemmaModel calls
-each `KVOnlyLayer.forward` (it fills the KV cache for its layer and passes h through); denoising steps
-(prefix None) read the cache and never touch a language block.
+loss) changes, layer by layer:
+  language full,    expert full      lerobot's own `compute_layer_complete`
+  language kv-only, expert full      `kv_only_layer`: the prefix passes through, the expert reads its K/V
+  language full,    expert skipped   `language_only_layer`: the prefix runs its block alone, the suffix
+                                     passes through (the prefix never attends to the suffix, so its output
+                                     is the joint layer's)
+  language kv-only, expert skipped   nothing runs: both streams pass through
+The prefix prefill (suffix None) runs lerobot's code, in which PiGemmaModel calls each `KVOnlyLayer.forward`
+(it fills the KV cache for its layer and passes h through); denoising steps (prefix None) run the expert as
+a GemmaModel that calls each `SkippedBlock.forward` (h passes through; the cache of that layer is not read).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import types
 from typing import Any
@@ -18,6 +26,7 @@ import torch
 from torch import nn
 
 from vlaprune.adapters.keep_kv import is_kv_only
+from vlaprune.adapters.skipped import is_skipped
 
 
 def install(pwe: nn.Module) -> None:
@@ -49,7 +58,12 @@ def joint_forward(
         or getattr(self, "gradient_checkpointing", False)
     )
     for layers in zip(language.layers, self.gemma_expert.model.layers, strict=True):
-        step = kv_only_layer if is_kv_only(layers[0]) else lerobot.compute_layer_complete
+        if is_skipped(layers[1]):
+            if is_kv_only(layers[0]):
+                continue  # nothing of this layer is left: both streams pass through
+            step = functools.partial(language_only_layer, complete=lerobot.compute_layer_complete)
+        else:
+            step = kv_only_layer if is_kv_only(layers[0]) else lerobot.compute_layer_complete
         args = (inputs_embeds, attention_mask, position_ids, adarms_cond)
         kw = {"layers": layers, "rotary_emb": language.rotary_emb}
         if checkpointed:
@@ -97,3 +111,17 @@ def kv_only_layer(inputs_embeds, attention_mask, position_ids, adarms_cond, laye
         out = out.to(dtype=torch.bfloat16)
     out = _gated_residual(after_first_residual, expert.mlp(out), gate)
     return [prefix, out]
+
+
+def language_only_layer(
+    inputs_embeds, attention_mask, position_ids, adarms_cond, layers, rotary_emb, complete
+):  # fmt: skip
+    """A layer whose expert block was removed by an action-only drop: lerobot's `compute_layer_complete`
+    (`complete`, of pi0 or pi0.5) on the prefix stream alone (attention over the prefix rows / columns of the
+    joint mask, prefix positions); the suffix passes through (h_out = h_in). Returns [prefix out, suffix]."""
+    prefix, suffix = inputs_embeds
+    n = prefix.shape[1]
+    (out,) = complete(
+        [prefix], attention_mask[:, :, :n, :n], position_ids[:, :n], adarms_cond[:1], layers[:1], rotary_emb
+    )
+    return [out, suffix]

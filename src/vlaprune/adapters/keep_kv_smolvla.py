@@ -1,4 +1,5 @@
-"""SmolVLA's joint forward with kv-only language layers (`vlaprune.adapters.keep_kv`).
+"""SmolVLA's joint forward with kv-only language layers (`vlaprune.adapters.keep_kv`) and skipped expert blocks
+(`vlaprune.adapters.skipped`).
 
 `install(vwe)` puts `joint_forward` on one `SmolVLMWithExpertModel` instance (types.MethodType; the class is
 untouched). It is lerobot 0.6.1's `forward` with one change: a layer whose VLM block is kv-only computes, for
@@ -9,7 +10,10 @@ the prefix, only its keys / values, and the language tokens' hidden state passes
     in lerobot's `forward_cross_attn_layer`, without the prefix's own attention;
   - denoising steps (prefix None) read the cache and never touch the VLM block: lerobot's code runs as is.
 Layers with full blocks run lerobot's own `forward_attn_layer` / `forward_cross_attn_layer`. A kv-only layer
-that no expert block reads (fewer expert blocks than VLM blocks) is skipped entirely.
+that no expert block reads (fewer expert blocks than VLM blocks, or its partner skipped) is skipped entirely.
+A skipped expert block (action-only drop) counts as "no expert block at this layer", as lerobot's code
+already handles for VLM blocks without a partner: the VLM block runs alone on the prefix, the expert's
+tokens pass through; in denoising steps (no prefix) such a layer does nothing and is not run.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from torch import nn
 
 from vlaprune.adapters.keep_kv import is_kv_only
+from vlaprune.adapters.skipped import is_skipped
 
 
 def install(vwe: nn.Module) -> None:
@@ -43,6 +48,7 @@ def joint_forward(
 
     models = [self.get_vlm_model().text_model, self.lm_expert]
     model_layers = self.get_model_layers(models)
+    model_layers[1] = [None if is_skipped(b) else b for b in model_layers[1]]
     batch_size = next(h.shape[0] for h in inputs_embeds if h is not None)
     fill_kv_cache = use_cache and past_key_values is None  # prefix prefill: every layer is joint
     if fill_kv_cache:
@@ -51,8 +57,8 @@ def joint_forward(
     every = self.self_attn_every_n_layers
     for layer_idx in range(self.num_vlm_layers):
         kv_only = is_kv_only(model_layers[0][layer_idx])
-        if kv_only and model_layers[1][layer_idx] is None:
-            continue  # nobody reads this layer's K/V: nothing of it is left to run
+        if model_layers[1][layer_idx] is None and (kv_only or inputs_embeds[0] is None):
+            continue  # nothing of this layer is left to run (or, denoising, nothing of it reads the suffix)
         joint = fill_kv_cache or "cross" not in self.attention_mode or (every > 0 and layer_idx % every == 0)
         if kv_only and inputs_embeds[0] is not None and (joint or not past_key_values):
             step = _kv_only_joint if joint else _kv_only_cross

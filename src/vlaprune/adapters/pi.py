@@ -8,6 +8,8 @@ Coupling: lockstep. The VLM and expert stacks are zipped with strict=True and ev
 attention over [prefix; suffix], so both stacks keep the same depth: removing block i removes it from both.
 Keep-K/V: a language block can go while its keys / values stay for the expert (`keep_kv_pi`); the expert
 keeps all its blocks and both stacks keep their depth.
+Action-only: an expert block can go alone (`adapters.skipped`): the expert's tokens skip that layer, every
+language block stays (the VLM still computes the K/V later expert blocks read), both stacks keep their depth.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from torch import nn
 from vlaprune.adapters import keep_kv_pi
 from vlaprune.adapters.keep_kv import is_kv_only
 from vlaprune.adapters.lerobot_batch import inference_pass, training_pass
-from vlaprune.adapters.stack import Counter, Coupling, KeepKV, Layout, make_stack
+from vlaprune.adapters.skipped import is_skipped
+from vlaprune.adapters.stack import Counter, Coupling, KeepKV, Layout, SkipInPlace, make_stack
 
 ROOT = "model.paligemma_with_expert"
 PALI = f"{ROOT}.paligemma.model"
@@ -59,6 +62,7 @@ def layout(policy: nn.Module) -> Layout:
     pwe = policy.model.paligemma_with_expert
     pali_cfg = pwe.paligemma.config
     layers = pwe.paligemma.model.language_model.layers
+    expert = pwe.gemma_expert.model.layers
     n = len(layers)
     stacks = {
         "vision": make_stack(
@@ -85,6 +89,7 @@ def layout(policy: nn.Module) -> Layout:
             PATHS["action"],
             counters=[Counter(pwe.gemma_expert.config, "num_hidden_layers", "gemma_expert.config")],
             layer_idx_attr="self_attn.layer_idx",
+            notes=["skipped" if is_skipped(b) else "" for b in expert] if any(map(is_skipped, expert)) else [],
             exit=f"{ROOT}.gemma_expert.model.norm",
         ),
     }
@@ -109,7 +114,13 @@ def layout(policy: nn.Module) -> Layout:
         action_out="model.action_out_proj",
         noise="model",
         config_expresses=set(),
-        keep_kv={"language": KeepKV("language", "action", [True] * n, lambda: keep_kv_pi.install(pwe))},
+        # a language block is read by its expert partner unless an action-only drop removed that partner
+        keep_kv={
+            "language": KeepKV(
+                "language", "action", [not is_skipped(b) for b in expert], lambda: keep_kv_pi.install(pwe)
+            )
+        },
+        skip_in_place={"action": SkipInPlace("action", "language", lambda: keep_kv_pi.install(pwe))},
         forward_desc=f"predict_action_chunk (batch 1, {cfg.tokenizer_max_length} text tokens, "
         f"{cfg.num_inference_steps} denoising steps)",
     )

@@ -10,6 +10,8 @@ runs with VLM block j*m; the other VLM blocks run alone. VLM block i is joint se
 attends to that VLM block's keys/values (those expert blocks' k/v projections take the VLM's KV width).
 Keep-K/V: a VLM block with an expert partner can go while its keys / values stay (`keep_kv_smolvla`); it
 keeps its index, so no block changes its attention kind.
+Action-only: an expert block can go alone (`adapters.skipped`): it stays at its index as a pass-through, so
+every VLM block stays and every other expert block keeps its partner and attention kind.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from torch import nn
 from vlaprune.adapters import keep_kv_smolvla
 from vlaprune.adapters.keep_kv import is_kv_only
 from vlaprune.adapters.lerobot_batch import inference_pass, training_pass
-from vlaprune.adapters.stack import Counter, Coupling, KeepKV, Layout, make_stack
+from vlaprune.adapters.skipped import is_skipped
+from vlaprune.adapters.stack import Counter, Coupling, KeepKV, Layout, SkipInPlace, make_stack
 
 ROOT = "model.vlm_with_expert"
 PATHS = {
@@ -60,6 +63,9 @@ def layout(policy: nn.Module) -> Layout:
     period = vwe.self_attn_every_n_layers if "cross" in vwe.attention_mode else 0
     pairs = [j * m for j in range(n_exp)]
     layers = vwe.get_vlm_model().text_model.layers
+    # a VLM block is read by the expert when it has a partner that an action-only drop did not remove
+    live = {p for p, b in zip(pairs, vwe.lm_expert.layers, strict=True) if not is_skipped(b)}
+    read = [i in live for i in range(n_vlm)]
     lang_notes = [k + (" (kv-only)" if is_kv_only(b) else "") for k, b in zip(kinds, layers, strict=True)]
     stacks = {
         "vision": make_stack(
@@ -92,7 +98,10 @@ def layout(policy: nn.Module) -> Layout:
                 Counter(vwe.lm_expert.config, "num_hidden_layers", "lm_expert.config"),
             ],
             layer_idx_attr="self_attn.layer_idx",
-            notes=[f"with language {p} ({kinds[p]})" for p in pairs],
+            notes=[
+                f"with language {p} ({kinds[p]})" + (", skipped" if is_skipped(b) else "")
+                for p, b in zip(pairs, vwe.lm_expert.layers, strict=True)
+            ],
             exit=f"{ROOT}.lm_expert.norm",
         ),
     }
@@ -112,10 +121,9 @@ def layout(policy: nn.Module) -> Layout:
         noise="model",
         config_expresses={"language", "action"},
         keep_kv={
-            "language": KeepKV(
-                "language", "action", [i in pairs for i in range(n_vlm)], lambda: keep_kv_smolvla.install(vwe)
-            )
+            "language": KeepKV("language", "action", read, lambda: keep_kv_smolvla.install(vwe))
         },
+        skip_in_place={"action": SkipInPlace("action", "language", lambda: keep_kv_smolvla.install(vwe))},
         forward_desc=f"predict_action_chunk (batch 1, {cfg.tokenizer_max_length} text tokens, "
         f"{cfg.num_steps} denoising steps)",
     )

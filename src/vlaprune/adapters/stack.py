@@ -114,6 +114,20 @@ class KeepKV:
 
 
 @dataclass
+class SkipInPlace:
+    """A stack whose blocks can go alone, in place (the DTR paper's action-only drop): a dropped block becomes
+    a `SkippedBlock` at its index (its tokens pass through, h_out = h_in), and the stack it runs beside
+    (`partner`) keeps every block. The action expert of SmolVLA / pi0 / pi0.5.
+
+    install: puts the joint forward that passes skipped blocks through on the model (the same override that
+        runs kv-only layers; idempotent)."""
+
+    stack: str
+    partner: str
+    install: Callable[[], None]
+
+
+@dataclass
 class Layout:
     """The anatomy an adapter finds in a loaded model.
 
@@ -133,6 +147,8 @@ class Layout:
         at inference (SmolVLA / pi0 / pi0.5: "model"), or None; closed-loop evaluation seeds it per episode.
     keep_kv: stacks whose blocks can go while their K/V stay (`KeepKV`, by stack name); empty when no
         stack attends to another's keys / values.
+    skip_in_place: stacks whose blocks can go alone while the stack they run beside keeps all of its blocks
+        (`SkipInPlace`, by stack name: the action expert of joint-attention policies).
     example_weights: batch -> w (B,) with batch loss = sum_b w[b] * (example b's own loss), for per-example
         scores (GateProbe); None where the scoring code knows the family's rule (lerobot policies).
     """
@@ -149,6 +165,7 @@ class Layout:
     action_out: str | None = None
     noise: str | None = None
     keep_kv: dict[str, KeepKV] = field(default_factory=dict)
+    skip_in_place: dict[str, SkipInPlace] = field(default_factory=dict)
     example_weights: Callable[[Any], Any] | None = None
 
 

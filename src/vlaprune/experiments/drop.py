@@ -41,9 +41,11 @@ class DropSpec:
     components: str = ""
     # Which method's scores in that file (default: the file's main method).
     method: str = ""
-    # auto: language blocks of joint-attention policies (SmolVLA, pi0, pi0.5) keep their input norm and
-    # k/v projections for the action expert (DTR's keep-K/V drop), other blocks go whole; keep_kv: the
-    # same, refused for stacks nothing reads K/V from; pair: whole blocks, coupled partners included.
+    # auto: each component is cut alone (the DTR paper): language blocks of joint-attention policies
+    # (SmolVLA, pi0, pi0.5) keep their input norm and k/v projections for the action expert (keep-K/V),
+    # action-expert blocks go while every language block stays (action-only), other blocks go whole;
+    # keep_kv: the same, refused for stacks nothing reads K/V from; pair: whole blocks, coupled partners
+    # included.
     mode: str = "auto"
     # block: whole blocks; attn / mlp: only the attention / only the MLP of each listed block (the paper's
     # granularity ablation). With --drop.from, attn / mlp rank by that sublayer's own scores (a scores.json

@@ -48,8 +48,9 @@ class SweepConfig:
     # Ranking methods (vlaprune.scoring.METHODS keys).
     methods: str = "gateprobe,block_influence"
     seeds: str = "0"
-    # Drop mode (`vlaprune drop --drop.mode`): auto / keep_kv drop language blocks of SmolVLA / pi0 / pi0.5
-    # keeping their keys / values for the action expert (the paper's cut); pair drops whole coupled pairs.
+    # Drop mode (`vlaprune drop --drop.mode`): auto / keep_kv cut each component alone, as the paper does:
+    # language blocks of SmolVLA / pi0 / pi0.5 keep their keys / values for the action expert, action-expert
+    # blocks go while every language block stays; pair drops whole coupled pairs.
     mode: str = "auto"
     # What goes of each chosen block: block (whole), attn (attention only), mlp (MLP only), comma-separated
     # for the paper's granularity ablation. Ranked sublayer levels use the sublayer gates' own scores, so

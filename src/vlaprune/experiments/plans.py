@@ -15,23 +15,24 @@ from vlaprune.surgery.levels import PROTOCOL_LEVELS, level_count, protocol_block
 from vlaprune.surgery.plan import coupling_errors, expand_couplings, nearest_valid
 
 
-def keeps_kv(lay: Layout, component: str, mode: str) -> bool:
-    """Whether a drop of `component` keeps its K/V for a reader stack (modes "auto" / "keep_kv" on the
-    language stack of SmolVLA / pi0 / pi0.5): then it takes no partner along and no coupling rule applies."""
-    return mode != "pair" and component in lay.keep_kv
+def in_place(lay: Layout, component: str, mode: str) -> bool:
+    """Whether a drop of `component` leaves its blocks in place (modes "auto" / "keep_kv" on SmolVLA / pi0 /
+    pi0.5: keep-K/V language drops, action-only expert drops): then it takes no partner along and no
+    coupling rule applies."""
+    return mode != "pair" and (component in lay.keep_kv or component in lay.skip_in_place)
 
 
 def _expand(lay: Layout, request: dict[str, list[int]], mode: str) -> dict[str, list[int]]:
     (component,) = request
-    return dict(request) if keeps_kv(lay, component, mode) else expand_couplings(lay, request)
+    return dict(request) if in_place(lay, component, mode) else expand_couplings(lay, request)
 
 
 def _valid(lay: Layout, drops: dict[str, list[int]], mode: str = "pair") -> bool:
-    """Every stack keeps a full block; whole-block drops also obey the coupling rules (kv-only layers stay
-    at their index, so keep-K/V language drops change no coupling)."""
+    """Every stack keeps a full block; whole-block drops also obey the coupling rules (kv-only layers and
+    skipped expert blocks stay at their index, so in-place drops change no coupling)."""
     if any(len(v) >= len(lay.stacks[s]) for s, v in drops.items()):
         return False
-    return (len(drops) == 1 and keeps_kv(lay, next(iter(drops)), mode)) or not coupling_errors(lay, drops)
+    return (len(drops) == 1 and in_place(lay, next(iter(drops)), mode)) or not coupling_errors(lay, drops)
 
 
 def plan_cost(drops: dict[str, list[int]], scores: dict[str, list[float]]) -> float:
@@ -44,7 +45,7 @@ def plan_for(
     lay: Layout, component: str, scores: dict[str, list[float]], k: int, mode: str = "auto"
 ) -> dict[str, list[int]] | None:
     """Drop k blocks of `component`, the least important by `scores` ({stack: per-block scores}), under
-    the coupling rules (`mode`: the surgery's drop mode; keep-K/V language drops take no partners).
+    the coupling rules (`mode`: the surgery's drop mode; in-place drops take no partners).
 
     Among the valid k-block plans (partners added by coupling; enumerated when there are at most 20000)
     the one that removes the lowest total score wins, partners' scores included (`plan_cost`); otherwise
@@ -84,7 +85,7 @@ def partners(lay: Layout, component: str, mode: str = "auto") -> list[str]:
 
 def protocol_plan(lay: Layout, component: str, level: str, mode: str = "auto") -> dict[str, list[int]]:
     """The paper's metric-free cut of `component` (drop_half / keep_2), coupled partners added (not for
-    keep-K/V language drops); raises when the architecture's coupling rules cannot keep it as it is."""
+    in-place drops: keep-K/V language, action-only expert); raises when the architecture's coupling rules cannot keep it as it is."""
     blocks = protocol_blocks(level, len(lay.stacks[component]), component)
     drops = _expand(lay, {component: blocks}, mode)
     if not _valid(lay, drops, mode):

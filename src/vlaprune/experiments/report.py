@@ -157,8 +157,7 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
     rows = []
     for m in sorted(data["measures"].values(), key=lambda m: sum(m["blocks_removed"].values())):
         part = m["spec"].get("part", "block")
-        cut = "; ".join(f"{label(s, part)} {v}" for s, v in m["spec"]["drops"].items() if v)
-        cut = cut or "none (baseline)"
+        cut = _cut(m, part)
         r = paired(base["after"], m["after"]) if m["spec"]["drops"] else None
         action, task_before = speedups(base, m, "before")
         task_after = speedups(base, m, "after")[1]
@@ -251,6 +250,24 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
 
 def _x(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
+
+
+IN_PLACE = {"kv_only": "keep-K/V", "skipped": "action-only"}
+
+
+def _cut(m: dict[str, Any], part: str) -> str:
+    """A measurement's cut as the report names it: stack, blocks, and how they went when in place
+    ("language [1, 3] (keep-K/V)", "action [1, 3] (action-only)"); partners a pair drop took are listed."""
+    plan = m.get("plan") or {}
+    how = {s: name for key, name in IN_PLACE.items() for s, v in (plan.get(key) or {}).items() if v}
+    drops = dict(m["spec"]["drops"])
+    for s, v in (plan.get("drops") or {}).items():  # whole blocks, partners included (pair mode)
+        if v and s not in drops:
+            drops[s] = v
+    cut = "; ".join(
+        f"{label(s, part)} {v}" + (f" ({how[s]})" if s in how else "") for s, v in drops.items() if v
+    )
+    return cut or "none (baseline)"
 
 
 def _pct(ev: dict[str, Any]) -> str:

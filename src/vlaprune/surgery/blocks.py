@@ -16,6 +16,11 @@ Keep-K/V drops (mode "auto" / "keep_kv", the default for the language stack of S
 block is replaced, at its index, by a kv-only layer (input norm + k/v projections, `adapters.keep_kv`) and
 the family's joint forward is taken over by an instance-level override that runs such layers (the adapter's
 `KeepKV.install`). The stack keeps its depth, so counters, layer indices and partners stay as they are.
+
+Action-only drops (mode "auto" / "keep_kv", the default for the action expert of SmolVLA / pi0 / pi0.5): the
+block is replaced, at its index, by a `SkippedBlock` (no parameters; its tokens pass through) and the same
+override learns to pass it; every language block stays. Applied before keep-K/V drops, so that a language
+block whose partner just went keeps nothing (nobody reads its K/V).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from torch import nn
 from vlaprune.adapters import layout as find_layout
 from vlaprune.adapters.counting import unique_params
 from vlaprune.adapters.keep_kv import make_kv_only
+from vlaprune.adapters.skipped import is_skipped, make_skipped
 from vlaprune.adapters.stack import Layout, Stack
 from vlaprune.errors import VlapruneError
 from vlaprune.surgery.plan import BlockPlan, resolve_drops
@@ -59,7 +65,10 @@ def shrink_stack(stack: Stack, drop: list[int]) -> None:
         setattr(cfg, c.attr, len(keep))
     if stack.layer_idx_attr:
         for new, block in enumerate(stack.blocks):
-            _set_dotted(block, stack.layer_idx_attr, new)
+            if is_skipped(block):
+                block.layer_idx = new
+            else:
+                _set_dotted(block, stack.layer_idx_attr, new)
 
 
 def keep_kv_only(lay: Layout, kv_only: dict[str, list[int]]) -> dict[str, list[int]]:
@@ -77,6 +86,18 @@ def keep_kv_only(lay: Layout, kv_only: dict[str, list[int]]) -> dict[str, list[i
             kept.setdefault(name, []).append(unique_params(blocks[i]))
         spec.install()
     return kept
+
+
+def skip_in_place(lay: Layout, skipped: dict[str, list[int]]) -> None:
+    """Replace blocks by pass-through `SkippedBlock`s at their index (action-only drops) and install the
+    family's joint forward that passes them."""
+    for name, idx in skipped.items():
+        if name not in lay.skip_in_place:
+            raise VlapruneError(f"{name}: this model cannot skip its blocks in place (plan from another model?)")
+        blocks = lay.stacks[name].blocks
+        for i in idx:
+            blocks[i] = make_skipped(blocks[i])
+        lay.skip_in_place[name].install()
 
 
 def component_params(lay: Layout) -> dict[str, int]:
@@ -102,11 +123,14 @@ def drop_blocks(
     Raises VlapruneError, before touching anything, for unknown stacks, out-of-range or duplicate
     indices, emptied stacks, and plans that break a coupling rule (with the nearest valid plans)."""
     lay = layout or find_layout(model, stacks)
-    requested, drops, coupled, kv_only = resolve_drops(lay, request, mode)
+    requested, drops, coupled, kv_only, skipped = resolve_drops(lay, request, mode)
     before = {n: len(s) for n, s in lay.stacks.items()}
     params_before = unique_params(model)
     comp_before = component_params(lay)
-    kv_params = keep_kv_only(lay, kv_only)  # first: kv_only indices are those before any whole drop
+    if skipped:  # first, so that the layout's read flags see the partners that went
+        skip_in_place(lay, skipped)
+        lay = find_layout(model, stacks)
+    kv_params = keep_kv_only(lay, kv_only)  # before any whole drop: kv_only indices are those before it
     for name, idx in drops.items():
         shrink_stack(lay.stacks[name], idx)
     return BlockPlan(
@@ -121,14 +145,17 @@ def drop_blocks(
         params_after=unique_params(model),
         component_params_before=comp_before,
         component_params_after=component_params(lay),
-        mode="keep_kv" if kv_only else "pair",
+        mode="+".join(m for m, on in (("keep_kv", kv_only), ("action_only", skipped)) if on) or "pair",
         kv_only=kv_only,
         kv_params=kv_params,
+        skipped=skipped,
     )
 
 
 def replay_blocks(model: nn.Module, plan: BlockPlan, stacks: str | None = None) -> None:
-    """Re-apply a recorded BlockPlan to a rebuilt model (loading a pruned checkpoint): its kv-only blocks
-    first (their indices are those before the plan), then its whole-block drops."""
+    """Re-apply a recorded BlockPlan to a rebuilt model (loading a pruned checkpoint): its skipped blocks,
+    then its kv-only blocks (indices of both are those before the plan), then its whole-block drops."""
+    if plan.skipped:
+        skip_in_place(find_layout(model, stacks), plan.skipped)
     keep_kv_only(find_layout(model, stacks), plan.kv_only)
     drop_blocks(model, {n: idx for n, idx in plan.drops.items() if idx}, stacks=stacks, mode="pair")

@@ -103,7 +103,10 @@ def save_pruned(
         )
         for p in record.plans
     )
-    kv_only = any(isinstance(p, BlockPlan) and any(p.kv_only.values()) for p in record.plans)  # nor these
+    # nor kv-only layers or skipped blocks (holes in a stack)
+    kv_only = any(
+        isinstance(p, BlockPlan) and (any(p.kv_only.values()) or any(p.skipped.values())) for p in record.plans
+    )
     expressible = base["kind"] not in ("source", "builder") and dropped <= lay.config_expresses
     expressible = expressible and not unit_plans and not kv_only and not base.get("builder")
     plugin = not expressible and base["kind"] == "lerobot" and not record.stacks

@@ -11,16 +11,15 @@ Coupling rules enforced (from the adapters' `Coupling` records):
 A plan that breaks (1)-(3) is refused with the nearest valid plans (fewest blocks added or kept back).
 
 Drop modes (`MODES`):
-  auto     (default) keep_kv for the blocks of stacks another stack reads K/V from (the language stack of
-           SmolVLA / pi0 / pi0.5: the adapter's `Layout.keep_kv`), whole blocks everywhere else.
+  auto     (default) each component is cut alone, as the DTR paper cuts joint-attention VLAs: language blocks
+           of SmolVLA / pi0 / pi0.5 keep their K/V for the expert (keep-K/V, `Layout.keep_kv`), action-expert
+           blocks go alone while every language block stays (action-only, `Layout.skip_in_place`); whole
+           blocks everywhere else.
   keep_kv  the same, but refused when a requested stack is neither keep-K/V-capable nor a reader (vision, a
            plain transformers LM): nothing there attends to the dropped blocks' K/V.
   pair     whole blocks only, coupled partners included (vlaprune's behaviour before keep-K/V).
-A keep-K/V drop leaves the block as a kv-only layer at the same index, so no coupling rule concerns it: the
-expert keeps its blocks and the partner indices and attention kinds stay as they are. Action drops keep the
-pair rules in every mode (an expert block cannot run without the language layer it attends with, and
-SmolVLA's config cannot express an expert block without its VLM partner); a requested language block whose
-partner goes that way is dropped whole with it.
+Keep-K/V and action-only drops leave the block at its index (a kv-only layer, or a pass-through
+`SkippedBlock`), so no coupling rule concerns them: partner indices and attention kinds stay as they are.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from vlaprune.adapters.keep_kv import is_kv_only
+from vlaprune.adapters.skipped import is_skipped
 from vlaprune.adapters.stack import Coupling, Layout
 from vlaprune.errors import VlapruneError
 
@@ -47,7 +47,9 @@ class BlockPlan:
     drop (`surgery.sublayers`) of the blocks in `sublayers` (whole_attention: per stack, whether the whole
     attention module went or only its output projection). kv_only: per stack, the blocks kept as K/V only
     (indices before the plan; they stay in the stack); kv_params: the parameters each of them kept (input
-    norm + k/v projections)."""
+    norm + k/v projections). skipped: per stack, the blocks removed by an action-only drop (pass-throughs at
+    their index; their partners stay). mode: "keep_kv", "action_only" or "keep_kv+action_only" for in-place
+    drops."""
 
     family: str
     model_class: str
@@ -67,6 +69,7 @@ class BlockPlan:
     part: str = "block"
     sublayers: dict[str, list[int]] = field(default_factory=dict)
     whole_attention: dict[str, bool] = field(default_factory=dict)
+    skipped: dict[str, list[int]] = field(default_factory=dict)
 
     def summary(self) -> str:
         parts = []
@@ -93,6 +96,8 @@ class BlockPlan:
             ]
             removed = "q/o projections, post-attention norm and MLP removed"
             parts.append(f"{s}: keep-K/V drop {idx}, {removed} ({'; '.join(kept)})")
+        for s, idx in self.skipped.items():
+            parts.append(f"{s}: action-only drop {idx}, whole blocks removed, their partner blocks kept")
         return "; ".join(parts) + _params(self.params_before, self.params_after)
 
 
@@ -298,12 +303,13 @@ def nearest_valid(layout: Layout, requested: dict[str, list[int]], max_changes: 
     return []
 
 
-def _split_mode(layout: Layout, requested: dict[str, list[int]], mode: str) -> tuple[dict, dict]:
-    """(blocks to drop whole, blocks to keep as K/V only) of a normalized request under `mode`."""
+def _split_mode(layout: Layout, requested: dict[str, list[int]], mode: str) -> tuple[dict, dict, dict]:
+    """(blocks to drop whole, blocks to keep as K/V only, blocks to skip in place) of a normalized request
+    under `mode`."""
     if mode not in MODES:
         raise VlapruneError(f"drop mode {mode!r}: choose one of {', '.join(MODES)}")
     if mode == "pair":
-        return requested, {}
+        return requested, {}, {}
     if mode == "keep_kv":
         readers = {k.reader for k in layout.keep_kv.values()}
         bad = [n for n in requested if n not in layout.keep_kv and n not in readers]
@@ -314,25 +320,37 @@ def _split_mode(layout: Layout, requested: dict[str, list[int]], mode: str) -> t
                 f"to the language blocks of joint-attention policies{where}); drop whole blocks with "
                 "--drop.mode=pair"
             )
-    whole = {n: v for n, v in requested.items() if n not in layout.keep_kv}
-    return whole, {n: v for n, v in requested.items() if n in layout.keep_kv}
+    in_place = set(layout.keep_kv) | set(layout.skip_in_place)
+    whole = {n: v for n, v in requested.items() if n not in in_place}
+    kv = {n: v for n, v in requested.items() if n in layout.keep_kv}
+    return whole, kv, {n: v for n, v in requested.items() if n in layout.skip_in_place}
 
 
-def resolve_drops(layout: Layout, request: dict[str, list[int]], mode: str = "auto") -> tuple[dict, ...]:
-    """(requested, final whole-block drops, added by coupling, kept as K/V only) for a request under `mode`
-    (see the module docstring); raises, touching nothing, with the nearest valid plans."""
-    requested = normalize(layout, request)
-    whole, kv = _split_mode(layout, requested, mode)
-    drops = expand_couplings(layout, whole)
-    kv_only: dict[str, list[int]] = {}
+def _refuse_repeated(layout: Layout, kv: dict, skip: dict) -> None:
     for name, idx in kv.items():
-        blocks = layout.stacks[name].blocks
-        already = [i for i in idx if is_kv_only(blocks[i])]
-        if already:
+        if already := [i for i in idx if is_kv_only(layout.stacks[name].blocks[i])]:
             raise VlapruneError(
                 f"{name}: block(s) {already} already keep only their K/V (an earlier keep-K/V drop); "
                 "remove them whole with --drop.mode=pair"
             )
+    for name, idx in skip.items():
+        if already := [i for i in idx if is_skipped(layout.stacks[name].blocks[i])]:
+            raise VlapruneError(
+                f"{name}: block(s) {already} were already removed (an earlier action-only drop); leave them "
+                "out of the request"
+            )
+
+
+def resolve_drops(layout: Layout, request: dict[str, list[int]], mode: str = "auto") -> tuple[dict, ...]:
+    """(requested, final whole-block drops, added by coupling, kept as K/V only, skipped in place) for a
+    request under `mode` (see the module docstring); raises, touching nothing, with the nearest valid plans.
+    """
+    requested = normalize(layout, request)
+    whole, kv, skip = _split_mode(layout, requested, mode)
+    _refuse_repeated(layout, kv, skip)
+    drops = expand_couplings(layout, whole)
+    kv_only: dict[str, list[int]] = {}
+    for name, idx in kv.items():
         gone = set(drops.get(name, []))  # its reader partner goes whole, so it goes whole with it
         if rest := [i for i in idx if i not in gone]:
             kv_only[name] = rest
@@ -344,10 +362,10 @@ def resolve_drops(layout: Layout, request: dict[str, list[int]], mode: str = "au
                 f"blocks are unused), so dropping it would silently feed another block; keep block {k} "
                 f"(blocks 0..{k - 1} and {k + 1}.. can go)"
             )
-        gone = set(drops.get(name, [])) | set(kv_only.get(name, []))
-        left = [i for i in range(len(stack)) if i not in gone and not is_kv_only(stack.blocks[i])]
+        gone = set(drops.get(name, [])) | set(kv_only.get(name, [])) | set(skip.get(name, []))
+        left = [i for i in range(len(stack)) if i not in gone and not _in_place(stack.blocks[i])]
         if gone and not left:
-            n_kv = len(stack) - len(drops.get(name, []))
+            n_kv = sum(map(is_kv_only, stack.blocks)) + len(kv_only.get(name, []))
             kept = f" ({n_kv} kept as K/V only)" if n_kv else ""
             raise VlapruneError(
                 f"{name}: the plan drops all {len(stack)} blocks of the stack{kept}; keep at least one "
@@ -363,4 +381,8 @@ def resolve_drops(layout: Layout, request: dict[str, list[int]], mode: str = "au
             f"plan {fmt(drops)} breaks the coupling rules ({errors[0]}); {hint}. Rules: {rules}"
         )
     coupled = {n: sorted(set(v) - set(requested.get(n, []))) for n, v in drops.items()}
-    return requested, drops, {n: v for n, v in coupled.items() if v}, kv_only
+    return requested, drops, {n: v for n, v in coupled.items() if v}, kv_only, skip
+
+
+def _in_place(block: object) -> bool:
+    return is_kv_only(block) or is_skipped(block)
