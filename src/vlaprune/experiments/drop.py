@@ -20,6 +20,7 @@ from vlaprune.configs import PolicyConfig
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.cost import cost, cost_table
 from vlaprune.policy import load_policy
+from vlaprune.surgery.dead import dead_request
 from vlaprune.surgery.levels import PROTOCOL_LEVELS, protocol_blocks
 from vlaprune.surgery.plan import MODES, plan_to_dict, resolve_drops
 from vlaprune.surgery.sublayers import PARTS, resolve_sublayers
@@ -56,6 +57,10 @@ class DropSpec:
     # (vlaprune.surgery.width.CRITERIA: magnitude, first, random). Alone or with block drops (blocks first).
     head_width: int = 0
     head_criterion: str = "magnitude"
+    # Also remove the dead compute (`vlaprune inspect` lists it): what nothing reads (the last language
+    # block's attention output and MLP in SmolVLA / pi0 / pi0.5, vision blocks after OpenVLA's read-out
+    # block); actions stay bit-identical. Applied first, as its own plan.
+    dead: bool = False
 
     def __post_init__(self) -> None:
         if self.head_criterion not in CRITERIA:
@@ -126,10 +131,10 @@ def request_from(spec: DropSpec, lay: Layout) -> dict[str, list[int]]:
         if req:
             raise VlapruneError("give either block indices or --drop.from, not both")
         req = _from_scores(spec, list(lay.stacks))
-    if not req and not spec.head_width:
+    if not req and not spec.head_width and not spec.dead:
         raise VlapruneError(
-            "nothing to drop: pass --drop.language=3,7 (or vision/action/blocks), --drop.from or "
-            "--drop.head_width"
+            "nothing to drop: pass --drop.language=3,7 (or vision/action/blocks), --drop.from, "
+            "--drop.head_width or --drop.dead=true"
         )
     return req
 
@@ -172,6 +177,14 @@ def _from_scores(spec: DropSpec, stack_names: list[str]) -> dict[str, list[int]]
     return req
 
 
+def _check(lay: Layout, request: dict[str, list[int]], spec: DropSpec) -> None:
+    """Raise, touching nothing, if the request is not a valid plan for this model."""
+    if spec.part == "block":
+        resolve_drops(lay, request, spec.mode)
+    else:
+        resolve_sublayers(lay, request, spec.part)
+
+
 def run(cfg: DropConfig) -> dict[str, Any]:
     from rich.console import Console
 
@@ -182,19 +195,29 @@ def run(cfg: DropConfig) -> dict[str, Any]:
     policy = load_policy(cfg.policy, cfg.stacks or None)
     lay = policy.layout()
     request = request_from(cfg.drop, lay)
-    if request and cfg.drop.part == "block":  # refuse a bad plan before measuring anything
-        resolve_drops(lay, request, cfg.drop.mode)
-    elif request:
-        resolve_sublayers(lay, request, cfg.drop.part)
+    if request:  # refuse a bad plan before measuring anything
+        _check(lay, request, cfg.drop)
     if cfg.drop.head_width:
         width = resnet_of(lay, "action").fc1.out_features
         if not 0 < cfg.drop.head_width < width:
             raise VlapruneError(
                 f"--drop.head_width={cfg.drop.head_width}: choose 1..{width - 1} (the head has {width})"
             )
+    dead = dead_request(lay) if cfg.drop.dead else {}
+    if cfg.drop.dead and not dead:
+        raise VlapruneError("--drop.dead=true: this policy has no dead compute (`vlaprune inspect` lists it)")
+    for s, idx in dead.items():
+        if both := sorted(set(idx) & set(request.get(s, []))):
+            raise VlapruneError(
+                f"{s}: block(s) {both} are dead compute that --drop.dead=true already removes; leave them out "
+                "of the request"
+            )
     console.print("measuring the original ...")
     before = cost(lay, cfg.latency_calls, cfg.warmup_calls)
-    plans = [policy.drop_blocks(request, cfg.drop.mode, cfg.drop.part)] if request else []
+    plans = [policy.drop_blocks(dead)] if dead else []
+    if request:  # after the dead-compute plan: indices are those of the model as it is then
+        _check(policy.layout(), request, cfg.drop)
+        plans.append(policy.drop_blocks(request, cfg.drop.mode, cfg.drop.part))
     if cfg.drop.head_width:
         plans.append(policy.shrink_width(cfg.drop.head_width, cfg.drop.head_criterion))
     plan = plans[0] if len(plans) == 1 else None
