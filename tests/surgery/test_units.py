@@ -173,6 +173,9 @@ def test_prune_units_cli(smolvla, tiny_dataset, tmp_path, cli_error):
     assert len({round(r["params_removed_pct"], 6) for r in report["rows"]}) == 1  # same ratios for all
     assert report["cost_pruned"]["params"] < report["cost_original"]["params"]
     assert load(out) is not None
+    # language block 3's MLP is dead compute (only its K/V are read): no criterion ranks it as free
+    units = json.loads((out / "plan.json").read_text())["plans"][-1]["units"]["language"]
+    assert "3" not in units and set(units) == {"0", "1", "2"}
     from vlaprune.evaluate.paired import LOSES, UNDECIDED
 
     for r in report["rows"]:  # each pruned model against the original on the same episodes

@@ -44,6 +44,7 @@ from vlaprune.experiments.judge import Judge, paired, table
 from vlaprune.policy import Loaded, load_policy
 from vlaprune.scoring.probe import Probe
 from vlaprune.scoring.units import CRITERIA, LEGACY, bias_compensation, input_stats, unit_scores
+from vlaprune.surgery.dead import dead_blocks
 from vlaprune.surgery.ratios import KINDS, Module, parse_ratios, select
 from vlaprune.surgery.spec import label, parse_spec
 from vlaprune.surgery.units import coupled_stacks
@@ -178,6 +179,14 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
     lookup = _dw_lookup(cfg, policy.module)
     console = Console(width=max(Console().width, 100))
     arms = _arms(cfg, modules, ratios)
+    dead = {s: d["update"] + d["whole"] for s, d in dead_blocks(lay).items()}
+    for s, idx in dead.items():
+        if any(k[0] == s for k in candidates):
+            console.print(
+                f"{s}: block(s) {idx} are dead compute (nothing reads their attention output / MLP, so every "
+                "criterion scores them as free): not ranked; `vlaprune drop --drop.dead=true` removes them",
+                markup=False,
+            )
     episodes = n_tasks * cfg.eval.n_episodes * (1 + len(arms))
     bar = tqdm(total=episodes, desc="closed-loop episodes", disable=not episodes)
     original = {"criterion": "unpruned", "params": unique_params(policy.module), **judge(policy, bar.update)}
@@ -191,10 +200,12 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
         if not mods:  # --budget: search the ratios on this criterion's scores
             crit, direction = LEGACY.get(name, (name, "low"))
             scores = unit_scores(probe, crit, kinds, dw_lookup=lookup, direction=direction, stats=stats)
-            used = search(m, scores, candidates, cfg.budget, judge.selection_loss, cfg.heads)
+            used = search(m, scores, candidates, cfg.budget, judge.selection_loss, cfg.heads, dead=dead)
             mods = [Module(s, k, r, crit, direction) for (s, k), r in used.items()]
         else:
             scores = score_modules(probe, mods, lookup, stats)
+        labels = [label(x) for x in mods]  # as asked; dead blocks are protected on top (said above)
+        mods = [_skip_dead(x, dead) for x in mods]
         try:
             units = select(scores, mods, cfg.heads)
         except VlapruneError as e:
@@ -206,7 +217,7 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
             continue
         flap = [x.key for x in mods if x.criterion == "flap"] if cfg.flap_bias else []
         deltas = bias_compensation(m.layout(), units, stats, flap) if flap else {}
-        plan = m.prune_units(units, cfg.removal, [label(x) for x in mods])
+        plan = m.prune_units(units, cfg.removal, labels)
         _add_biases(m, deltas)
         row = {
             "criterion": name,
@@ -267,6 +278,12 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
     return report
 
 
+def _skip_dead(m: Module, dead: dict[str, list[int]]) -> Module:
+    """`m` with the dead blocks of its stack protected, so no criterion ranks dead units as free to cut."""
+    extra = set(dead.get(m.stack, [])) - set(m.protect)
+    return dataclasses.replace(m, protect=tuple(sorted(set(m.protect) | extra))) if extra else m
+
+
 def _arms(cfg: PruneUnitsConfig, modules: list[Module], ratios: dict) -> list[tuple[str, list[Module]]]:
     """(label, modules) per pruned model: the spec and each --compare criterion on the spec's modules, or one
     arm per criterion on --ratios (modules empty under --budget: searched per arm)."""
@@ -322,16 +339,19 @@ def _add_biases(policy: Loaded, deltas: dict) -> None:
 
 
 def search(
-    policy: Loaded, scores, candidates, budget: float, loss_of, heads: str
+    policy: Loaded, scores, candidates, budget: float, loss_of, heads: str, *, dead: dict | None = None
 ) -> dict[tuple[str, str], float]:
     """Greedy per-module ratios (steps of 0.1) until `budget` of the parameters are removed: each step raises
-    the ratio of the module whose step costs the least `loss_of` per parameter removed."""
+    the ratio of the module whose step costs the least `loss_of` per parameter removed (dead blocks, by
+    stack, are never ranked)."""
+    dead = dead or {}
     total = unique_params(policy.module)
     ratios = {c: 0.0 for c in candidates}
 
     def trial(rs):
         m = policy.copy()
-        m.prune_units(select(scores, {k: v for k, v in rs.items() if v > 0}, heads))
+        mods = [_skip_dead(Module(s, k, r), dead) for (s, k), r in rs.items() if r > 0]
+        m.prune_units(select(scores, mods, heads))
         return loss_of(m.module), total - unique_params(m.module)
 
     current_loss, removed = loss_of(policy.module), 0
