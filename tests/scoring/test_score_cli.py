@@ -35,11 +35,14 @@ def test_score_with_compare(smolvla_ckpt, tiny_dataset, tmp_path, capsys):
     gp = res["results"]["gateprobe"]
     assert {s: len(v) for s, v in gp["scores"].items()} == {"vision": 2, "language": 4, "action": 4}
     assert len(gp["rank"]) == 10 and gp["seconds"] > 0
+    # the last language block's update feeds nothing the policy reads: scored 0, and named dead
+    assert res["dead"] == {"language": [3]} and gp["scores"]["language"][3] == 0
     agree = res["agreement_with_loo"]["gateprobe"]
     assert set(agree) == {"vision", "language", "action", "all"}
     assert -1 <= agree["all"]["spearman"] <= 1
     printed = capsys.readouterr().out
     assert "rank agreement with leave-one-out" in printed and "gateprobe" in printed
+    assert "language: block(s) [3] are dead compute" in printed.replace("\n", " ")
 
 
 def test_score_components_and_sublayers(tiny_dataset, tmp_path):

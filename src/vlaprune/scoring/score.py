@@ -12,6 +12,7 @@ from typing import Any
 
 from vlaprune import __version__
 from vlaprune.atomic import write_json_atomic
+from vlaprune.surgery.dead import dead_blocks
 from vlaprune.configs import DatasetConfig, PolicyConfig
 from vlaprune.data import Data, policy_loss
 from vlaprune.errors import VlapruneError
@@ -176,6 +177,17 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
         "vlaprune_version": __version__,
         "results": results,
     }
+    # blocks whose residual update nothing reads (`surgery.dead`): every score of that update is ~0 by
+    # construction, so it says nothing about importance; the block is named dead instead
+    dead = {s: d["update"] + d["whole"] for s, d in dead_blocks(lay).items() if s in stacks}
+    out["dead"] = dead
+    for s, idx in dead.items():
+        console.print(
+            f"{s}: block(s) {idx} are dead compute (their attention output / MLP feed nothing the policy "
+            "reads; only their K/V are): a low score there means nothing; `vlaprune drop --drop.dead=true` "
+            "removes them with identical actions",
+            markup=False,
+        )
     if cfg.compare:
         out["agreement_with_loo"] = {
             m: agreement(results[m]["scores"], results["loo"]["scores"]) for m in results if m != "loo"
