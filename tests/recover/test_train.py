@@ -14,6 +14,7 @@ from vlaprune.recover.train import RecoverConfig, run
 
 def cfg(tmp, data, **kw):
     base = dict(
+        policy=PolicyConfig(path="tiny:smolvla"),
         dataset=DatasetConfig(root=str(data)),
         output_dir=str(tmp),
         steps=6,

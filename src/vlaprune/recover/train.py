@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from vlaprune.configs import DatasetConfig, PolicyConfig
+from vlaprune.configs import HOLDOUT, DatasetConfig, PolicyConfig
 from vlaprune.data import Data
 from vlaprune.errors import VlapruneError
 from vlaprune.policy import Loaded, load_policy
@@ -66,7 +66,8 @@ class RecoverConfig:
     # Episodes kept out of training, per task (the split `eval --holdout` and the sweeps use): the last
     # `holdout` fraction is test, the `validation` fraction before it validation. The checkpoint records
     # which episodes it trained on (plan.json `trained_on`) and `eval` refuses to call those held out.
-    holdout: float = 0.0
+    # 0.2, as eval, prune-units and dtr, so recover -> prune-units -> eval works with defaults; 0: all.
+    holdout: float = HOLDOUT
     validation: float = 0.0
 
     def __post_init__(self) -> None:

@@ -159,6 +159,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     out: dict[str, Any] = {
         "method": cfg.method,
         "policy": cfg.policy.path,
+        "random_weights": policy.random_weights,
         "family": lay.family,
         "stacks": stacks,
         "blocks": {s: len(lay.stacks[s]) for s in stacks},

@@ -112,6 +112,8 @@ class UnitPlan:
     removal: str = "real"
     # the multi-module spec items that chose the units (surgery.spec.label), when a spec did
     spec: list[str] = field(default_factory=list)
+    # per module: ratio, asked / possible / removed units (surgery.ratios.accounting), when ratios chose them
+    asked: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def summary(self) -> str:
         how = "masked (zeroed, shapes kept)" if self.removal == "masked" else "pruned"
@@ -168,6 +170,7 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
             params_after=d.get("params_after", 0),
             removal=d.get("removal", "real"),
             spec=d.get("spec", []),
+            asked=d.get("asked", {}),
         )
     names = {f.name for f in fields(BlockPlan)}
     d = {k: v for k, v in d.items() if k in names}
