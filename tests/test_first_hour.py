@@ -73,5 +73,7 @@ def test_dataset_episodes_takes_the_comma_form_and_says_so_when_wrong(tmp_path, 
 
 def test_misspelled_flag_names_the_nearest_one(cli_error):
     err = cli_error(["drop", "--policy.pth=tiny:smolvla", "--drop.language=1"])
-    assert err == "vlaprune: error: unknown flag --policy.pth; did you mean --policy.path? (--help lists every flag)"
+    assert err == (
+        "vlaprune: error: unknown flag --policy.pth; did you mean --policy.path? (--help lists every flag)"
+    )
     assert "did you mean --drop.language?" in cli_error(["drop", "--drop.langauge=1"])

@@ -163,8 +163,8 @@ def load_policy(cfg: PolicyConfig | str | Path, stacks: str | None = None) -> Lo
     cfg = cfg if isinstance(cfg, PolicyConfig) else PolicyConfig(path=str(cfg))
     if not cfg.path:
         raise VlapruneError(
-            "--policy.path is required: a checkpoint folder, a hub id (org/name), or tiny:NAME for a built-in "
-            "random-weight model (tiny:smolvla, tiny:pi0, tiny:pi05)"
+            "--policy.path is required: a checkpoint folder, a hub id (org/name), or tiny:NAME for a "
+            "built-in random-weight model (tiny:smolvla, tiny:pi0, tiny:pi05)"
         )
     folder = Path(cfg.path).expanduser()
     if (folder / "plan.json").is_file() or record_from_config(folder) is not None:  # ours or lerobot-train's
