@@ -113,10 +113,20 @@ class Loaded:
         self.record.plans.append(plan)
         return plan
 
-    def save(self, out_dir: str | Path, extra_json: dict[str, Any] | None = None) -> Path:
-        """The model as a (pruned) checkpoint in a new folder, with its processors when it has saved ones."""
+    def save(
+        self,
+        out_dir: str | Path,
+        extra_json: dict[str, Any] | None = None,
+        processors_from: str | Path | None = None,
+    ) -> Path:
+        """The model as a (pruned) checkpoint in a new folder, with its processors when it has saved ones
+        (or those in `processors_from`, e.g. `Data.processors_folder()`)."""
         return save_pruned(
-            self.module, self.record, out_dir, processors_from=self.folder, extra_json=extra_json
+            self.module,
+            self.record,
+            out_dir,
+            processors_from=processors_from or self.folder,
+            extra_json=extra_json,
         )
 
     def copy(self) -> Loaded:

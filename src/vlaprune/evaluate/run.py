@@ -94,9 +94,16 @@ def closed_loop(
     progress=None,
 ) -> dict[str, Any]:
     """Success per task (and per probe), each with its Wilson interval; the mean over tasks. Tasks are the
-    outer loop, so each task's simulators serve all its conditions and can then make room for the next."""
+    outer loop, so each task's simulators serve all its conditions and can then make room for the next.
+    progress(n): called per finished episode; default: an episode bar of its own on stderr (DTR, demo)."""
+    from tqdm.auto import tqdm
+
     instructions = task_instructions(env)
     conds = conditions(language_probe, vision_probe)
+    bar = None
+    if progress is None:
+        bar = tqdm(total=len(instructions) * len(conds) * episodes.n_episodes, desc="episodes", leave=False)
+        progress = bar.update
     per_task: dict[str, dict[str, Any]] = {name: {} for name, _ in conds}
     others = sorted(set(instructions.values())) + ["pick up the red cube and place it in the bowl"]
     for t in instructions:
@@ -117,6 +124,8 @@ def closed_loop(
                 progress=progress,
             )
             per_task[name][t] = {**summarize(res), "instruction": text, "episodes_detail": res}
+    if bar is not None:
+        bar.close()
     out: dict[str, Any] = {}
     for name, rows in per_task.items():
         out[name] = {"mean_success": sum(v["success_rate"] for v in rows.values()) / len(rows), "tasks": rows}

@@ -168,7 +168,8 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
     depths = {s: len(st.blocks) for s, st in lay.stacks.items()}
     modules = parse_spec(cfg.spec, depths, CRITERIA, LEGACY) if cfg.spec else []
     n_tasks = len(task_instructions(cfg.env)) if cfg.env.type else 0
-    judge = Judge(cfg, Data(policy, cfg.dataset), policy)
+    data = Data(policy, cfg.dataset)
+    judge = Judge(cfg, data, policy)
     coupled = coupled_stacks(lay)
     candidates = (
         [m.key for m in modules]
@@ -272,7 +273,8 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
         if cfg.removal == "masked"
         else "units removed: the layers shrank",
     }
-    pruned_main.save(out, extra_json={"prune.json": report})
+    with data.processors_folder() as procs:  # the source's, or built from the dataset
+        pruned_main.save(out, extra_json={"prune.json": report}, processors_from=procs)
     lat0, lat1 = (
         report["cost_original"]["latency"]["median_ms"],
         report["cost_pruned"]["latency"]["median_ms"],
