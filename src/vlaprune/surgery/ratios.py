@@ -92,7 +92,7 @@ def accounting(scores: dict, modules: list[Module], units: dict) -> dict[str, di
     out = {}
     for m in modules:
         key = "ffn" if m.kind == "mlp" else "q"
-        sizes = [len(b[key]) for b in scores[m.stack]]
+        sizes = [len(b.get(key, ())) for b in scores[m.stack]]
         kept = units.get(m.stack, {})
         removed = sum(n - len(kept[str(i)][key]) for i, n in enumerate(sizes) if key in kept.get(str(i), {}))
         out[f"{m.stack}.{m.kind}"] = {
@@ -116,7 +116,9 @@ def shortfall(acc: dict[str, dict]) -> list[str]:
 
 
 def _open(blocks: list, m: Module) -> list[int]:
-    return [i for i in range(len(blocks)) if i not in m.protect]
+    """The blocks a module may cut: not protected, and with units of its kind (kv-only blocks have none)."""
+    key = "ffn" if m.kind == "mlp" else "q"
+    return [i for i in range(len(blocks)) if i not in m.protect and key in blocks[i]]
 
 
 def _select_ffn(blocks: list[dict], m: Module) -> dict[int, dict[str, list[int]]]:
