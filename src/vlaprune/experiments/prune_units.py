@@ -269,6 +269,7 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
         "cost_original": cost(lay, 5, 1),
         "cost_pruned": cost(pruned_main.layout(), 5, 1),
         "removal": cfg.removal,
+        "random_weights": policy.random_weights,
         "removal_note": "units zeroed in place: shapes, parameters and FLOPs unchanged (no saving)"
         if cfg.removal == "masked"
         else "units removed: the layers shrank",
