@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vlaprune.cli import main
-from vlaprune.configs import DatasetConfig
+from vlaprune.configs import DatasetConfig, PolicyConfig
 from vlaprune.data import Data
 from vlaprune.policy import wrap
 
@@ -110,6 +110,7 @@ def test_recovered_checkpoint_records_its_training_episodes_and_eval_refuses_the
 
     run(
         RecoverConfig(
+            policy=PolicyConfig(path="tiny:smolvla"),
             dataset=DatasetConfig(root=str(tiny_dataset)),
             output_dir=str(tmp_path / "r"),
             steps=1,

@@ -27,8 +27,8 @@ def _stage(
         import draccus
 
         mod = importlib.import_module(module)
-        if rewrite:
-            args = [rewrite(a) for a in args]
+        args = [_list_flags(rewrite(a) if rewrite else a) for a in args]
+        _check_flags(getattr(mod, config), args)
         try:
             cfg = draccus.parse(getattr(mod, config), args=args)
         except draccus.utils.DecodingError as e:  # a nested config refused a value: show its own message
@@ -36,6 +36,37 @@ def _stage(
         return mod.run(cfg)
 
     return command
+
+
+def _check_flags(config: type, args: list[str]) -> None:
+    """Refuse a flag the command does not have in one line that names the nearest valid one (argparse would
+    print the whole usage). Values are left to draccus."""
+    import difflib
+
+    from draccus.argparsing import ArgumentParser
+
+    known = set(ArgumentParser(config_class=config).parser._option_string_actions)
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        if not flag.startswith("--") or flag in known:
+            continue
+        near = difflib.get_close_matches(flag, sorted(known - {"--help", "--config_path"}), n=1, cutoff=0.5)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        raise VlapruneError(f"unknown flag {flag}{hint} (--help lists every flag)")
+
+
+def _list_flags(arg: str) -> str:
+    """Every list flag takes comma-separated values (--drop.language=1,3): --dataset.episodes=0,1,2 too
+    (draccus's own form, [0,1,2], still works)."""
+    flag, eq, value = arg.partition("=")
+    if flag != "--dataset.episodes" or not eq:
+        return arg
+    items = [v.strip() for v in value.strip().removeprefix("[").removesuffix("]").split(",") if v.strip()]
+    if not items or not all(v.isdigit() for v in items):
+        raise VlapruneError(
+            f"--dataset.episodes={value}: give episode indices comma-separated, e.g. --dataset.episodes=0,1,2"
+        )
+    return f"{flag}=[{','.join(items)}]"
 
 
 def _cause(e: BaseException) -> VlapruneError:

@@ -11,12 +11,16 @@ from dataclasses import dataclass
 from vlaprune.errors import VlapruneError
 
 ENV_TYPES = ("metaworld", "pusht", "libero")  # vlaprune.evaluate.envs.ENVS has one entry per name
+# The held-out fraction of each task's episodes, the same default for recover, eval, prune-units and dtr:
+# recover trains on the first 80%, and every later command evaluates on the last 20% with no flag.
+HOLDOUT = 0.2
 
 
 @dataclass
 class PolicyConfig:
-    # A checkpoint folder, a hub id (org/name), or a built-in tiny model (tiny:smolvla, tiny:pi0, ...).
-    path: str = "tiny:smolvla"
+    # Required: a checkpoint folder, a hub id (org/name), or a built-in tiny model with random weights
+    # (tiny:smolvla, tiny:pi0, ...: only when named; never a silent default).
+    path: str = ""
     # Allow transformers remote code (OpenVLA / Prismatic checkpoints ship their modeling code).
     trust_remote_code: bool = False
     # Where the model runs: cpu, cuda, cuda:N, mps. Empty: where it loads (lerobot checkpoints: their

@@ -286,6 +286,22 @@ class Data:
         finally:
             self.dataset.set_image_transforms(before)
 
+    @contextlib.contextmanager
+    def processors_folder(self) -> Iterator[Path | None]:
+        """A folder holding the policy's processors, for checkpoints to carry them: the policy's own when it
+        has saved ones, else (lerobot policies) a temporary one with the pipelines normalized with this
+        dataset's statistics, so that the checkpoint runs closed loop without the dataset."""
+        saved = self.policy.folder
+        if (saved and (saved / "policy_preprocessor.json").is_file()) or not self.policy.is_lerobot:
+            yield saved
+            return
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="vlaprune-processors-") as tmp:
+            for pipeline in self.processors():
+                pipeline.save_pretrained(tmp)
+            yield Path(tmp)
+
     def processors(self) -> tuple[Any, Any]:
         """(preprocessor, postprocessor) of the policy for this dataset (see `processors`), built once; for
         OpenVLA-OFT the preprocessor maps frames to OFT's batch format and there is no postprocessor."""

@@ -24,8 +24,9 @@ from vlaprune.adapters import layout as find_layout
 from vlaprune.adapters.load import Source, is_lerobot, kind_of, load_source, place, source_of
 from vlaprune.adapters.stack import Layout
 from vlaprune.configs import PolicyConfig
+from vlaprune.errors import VlapruneError
 from vlaprune.surgery.blocks import drop_blocks
-from vlaprune.surgery.checkpoint import base_record, load_pruned, save_pruned
+from vlaprune.surgery.checkpoint import base_record, load_pruned, random_weights, save_pruned
 from vlaprune.surgery.plan import BlockPlan, PruningRecord, UnitPlan, WidthPlan
 from vlaprune.surgery.plugin import record_from_config
 from vlaprune.surgery.sublayers import drop_sublayers
@@ -70,6 +71,12 @@ class Loaded:
         return "paths" if self.stacks else (find_family(self.module) or "unknown")
 
     @property
+    def random_weights(self) -> bool:
+        """A built-in tiny model (tiny:NAME, or a cut of one) that no vlaprune recovery has trained: what is
+        computed on it says nothing about a trained policy, and outputs say so."""
+        return random_weights(self.record)
+
+    @property
     def config(self) -> Any:
         return getattr(self.module, "config", None)
 
@@ -107,10 +114,20 @@ class Loaded:
         self.record.plans.append(plan)
         return plan
 
-    def save(self, out_dir: str | Path, extra_json: dict[str, Any] | None = None) -> Path:
-        """The model as a (pruned) checkpoint in a new folder, with its processors when it has saved ones."""
+    def save(
+        self,
+        out_dir: str | Path,
+        extra_json: dict[str, Any] | None = None,
+        processors_from: str | Path | None = None,
+    ) -> Path:
+        """The model as a (pruned) checkpoint in a new folder, with its processors when it has saved ones
+        (or those in `processors_from`, e.g. `Data.processors_folder()`)."""
         return save_pruned(
-            self.module, self.record, out_dir, processors_from=self.folder, extra_json=extra_json
+            self.module,
+            self.record,
+            out_dir,
+            processors_from=processors_from or self.folder,
+            extra_json=extra_json,
         )
 
     def copy(self) -> Loaded:
@@ -129,13 +146,17 @@ class Loaded:
 def from_source(
     source: Source, path: str = "", stacks: str | None = None, trust_remote_code: bool = False
 ) -> Loaded:
-    """The handle of a model loaded or built outside `load_policy` (e.g. `vlaprune.tiny.build(...)`)."""
+    """The handle of a model loaded or built outside `load_policy` (e.g. `vlaprune.tiny.build(...)`). A
+    tiny:NAME model's base record says random_weights (kept through cuts and saves, until a recovery)."""
+    base = base_record(source, stacks or None, trust_remote_code)
+    if base is not None and path.startswith("tiny:"):
+        base = {**base, "random_weights": True}
     return Loaded(
         source.module,
         path,
         source.folder,
         stacks or None,
-        PruningRecord(base=base_record(source, stacks or None, trust_remote_code), stacks=stacks or None),
+        PruningRecord(base=base, stacks=stacks or None),
         dict(source.tokenizers),
         trust_remote_code,
     )
@@ -151,6 +172,11 @@ def load_policy(cfg: PolicyConfig | str | Path, stacks: str | None = None) -> Lo
     """Load what `cfg.path` names (see the module docstring), on `cfg.device` if set, in eval mode.
     Raises VlapruneError with a one-line fix on bad input."""
     cfg = cfg if isinstance(cfg, PolicyConfig) else PolicyConfig(path=str(cfg))
+    if not cfg.path:
+        raise VlapruneError(
+            "--policy.path is required: a checkpoint folder, a hub id (org/name), or tiny:NAME for a "
+            "built-in random-weight model (tiny:smolvla, tiny:pi0, tiny:pi05)"
+        )
     folder = Path(cfg.path).expanduser()
     if (folder / "plan.json").is_file() or record_from_config(folder) is not None:  # ours or lerobot-train's
         source, record = load_pruned(folder, cfg.trust_remote_code)
@@ -171,4 +197,12 @@ def load_policy(cfg: PolicyConfig | str | Path, stacks: str | None = None) -> Lo
         loaded.stacks = stacks
     if cfg.device:
         place(loaded.module, cfg.device)
+    if loaded.random_weights:
+        print(RANDOM_WEIGHTS_NOTE.format(path=cfg.path))  # stdout: errors stay one line on stderr
     return loaded
+
+
+RANDOM_WEIGHTS_NOTE = (
+    "vlaprune: note: {path} is a built-in tiny model with random weights; what is computed on it says "
+    "nothing about a trained policy (files record random_weights: true)"
+)

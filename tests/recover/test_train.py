@@ -14,6 +14,7 @@ from vlaprune.recover.train import RecoverConfig, run
 
 def cfg(tmp, data, **kw):
     base = dict(
+        policy=PolicyConfig(path="tiny:smolvla"),
         dataset=DatasetConfig(root=str(data)),
         output_dir=str(tmp),
         steps=6,
@@ -152,13 +153,23 @@ def test_bad_input(tiny_dataset, tmp_path, cli_error):
         ),
         (
             [
+                "--policy.path=tiny:smolvla",
+                *common,
+                "--steps=2",
+                "--resume=true",
+                f"--output_dir={tmp_path / 'run'}",
+            ],
+            "holds a run finished at step 2",  # --steps=N > 2 extends it (tests/test_first_hour.py)
+        ),
+        (
+            [
                 "--policy.path=tiny:pi0",
                 *common,
                 "--steps=3",
                 "--resume=true",
                 f"--output_dir={tmp_path / 'run'}",
             ],
-            "holds a finished run",
+            "cannot resume",  # extending with another model: its checkpoint does not load
         ),
         (
             ["--policy.path=tiny:smolvla", *common, "--mode=magic", f"--output_dir={tmp_path / 'x'}"],

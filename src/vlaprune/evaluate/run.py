@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlaprune.atomic import write_json_atomic
-from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
+from vlaprune.configs import HOLDOUT, DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
 from vlaprune.data import Data, processors
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate import envs
@@ -38,10 +38,11 @@ class EvalConfig:
     # Closed loop: episodes per task, first episode seed, parallel simulators (--eval.n_episodes, ...).
     eval: EpisodesConfig = field(default_factory=EpisodesConfig)
     # Offline loss / action error on held-out episodes: the last `holdout` fraction of each task's episodes
-    # (within --dataset.episodes when given); batches of `batch_size`, at most `max_batches` (0: every
-    # frame). Episodes a vlaprune recovery trained the checkpoint on are refused (plan.json trained_on).
+    # (default 0.2, as recover / prune-units / dtr; with --dataset.episodes and no --holdout: exactly the
+    # episodes named); batches of `batch_size`, at most `max_batches` (0: every frame). Episodes a vlaprune
+    # recovery trained the checkpoint on are refused (plan.json trained_on).
     offline: bool = False
-    holdout: float = 0.0
+    holdout: float | None = None
     batch_size: int = 8
     max_batches: int = 0
     # Probes: rerun with the instruction empty / another task's / shuffled; with black or frozen frames.
@@ -93,9 +94,16 @@ def closed_loop(
     progress=None,
 ) -> dict[str, Any]:
     """Success per task (and per probe), each with its Wilson interval; the mean over tasks. Tasks are the
-    outer loop, so each task's simulators serve all its conditions and can then make room for the next."""
+    outer loop, so each task's simulators serve all its conditions and can then make room for the next.
+    progress(n): called per finished episode; default: an episode bar of its own on stderr (DTR, demo)."""
+    from tqdm.auto import tqdm
+
     instructions = task_instructions(env)
     conds = conditions(language_probe, vision_probe)
+    bar = None
+    if progress is None:
+        bar = tqdm(total=len(instructions) * len(conds) * episodes.n_episodes, desc="episodes", leave=False)
+        progress = bar.update
     per_task: dict[str, dict[str, Any]] = {name: {} for name, _ in conds}
     others = sorted(set(instructions.values())) + ["pick up the red cube and place it in the bowl"]
     for t in instructions:
@@ -116,6 +124,8 @@ def closed_loop(
                 progress=progress,
             )
             per_task[name][t] = {**summarize(res), "instruction": text, "episodes_detail": res}
+    if bar is not None:
+        bar.close()
     out: dict[str, Any] = {}
     for name, rows in per_task.items():
         out[name] = {"mean_success": sum(v["success_rate"] for v in rows.values()) / len(rows), "tasks": rows}
@@ -134,12 +144,13 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         raise VlapruneError("evaluation runs lerobot policies and OpenVLA-OFT folders with their action head")
     if cfg.env.type and not policy.is_lerobot:
         raise VlapruneError("closed-loop evaluation (--env.type) needs a lerobot policy; OFT: use --offline")
-    result: dict[str, Any] = {"policy": cfg.policy.path}
+    result: dict[str, Any] = {"policy": cfg.policy.path, "random_weights": policy.random_weights}
     data = Data(policy, cfg.dataset) if cfg.dataset.given else None  # opened once, used by every part
     if cfg.offline:
         if data is None:
             raise VlapruneError("--offline needs a dataset: --dataset.repo_id / --dataset.root")
-        _, held = data.split(cfg.holdout, "--holdout")
+        holdout = cfg.holdout if cfg.holdout is not None else 0.0 if cfg.dataset.episodes else HOLDOUT
+        _, held = data.split(holdout, "--holdout")
         if held is not None or cfg.dataset.episodes is not None:  # episodes named as held out
             data.check_held_out(policy.record.trained_on, held or data.episodes, "the held-out")
         result["offline"] = offline_eval(

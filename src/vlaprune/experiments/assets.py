@@ -42,6 +42,31 @@ def relocated(policy_dir: Path) -> Path:
     return tmp
 
 
+def export(dest: str | Path) -> Path:
+    """Copy the shipped policy, its VLM folder and the dataset to `dest` (policy/, vlm/, dataset/), the policy
+    pointing at dest/vlm: plain folders every command takes (`--policy.path=DEST/policy
+    --dataset.root=DEST/dataset`). Written atomically; `dest` must not exist or be empty."""
+    import shutil
+
+    from vlaprune.atomic import atomic_dir
+
+    dest = Path(dest).resolve()
+    if dest.exists() and any(dest.iterdir()):
+        raise VlapruneError(f"{dest} already exists and is not empty; choose a new folder")
+    src = ASSETS / "policy"
+    old = json.loads((src / "config.json").read_text())["vlm_model_name"]
+    with atomic_dir(dest) as tmp:
+        shutil.copytree(ASSETS / "vlm", tmp / "vlm")
+        shutil.copytree(ASSETS / "dataset", tmp / "dataset")
+        (tmp / "policy").mkdir()
+        for f in src.iterdir():
+            if f.suffix == ".json":
+                (tmp / "policy" / f.name).write_text(f.read_text().replace(old, str(dest / "vlm")))
+            else:
+                shutil.copy2(f, tmp / "policy" / f.name)
+    return dest
+
+
 def load_demo_policy(policy_dir: str | Path | None = None) -> tuple[nn.Module, object, object]:
     """(policy module, preprocessor, postprocessor) of the shipped (or given) demo checkpoint."""
     policy_dir = Path(policy_dir) if policy_dir else ASSETS / "policy"

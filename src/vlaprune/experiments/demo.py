@@ -42,6 +42,9 @@ class DemoConfig:
     # Offline loss on this many held-out batches of 16 (a seeded subset; 0 = every frame: 9 s more per
     # evaluation on the shipped data, 2 evaluations per measurement).
     offline_batches: int = 8
+    # Instead of the sweep: copy the shipped policy and dataset to this folder (policy/, dataset/, vlm/)
+    # for the README's first steps, and stop.
+    export_assets: str = ""
 
 
 def run(cfg: DemoConfig) -> dict[str, Any]:
@@ -53,6 +56,14 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
             "scripts/build_demo_assets.py (or reinstall vlaprune)"
         )
     console = Console()
+    if cfg.export_assets:
+        dest = assets.export(cfg.export_assets)
+        console.print(
+            f"wrote {dest}: --policy.path={dest}/policy (a trained SmolVLA, four MetaWorld tasks: "
+            f"{', '.join(assets.TASKS)}) --dataset.root={dest}/dataset",
+            markup=False,
+        )
+        return {"exported": str(dest)}
     t0 = time.perf_counter()
     policy_path = assets.relocated(assets.ASSETS / "policy")
     dcfg = DTRConfig(

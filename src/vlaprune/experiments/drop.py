@@ -230,6 +230,7 @@ def run(cfg: DropConfig) -> dict[str, Any]:
         "plan": plan_to_dict(plan) if plan else [plan_to_dict(p) for p in plans],
         "cost_original": before,
         "cost_pruned": after,
+        "random_weights": policy.random_weights,
     }
     saved = policy.save(out, extra_json={"cost.json": report})
     console.print(f"wrote {saved} (plan.json, cost.json, weights)")

@@ -29,7 +29,7 @@ from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.run import task_instructions
 from vlaprune.experiments.measure import measure_one
 from vlaprune.experiments.plans import choices, partners
-from vlaprune.experiments.select import export
+from vlaprune.experiments.select import export, none_selected
 from vlaprune.experiments.store import Store, row_id
 from vlaprune.policy import Loaded, load_policy
 from vlaprune.recover.budget import BUDGETS
@@ -274,9 +274,10 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
         console.print(
             f"selected variant (fewest parameters that keeps success): {selected}"
             if selected
-            else "no cut keeps success within the paired interval: nothing exported to selected/",
+            else none_selected(cfg.output_dir),
             markup=False,
         )
+    console.print(f"report: vlaprune report {cfg.output_dir}", markup=False)
     return {
         "measurements": len(todo),
         "this_shard": len(mine),

@@ -40,6 +40,7 @@ def run(cfg: InspectConfig) -> dict[str, Any]:
     policy = load_policy(cfg.policy, cfg.stacks or None)
     anat = anatomy(policy.layout(), flops=cfg.flops)
     anat["source"] = cfg.policy.path
+    anat["random_weights"] = policy.random_weights
     console = Console(width=max(Console().width, 110))
     console.print(table(anat))
     for c in anat["couplings"]:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from vlaprune.adapters.counting import unique_params
-from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
+from vlaprune.configs import HOLDOUT, DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
 from vlaprune.data import Data, policy_loss
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.cost import cost
@@ -45,7 +45,7 @@ from vlaprune.policy import Loaded, load_policy
 from vlaprune.scoring.probe import Probe
 from vlaprune.scoring.units import CRITERIA, LEGACY, bias_compensation, input_stats, unit_scores
 from vlaprune.surgery.dead import dead_blocks
-from vlaprune.surgery.ratios import KINDS, Module, parse_ratios, select
+from vlaprune.surgery.ratios import KINDS, Module, accounting, parse_ratios, select, shortfall
 from vlaprune.surgery.spec import label, parse_spec
 from vlaprune.surgery.units import coupled_stacks
 
@@ -69,6 +69,9 @@ class PruneUnitsConfig:
     spec: str = ""
     # real: the layers shrink; masked: the units are zeroed in place (shapes kept, nothing saved).
     removal: str = "real"
+    # A module whose ratio removes no unit (it rounds to zero per block, or its blocks are protected) is an
+    # error unless allowed; fewer units than asked is always reported (asked / possible / removed).
+    allow_empty: bool = False
     # FLAP's bias compensation for the modules scored by `flap` (the removed units' mean output is added
     # to the output projection's bias).
     flap_bias: bool = False
@@ -81,7 +84,7 @@ class PruneUnitsConfig:
     # error are measured on these, scoring calibrates on the training episodes. 0: everything is reported
     # on the calibration batches. With --budget the search picks ratios by the loss on the `validation`
     # fraction before the test episodes (0: on the calibration batches), never on the test episodes.
-    holdout: float = 0.2
+    holdout: float = HOLDOUT
     validation: float = 0.2
     batches: int = 4
     batch_size: int = 8
@@ -166,7 +169,8 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
     depths = {s: len(st.blocks) for s, st in lay.stacks.items()}
     modules = parse_spec(cfg.spec, depths, CRITERIA, LEGACY) if cfg.spec else []
     n_tasks = len(task_instructions(cfg.env)) if cfg.env.type else 0
-    judge = Judge(cfg, Data(policy, cfg.dataset), policy)
+    data = Data(policy, cfg.dataset)
+    judge = Judge(cfg, data, policy)
     coupled = coupled_stacks(lay)
     candidates = (
         [m.key for m in modules]
@@ -208,6 +212,15 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
         mods = [_skip_dead(x, dead) for x in mods]
         try:
             units = select(scores, mods, cfg.heads)
+            acc = accounting(scores, mods, units)
+            empty = [n for n, a in acc.items() if a["ratio"] > 0 and a["removed"] == 0]
+            if empty and not cfg.allow_empty:
+                a = acc[empty[0]]
+                raise VlapruneError(
+                    f"{empty[0]}={a['ratio']:g} removes no {a['unit']} (asked {a['asked']:g} of "
+                    f"{a['possible']} possible; each block rounds its share to 0): raise the ratio, use "
+                    "the global scope, or pass --allow_empty=true"
+                )
         except VlapruneError as e:
             if not rows:  # the main criterion's own plan is bad input
                 raise
@@ -218,6 +231,9 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
         flap = [x.key for x in mods if x.criterion == "flap"] if cfg.flap_bias else []
         deltas = bias_compensation(m.layout(), units, stats, flap) if flap else {}
         plan = m.prune_units(units, cfg.removal, labels)
+        plan.asked = acc
+        for line in shortfall(acc):
+            console.print(f"{name}: fewer units than asked: {line}")
         _add_biases(m, deltas)
         row = {
             "criterion": name,
@@ -225,6 +241,7 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
             "removal": cfg.removal,
             "ratios": {f"{x.stack}.{x.kind}": x.ratio for x in mods},
             "units_removed": removed_units(units, scores),
+            "modules": acc,
             "params": plan.params_after,
             "params_removed_pct": 100 * (1 - plan.params_after / total),
             **judge(m, bar.update),
@@ -235,11 +252,11 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
             row["success_paired"] = paired(original, row)
         rows.append(row)
         cut = f"{row['params_removed_pct']:.1f}% of the parameters removed"
-        cut = "masked (no parameter saved)" if cfg.removal == "masked" else cut
+        cut = "masked: units zeroed in place, no parameters removed" if cfg.removal == "masked" else cut
         console.print(
             f"{name}: {cut} ("
-            + ", ".join(f"{k}: {v}" for k, v in row["units_removed"].items())
-            + f" units), loss {original['loss']:.4f} -> {row['loss']:.4f}"
+            + ", ".join(f"{k}: {a['removed']} of {a['asked']:g} asked" for k, a in acc.items())
+            + f"), loss {original['loss']:.4f} -> {row['loss']:.4f}"
             + (f", success {row['success']:.2f}" if "success" in row else "")
         )
         if pruned_main is None:
@@ -263,18 +280,26 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
         "cost_original": cost(lay, 5, 1),
         "cost_pruned": cost(pruned_main.layout(), 5, 1),
         "removal": cfg.removal,
+        "random_weights": policy.random_weights,
         "removal_note": "units zeroed in place: shapes, parameters and FLOPs unchanged (no saving)"
         if cfg.removal == "masked"
         else "units removed: the layers shrank",
     }
-    pruned_main.save(out, extra_json={"prune.json": report})
+    with data.processors_folder() as procs:  # the source's, or built from the dataset
+        pruned_main.save(out, extra_json={"prune.json": report}, processors_from=procs)
     lat0, lat1 = (
         report["cost_original"]["latency"]["median_ms"],
         report["cost_pruned"]["latency"]["median_ms"],
     )
     main = rows[0]["criterion"]
-    note = " (masked: shapes kept, nothing saved)" if cfg.removal == "masked" else ""
-    console.print(f"{main}: select_action {lat0:.1f} -> {lat1:.1f} ms{note}; wrote {out}")
+    note = (
+        " (masked: units zeroed in place; parameters, FLOPs and latency unchanged)"
+        if cfg.removal == "masked"
+        else ""
+    )
+    console.print(
+        f"{main}: select_action {lat0:.1f} -> {lat1:.1f} ms{note}; wrote the pruned policy to {out}"
+    )
     return report
 
 

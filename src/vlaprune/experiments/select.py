@@ -42,6 +42,24 @@ def select(data: dict[str, Any]) -> tuple[dict, dict] | None:
     return m, r
 
 
+def none_selected(run_dir: str | Path) -> str:
+    """The closing line when no cut is selected, in the report's verdict words, e.g. "no cut keeps success
+    within 5 points (2 cuts: not distinguishable at this episode count x2): nothing exported to selected/"."""
+    data = load(Store(run_dir))
+    counts: dict[str, int] = {}
+    for m in data["measures"].values():
+        if m["spec"]["drops"]:
+            r = paired(data["baseline"]["after"], m["after"])
+            v = r["verdict"] if r is not None else "no paired episodes"
+            counts[v] = counts.get(v, 0) + 1
+    said = ", ".join(f"{v} x{n}" for v, n in counts.items())
+    n = sum(counts.values())
+    return (
+        f"no cut keeps success within {TOLERANCE * 100:g} points ({n} cut{'s' * (n != 1)}: {said}): "
+        "nothing exported to selected/"
+    )
+
+
 def export(run_dir: str | Path) -> Path | None:
     """Write `<run_dir>/selected/` for the selected variant; None (and nothing written) when there is none."""
     run_dir = Path(run_dir)

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-from vlaprune.configs import DatasetConfig, PolicyConfig
+from vlaprune.configs import HOLDOUT, DatasetConfig, PolicyConfig
 from vlaprune.data import Data
 from vlaprune.errors import VlapruneError
 from vlaprune.policy import Loaded, load_policy
@@ -66,7 +67,8 @@ class RecoverConfig:
     # Episodes kept out of training, per task (the split `eval --holdout` and the sweeps use): the last
     # `holdout` fraction is test, the `validation` fraction before it validation. The checkpoint records
     # which episodes it trained on (plan.json `trained_on`) and `eval` refuses to call those held out.
-    holdout: float = 0.0
+    # 0.2, as eval, prune-units and dtr, so recover -> prune-units -> eval works with defaults; 0: all.
+    holdout: float = HOLDOUT
     validation: float = 0.0
 
     def __post_init__(self) -> None:
@@ -188,12 +190,16 @@ def run(cfg: RecoverConfig, data: Data | None = None, episodes: list[int] | None
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"
     last = checkpoints.latest(ckpt_root)
+    finished = _finished_steps(out)
+    if finished and (not cfg.resume or cfg.steps <= finished):
+        raise VlapruneError(
+            f"{out} holds a run finished at step {finished}; --resume=true --steps=N with N > {finished} "
+            "extends it, or choose a new --output_dir"
+        )
     if out.exists() and any(out.iterdir()) and not cfg.resume:
         raise VlapruneError(
             f"{out} is not empty; pass --resume=true to continue that run or a new --output_dir"
         )
-    if cfg.resume and (out / "final").exists():
-        raise VlapruneError(f"{out} holds a finished run (final/); nothing to resume")
     from accelerate.utils import DistributedDataParallelKwargs
 
     accelerator = Accelerator(
@@ -317,10 +323,22 @@ def _train(cfg, accelerator, policy: Loaded, trainee, data: Data, episodes, ckpt
     ]
     summary = _summary(cfg, step - start_step, elapsed, losses, accelerator.num_processes)
     if main:
-        _finish(cfg, policy, accelerator.unwrap_model(trainee), out, summary)
+        _finish(cfg, policy, accelerator.unwrap_model(trainee), out, summary, data)
         logging.info("recover finished: %s", summary)
+        loss = (
+            f"final loss {summary['last_loss']:.4f}" if summary["last_loss"] is not None else "no steps run"
+        )
+        print(
+            f"recover: {step} steps ({summary['steps_this_run']} in this run), {loss}; wrote {out / 'final'}"
+        )
     accelerator.wait_for_everyone()
     return summary
+
+
+def _finished_steps(out: Path) -> int:
+    """The steps of the finished run in `out` (its final/recover.json), 0 when there is none."""
+    summary = out / "final" / "recover.json"
+    return int(json.loads(summary.read_text()).get("steps", 0)) if summary.is_file() else 0
 
 
 def _summary(cfg, steps_run: int, elapsed: float, losses: list[float], processes: int) -> dict:
@@ -338,17 +356,24 @@ def _summary(cfg, steps_run: int, elapsed: float, losses: list[float], processes
     }
 
 
-def _finish(cfg, policy: Loaded, trainee, out: Path, summary: dict) -> None:
+def _finish(cfg, policy: Loaded, trainee, out: Path, summary: dict, data: Data) -> None:
     """Save the trained policy (LoRA merged, distillation wrapper dropped) with the policy's pruning record
-    as a (pruned) checkpoint."""
+    as a (pruned) checkpoint, with processors (the source's, else built from the dataset). An extended run
+    replaces its old final/ (set aside first: a crash in between leaves the checkpoints to resume from)."""
     final_module = merge_lora(trainee) if cfg.mode == "lora" else policy.module
-    save_pruned(
-        final_module,
-        policy.record,
-        out / "final",
-        processors_from=policy.folder,
-        extra_json={"recover.json": summary},
-    )
+    old = out / ".final.old"
+    if (out / "final").exists():
+        shutil.rmtree(old, ignore_errors=True)
+        (out / "final").rename(old)
+    with data.processors_folder() as procs:
+        save_pruned(
+            final_module,
+            policy.record,
+            out / "final",
+            processors_from=procs,
+            extra_json={"recover.json": summary},
+        )
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _shift(pixels: int):

@@ -113,14 +113,27 @@ def score(probe: Probe, method: str) -> tuple[Scores, float]:
     return result, time.perf_counter() - t0
 
 
+def counted(loss, bars: list):
+    """`loss` that ticks the progress bar in `bars` (if any) once per calibration batch it runs: leave-one-out
+    and greedy run many passes per batch on real models, so the bar shows they are moving."""
+
+    def run(i, batch):
+        for bar in bars:
+            bar.update(1)
+        return loss(i, batch)
+
+    return run
+
+
 def run(cfg: ScoreConfig) -> dict[str, Any]:
     """Load, calibrate, score with every requested method, print ranked tables, write scores.json."""
     from rich.console import Console
+    from tqdm.auto import tqdm
 
     policy = load_policy(cfg.policy, cfg.stacks)
     lay = policy.layout()
     stacks = select_stacks(lay.stacks, cfg.components)
-    batches, loss = [], None
+    batches, loss, bars = [], None, []  # bars: the progress bar of the method running (stderr)
     if "perplexity" in cfg.methods():  # refuse before calibrating: no language-model head, other stacks
         from vlaprune.scoring.perplexity import check
 
@@ -132,7 +145,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
                 "head; use --method=magnitude for others"
             )
         batches = Data(policy, cfg.dataset).batches(cfg.batches, cfg.batch_size, cfg.seed)
-        loss = policy_loss(policy.module, cfg.seed)
+        loss = counted(policy_loss(policy.module, cfg.seed), bars)
     probe = Probe(
         lay,
         stacks,
@@ -149,7 +162,12 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     console = Console(width=max(Console().width, 100))
     for m in cfg.methods():
         console.print(f"[bold]{m}[/]: scoring {sum(len(lay.stacks[s]) for s in stacks)} blocks ...")
-        sc, secs = score(probe, m)
+        with tqdm(
+            desc=f"{m}: loss passes over {len(batches)} batches", unit="pass", disable=not batches
+        ) as bar:
+            bars[:] = [bar]
+            sc, secs = score(probe, m)
+        bars.clear()
         results[m] = {
             "scores": sc.blocks,
             "rank": [f"{s}/{i}" for s, i in ranking(sc.blocks)],
@@ -160,6 +178,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     out: dict[str, Any] = {
         "method": cfg.method,
         "policy": cfg.policy.path,
+        "random_weights": policy.random_weights,
         "family": lay.family,
         "stacks": stacks,
         "blocks": {s: len(lay.stacks[s]) for s in stacks},

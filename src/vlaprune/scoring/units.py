@@ -41,8 +41,11 @@ CRITERIA = (*IMPORTANCE, "dw", *DW_PRESETS, *LEGACY)
 
 def unit_weights(block: nn.Module, kinds: set[str]) -> list[tuple[str, nn.Linear, str, str, int]]:
     """(path in block, Linear, unit kind "ffn"|"q"|"kv", axis "row"|"col"|"qkv", rows/cols per unit).
-    axis "qkv": a fused q/k/v projection whose rows are (part, head, row in head); its heads are the units."""
+    axis "qkv": a fused q/k/v projection whose rows are (part, head, row in head); its heads are the units.
+    A kv-only block (left by a keep-K/V drop) has none: it scores {} and unit cuts pass it by."""
     out = []
+    if getattr(block, "kv_only", False):
+        return out
     if "ffn" in kinds:
         mlp, ins, down = ffn_parts(block)
         out += [(f"mlp.{n}", getattr(mlp, n), "ffn", "row", 1) for n in ins]

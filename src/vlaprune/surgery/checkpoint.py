@@ -149,7 +149,14 @@ def _record_json(lay, model: nn.Module, record: PruningRecord, weights: str, own
         "stacks": record.stacks,
         "plans": [plan_to_dict(p) for p in record.plans],
         "trained_on": record.trained_on,
+        "random_weights": random_weights(record),
     }
+
+
+def random_weights(record: PruningRecord) -> bool:
+    """Built by a tiny:NAME builder (random init: `policy.from_source` marks its base) and never trained by a
+    vlaprune recovery?"""
+    return bool((record.base or {}).get("random_weights")) and not record.trained_on
 
 
 def _save_openvla(model, record: PruningRecord, out: Path, lay, source, extra_json) -> Path:

@@ -117,6 +117,8 @@ class UnitPlan:
     removal: str = "real"
     # the multi-module spec items that chose the units (surgery.spec.label), when a spec did
     spec: list[str] = field(default_factory=list)
+    # per module: ratio, asked / possible / removed units (surgery.ratios.accounting), when ratios chose them
+    asked: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def summary(self) -> str:
         how = "masked (zeroed, shapes kept)" if self.removal == "masked" else "pruned"
@@ -153,8 +155,29 @@ def _params(before: int, after: int) -> str:
     return f"; params {before:,} -> {after:,} (-{pct:.1f}%)"
 
 
+def asked_vs_removed(plan: BlockPlan) -> dict[str, dict[str, list[int]]]:
+    """Per stack: the blocks asked for and what happened to them (removed whole, kept as K/V only, one
+    sublayer removed), plus the blocks the coupling rules added; saved in plan.json beside the plan."""
+    out = {}
+    for s in sorted({*plan.requested, *plan.drops, *plan.kv_only, *plan.sublayers}):
+        asked = plan.requested.get(s, [])
+        out[s] = {
+            "asked": asked,
+            "removed_whole": plan.drops.get(s, []),
+            "kept_kv_only": plan.kv_only.get(s, []),
+            f"{plan.part}_only_removed": plan.sublayers.get(s, []),
+            "added_by_coupling": plan.coupled.get(s, []),
+        }
+        if plan.part == "block":
+            del out[s]["block_only_removed"]
+    return out
+
+
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
-    return asdict(plan)
+    d = asdict(plan)
+    if isinstance(plan, BlockPlan):  # derived, for readers of plan.json; plan_from_dict ignores it
+        d["asked_vs_removed"] = asked_vs_removed(plan)
+    return d
 
 
 def plan_from_dict(d: dict[str, Any]) -> Plan:
@@ -173,6 +196,7 @@ def plan_from_dict(d: dict[str, Any]) -> Plan:
             params_after=d.get("params_after", 0),
             removal=d.get("removal", "real"),
             spec=d.get("spec", []),
+            asked=d.get("asked", {}),
         )
     names = {f.name for f in fields(BlockPlan)}
     d = {k: v for k, v in d.items() if k in names}
@@ -354,7 +378,8 @@ def resolve_drops(layout: Layout, request: dict[str, list[int]], mode: str = "au
         gone = set(drops.get(name, []))  # its reader partner goes whole, so it goes whole with it
         if rest := [i for i in idx if i not in gone]:
             kv_only[name] = rest
-    for name, stack in layout.stacks.items():
+    asked_first = sorted(layout.stacks.items(), key=lambda kv: kv[0] not in requested)  # name what was asked
+    for name, stack in asked_first:
         k = stack.readout.index if stack.readout is not None else None
         if k is not None and k in drops.get(name, []):
             raise VlapruneError(

@@ -85,8 +85,40 @@ def select(
     return units
 
 
+def accounting(scores: dict, modules: list[Module], units: dict) -> dict[str, dict]:
+    """Per module (STACK.mlp | STACK.attn): what the ratio asked for and what `units` removes, in FFN channels
+    or query heads. asked = ratio x the module's units; possible = the units of its unprotected blocks;
+    removed = what goes (per-block rounding, whole KV groups and protected blocks can make it smaller)."""
+    out = {}
+    for m in modules:
+        key = "ffn" if m.kind == "mlp" else "q"
+        sizes = [len(b.get(key, ())) for b in scores[m.stack]]
+        kept = units.get(m.stack, {})
+        removed = sum(n - len(kept[str(i)][key]) for i, n in enumerate(sizes) if key in kept.get(str(i), {}))
+        out[f"{m.stack}.{m.kind}"] = {
+            "ratio": m.ratio,
+            "unit": "FFN channels" if m.kind == "mlp" else "query heads",
+            "asked": round(m.ratio * sum(sizes), 2),
+            "possible": sum(n for i, n in enumerate(sizes) if i not in m.protect),
+            "removed": removed,
+        }
+    return out
+
+
+def shortfall(acc: dict[str, dict]) -> list[str]:
+    """One line per module that lost fewer units than asked (at least one unit less)."""
+    return [
+        f"{name}: asked {a['ratio']:g} x {a['unit']} = {a['asked']:g}, removed {a['removed']} "
+        f"(of {a['possible']} in unprotected blocks; per-block rounding or whole KV groups)"
+        for name, a in acc.items()
+        if a["asked"] - a["removed"] >= 1 or (a["asked"] > 0 and a["removed"] == 0)
+    ]
+
+
 def _open(blocks: list, m: Module) -> list[int]:
-    return [i for i in range(len(blocks)) if i not in m.protect]
+    """The blocks a module may cut: not protected, and with units of its kind (kv-only blocks have none)."""
+    key = "ffn" if m.kind == "mlp" else "q"
+    return [i for i in range(len(blocks)) if i not in m.protect and key in blocks[i]]
 
 
 def _select_ffn(blocks: list[dict], m: Module) -> dict[int, dict[str, list[int]]]:

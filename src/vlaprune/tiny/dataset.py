@@ -7,6 +7,14 @@ from pathlib import Path
 import numpy as np
 
 
+def write_libero_like_dataset(root: str | Path, **kw) -> Path:
+    """A tiny dataset shaped like LIBERO's for OpenVLA-OFT (`vlaprune.tiny.oft.write_tiny_oft`): cameras
+    `image` and `wrist_image`, 8-D state, 7-D actions, 32x32 images. Name the folder after the suite (e.g.
+    .../libero_spatial): OFT's statistics key and chunk length come from it."""
+    kw = {"state_dim": 8, "action_dim": 7, "cameras": ("image", "wrist_image"), "image_size": 32} | kw
+    return write_tiny_dataset(root, **kw)
+
+
 def write_tiny_dataset(
     root: str | Path,
     *,
