@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlaprune.adapters import closed_loop_policy
 from vlaprune.atomic import write_json_atomic
 from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
 from vlaprune.data import Data, processors
@@ -132,8 +133,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     policy = load_policy(cfg.policy)
     if not policy.takes_datasets:
         raise VlapruneError("evaluation runs lerobot policies and OpenVLA-OFT folders with their action head")
-    if cfg.env.type and not policy.is_lerobot:
-        raise VlapruneError("closed-loop evaluation (--env.type) needs a lerobot policy; OFT: use --offline")
+    if cfg.env.type:
+        for t in task_instructions(cfg.env):  # a family's own pipeline checks its inputs before any episode
+            closed_loop_policy(policy.module, cfg.env.type, t)
     result: dict[str, Any] = {"policy": cfg.policy.path}
     data = Data(policy, cfg.dataset) if cfg.dataset.given else None  # opened once, used by every part
     if cfg.offline:
@@ -146,7 +148,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
             policy.module, data, held, batch_size=cfg.batch_size, max_batches=cfg.max_batches
         )
     if cfg.env.type:
-        pre, post = data.processors() if data else processors(policy)
+        pre, post = data.processors() if data else processors(policy) if policy.is_lerobot else (None, None)
         n_tasks = len(task_instructions(cfg.env))
         n_cond = len(conditions(cfg.language_probe, cfg.vision_probe))
         with tqdm(total=n_tasks * n_cond * cfg.eval.n_episodes, desc="episodes") as bar:
