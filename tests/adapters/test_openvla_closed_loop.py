@@ -584,3 +584,11 @@ def test_bad_oft_folders_are_one_line(oft_dir, tmp_path, cli_error):
     no_head = shutil.copytree(oft_dir, tmp_path / "no-head")
     next(no_head.glob("action_head--*")).unlink()
     assert "no action_head--<step>_checkpoint.pt" in eval_(no_head)
+
+
+def test_per_suite_table():
+    from vlaprune.evaluate.envs.libero import suite_table
+
+    rates = {"libero_spatial/0": 1.0, "libero_spatial/1": 0.5, "libero_goal/2": 0.25, "libero_10/0": 0.0}
+    assert suite_table(rates) == {"Spatial": 0.75, "Goal": 0.25, "Long": 0.0, "average": 1 / 3}
+    assert suite_table({"libero_spatial/0": 1.0, "libero_spatial/1": 0.0}) == {}  # one suite: no table

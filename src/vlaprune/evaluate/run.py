@@ -27,6 +27,7 @@ from vlaprune.evaluate.closed_loop import (
     rollouts,
     summarize,
 )
+from vlaprune.evaluate.envs.libero import suite_table
 from vlaprune.evaluate.offline import offline_eval
 from vlaprune.policy import load_policy
 
@@ -120,6 +121,8 @@ def closed_loop(
     out: dict[str, Any] = {}
     for name, rows in per_task.items():
         out[name] = {"mean_success": sum(v["success_rate"] for v in rows.values()) / len(rows), "tasks": rows}
+        if env.type == "libero" and (suites := suite_table({t: v["success_rate"] for t, v in rows.items()})):
+            out[name]["suites"] = suites  # Spatial / Object / Goal / Long and their average
     base = out["normal"]["mean_success"]
     for name in out:
         out[name]["change_vs_normal"] = out[name]["mean_success"] - base
@@ -196,6 +199,10 @@ def table(result: dict[str, Any]):
                 f"success {task} ({cond})",
                 f"{v['success_rate']:.2f} ({v['successes']}/{v['episodes']})",
                 f"[{lo:.2f}, {hi:.2f}]",
+            )
+        for suite, rate in r.get("suites", {}).items():
+            t.add_row(
+                f"success {suite} ({cond})", f"{rate:.2f}", "LIBERO suite mean" if suite != "average" else ""
             )
         if cond != "normal":
             t.add_row(
