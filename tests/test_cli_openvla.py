@@ -154,5 +154,5 @@ def test_offline_eval_of_oft_and_of_its_pruned_folder(oft_dir, oft_dataset, tmp_
         ["eval", *policy, "--env.type=metaworld", "--env.task=reach-v3", f"--output={tmp_path / 'c.json'}"],
         only=False,
     )
-    assert "needs a lerobot policy; OFT: use --offline" in err
+    assert "closed-loop OpenVLA-OFT runs on LIBERO as OFT's own evaluation does" in err
     assert not (tmp_path / "c.json").exists()

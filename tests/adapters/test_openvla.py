@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vlaprune.adapters.anatomy import anatomy
-from vlaprune.adapters.openvla import example_batch, predict_actions
+from vlaprune.adapters.openvla import example_batch, predict_actions, vla_forward
 from vlaprune.configs import PolicyConfig
 from vlaprune.errors import VlapruneError
 from vlaprune.policy import load_policy
@@ -67,6 +67,42 @@ def test_loss_is_oft_l1_on_its_own_predictions(oft):
     )
     torch.testing.assert_close(predict_actions(policy, batch), own)
     torch.testing.assert_close(loss, nn.functional.l1_loss(own, batch["actions"]))
+
+
+def test_llm_attends_bidirectionally_as_ofts_fork(oft):
+    """OFT's transformers fork: every position attends to every non-padding position. A later token changes
+    an earlier output, and the LLM equals the fork's rule computed by hand (the causal mask with padding,
+    its last row repeated for every query) on a causal copy given that 4-D mask."""
+    import copy
+
+    policy = oft.module
+    batch = example_batch(policy, batch_size=2)
+    first = lambda b: vla_forward(policy, b).hidden_states[-1][:, 0]  # noqa: E731  (<s>, before the patches)
+    with torch.no_grad():
+        before = first(batch)
+        changed = {**batch, "input_ids": batch["input_ids"].clone()}
+        changed["input_ids"][:, -1] = 5  # the last token (</s>)
+        assert not torch.allclose(first(changed), before)
+
+    llm = policy.vla.language_model
+    causal = copy.deepcopy(llm)
+    causal.config.is_causal = True
+    for m in causal.modules():
+        if hasattr(m, "is_causal"):
+            m.is_causal = True
+    embeds = torch.randn(2, 12, llm.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, 9:] = False  # right padding, as OFT's collator pads
+    fork = (torch.ones(12, 12, dtype=torch.bool).tril()[None] & mask[:, None, :])[:, -1:].expand(2, 12, 12)
+    additive = torch.zeros(2, 1, 12, 12).masked_fill(~fork[:, None], torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        ours = llm(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+        ref = causal(inputs_embeds=embeds, attention_mask=additive, output_hidden_states=True).hidden_states[
+            -1
+        ]
+        plain = causal(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(ours, ref)
+    assert not torch.allclose(ours[:, :8], plain[:, :8])  # the causal model differs
 
 
 def test_remote_code_needs_the_trust_flag(oft_dir):

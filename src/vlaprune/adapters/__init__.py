@@ -47,6 +47,7 @@ __all__ = [
     "Stack",
     "family",
     "is_lerobot",
+    "closed_loop_policy",
     "layout",
 ]
 
@@ -80,3 +81,20 @@ def layout(model: nn.Module, stacks: str | None = None) -> Layout:
             f"OpenVLA-OFT folders and transformers models with layer lists); {paths.HOW}"
         )
     return ADAPTERS[name](model)
+
+
+def closed_loop_policy(model: nn.Module, env_type: str, task: str) -> nn.Module | None:
+    """A family's own closed-loop pipeline for one task, when it brings one: a module with lerobot's rollout
+    interface (`config.input_features`, `reset`, `select_action` on the raw env batch) and `env_defaults`
+    (env keyword arguments), which takes the place of the policy and its processors. OpenVLA-OFT runs
+    OFT's LIBERO evaluation (`adapters.openvla_closed_loop`); None for policies that use their processors."""
+    if not isinstance(model, openvla.OpenVLAPolicy):
+        return None
+    if env_type != "libero":
+        raise VlapruneError(
+            f"closed-loop OpenVLA-OFT runs on LIBERO as OFT's own evaluation does (--env.type=libero), not "
+            f"--env.type={env_type}"
+        )
+    from vlaprune.adapters.openvla_closed_loop import OFTLibero
+
+    return OFTLibero(model, task.partition("/")[0])

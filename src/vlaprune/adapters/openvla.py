@@ -16,6 +16,11 @@ the model, so the projector reads block depth-2 and the last block is unused. Th
 index (`ReadOut`); a drop before it re-binds the forward to the same block, dropping the block itself is
 refused.
 
+Attention: OFT's transformers fork (4.40.1 + one commit) makes the Llama attention bidirectional: every
+position attends to every non-padding position (its SDPA path keeps only the padding columns of the causal
+mask). Stock transformers would run OFT's remote code causally, so `OpenVLAPolicy` switches the LLM to
+bidirectional attention for OFT's code (`bidirectional`); plain OpenVLA (no OFT modules) stays causal.
+
 Loss (OFT's finetune.py): the VLA runs with `labels` marking the chunk * A action positions; the last
 hidden states one position before each action token, (B, chunk * A, D), go through the head: L1 loss
 against `actions` (B, chunk, A) for the L1 head, MSE against the sampled noise for the diffusion head.
@@ -24,8 +29,10 @@ Both are means over (B, chunk, A), so example b weighs 1/B in the batch loss (Ga
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,6 +77,21 @@ def readout_index(featurizer: nn.Module) -> int:
     return len(featurizer.blocks) - 1
 
 
+def is_oft_model(vla: nn.Module) -> bool:
+    """Is this VLA OFT's code (its forward takes OFT's extra modules), as opposed to plain OpenVLA?"""
+    return "proprio_projector" in inspect.signature(type(vla).forward).parameters
+
+
+def bidirectional(llm: nn.Module) -> None:
+    """Make a transformers decoder attend bidirectionally, as OFT's fork does: the mask keeps only the
+    padding (transformers 5 builds a bidirectional mask when `config.is_causal` is False), and SDPA's own
+    causal flag is off in every attention module (it would apply when the mask is skipped: no padding)."""
+    llm.config.is_causal = False
+    for module in llm.modules():
+        if hasattr(module, "is_causal"):
+            module.is_causal = False
+
+
 def _first(fn: Callable) -> Callable:
     def read(*args: Any, **kwargs: Any) -> Any:
         out = fn(*args, **kwargs)
@@ -87,7 +109,8 @@ class OpenVLAPolicy(nn.Module):
     """An OpenVLA(-OFT) VLA with OFT's separately saved modules (any of them None when absent).
 
     chunk: actions per chunk (OFT's NUM_ACTIONS_CHUNK); step: the training step in the component file
-    names (`action_head--<step>_checkpoint.pt`); num_images: images per example for the example pass."""
+    names (`action_head--<step>_checkpoint.pt`); num_images: images per example for the example pass.
+    The LLM attends bidirectionally when the VLA is OFT's code (see the module docstring)."""
 
     def __init__(
         self,
@@ -103,6 +126,9 @@ class OpenVLAPolicy(nn.Module):
         self.vla, self.action_head = vla, action_head
         self.proprio_projector, self.noisy_action_projector = proprio_projector, noisy_action_projector
         self.chunk, self.step, self.num_images = chunk, step, num_images
+        self.folder: Path | None = None  # the checkpoint folder it was read from (tokenizer, statistics)
+        if is_oft_model(vla):
+            bidirectional(vla.language_model)
 
     @property
     def action_dim(self) -> int:

@@ -179,6 +179,7 @@ def attach(vla: nn.Module, folder: Path) -> OpenVLAPolicy:
         chunk_for(stats),
         step,
     )
+    policy.folder = folder  # its tokenizer, processor and statistics (closed loop)
     return policy.to(next(vla.parameters()).dtype).eval()
 
 
@@ -229,6 +230,7 @@ def rebuild(base: dict[str, Any], folder: Path, trust_remote_code: bool) -> Open
     policy = OpenVLAPolicy(
         vla, mods["action_head"], mods["proprio_projector"], noisy, base["chunk"], base["step"]
     )
+    policy.folder = folder
     return policy.to(next(vla.parameters()).dtype).eval()
 
 

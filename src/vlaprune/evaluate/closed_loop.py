@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vlaprune.adapters import family
+from vlaprune.adapters import closed_loop_policy, family
 from vlaprune.adapters import layout as find_layout
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate import envs
@@ -166,6 +166,10 @@ def episode_noise(policy: nn.Module, seeds: list[int]):
         del owner.sample_noise
 
 
+def _same(x):
+    return x
+
+
 _VECTOR_ENVS: dict[tuple, Any] = {}
 MAX_CACHED_SIMS = 8
 
@@ -215,8 +219,12 @@ def rollouts(
 ) -> list[dict[str, Any]]:
     """One result {seed, success, steps, return} per seed (the episode is a function of the seed: scene and
     policy noise both follow it). `instruction` overrides the task's instruction;
-    `camera` applies a camera probe (to every camera); videos show the env's first camera."""
-    env_kw = env_kw or {}
+    `camera` applies a camera probe (to every camera); videos show the env's first camera. A family with its
+    own closed-loop pipeline (OpenVLA-OFT on LIBERO) runs it instead of `pre` / `post`."""
+    own = closed_loop_policy(policy, env_type, task)
+    if own is not None:
+        policy, pre, post = own, _same, _same
+    env_kw = {**(own.env_defaults if own is not None else {}), **(env_kw or {})}
     factory = functools.partial(envs.make, env_type, task, **env_kw)
     probe_env = envs.make(env_type, task, **env_kw)
     text = probe_env.instruction if instruction is None else instruction

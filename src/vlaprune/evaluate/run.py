@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlaprune.adapters import closed_loop_policy
 from vlaprune.atomic import write_json_atomic
 from vlaprune.configs import HOLDOUT, DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
 from vlaprune.data import Data, processors
@@ -26,6 +27,7 @@ from vlaprune.evaluate.closed_loop import (
     rollouts,
     summarize,
 )
+from vlaprune.evaluate.envs.libero import suite_table
 from vlaprune.evaluate.offline import offline_eval
 from vlaprune.policy import load_policy
 
@@ -129,6 +131,8 @@ def closed_loop(
     out: dict[str, Any] = {}
     for name, rows in per_task.items():
         out[name] = {"mean_success": sum(v["success_rate"] for v in rows.values()) / len(rows), "tasks": rows}
+        if env.type == "libero" and (suites := suite_table({t: v["success_rate"] for t, v in rows.items()})):
+            out[name]["suites"] = suites  # Spatial / Object / Goal / Long and their average
     base = out["normal"]["mean_success"]
     for name in out:
         out[name]["change_vs_normal"] = out[name]["mean_success"] - base
@@ -142,8 +146,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     policy = load_policy(cfg.policy)
     if not policy.takes_datasets:
         raise VlapruneError("evaluation runs lerobot policies and OpenVLA-OFT folders with their action head")
-    if cfg.env.type and not policy.is_lerobot:
-        raise VlapruneError("closed-loop evaluation (--env.type) needs a lerobot policy; OFT: use --offline")
+    if cfg.env.type:
+        for t in task_instructions(cfg.env):  # a family's own pipeline checks its inputs before any episode
+            closed_loop_policy(policy.module, cfg.env.type, t)
     result: dict[str, Any] = {"policy": cfg.policy.path, "random_weights": policy.random_weights}
     data = Data(policy, cfg.dataset) if cfg.dataset.given else None  # opened once, used by every part
     if cfg.offline:
@@ -157,7 +162,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
             policy.module, data, held, batch_size=cfg.batch_size, max_batches=cfg.max_batches
         )
     if cfg.env.type:
-        pre, post = data.processors() if data else processors(policy)
+        pre, post = data.processors() if data else processors(policy) if policy.is_lerobot else (None, None)
         n_tasks = len(task_instructions(cfg.env))
         n_cond = len(conditions(cfg.language_probe, cfg.vision_probe))
         with tqdm(total=n_tasks * n_cond * cfg.eval.n_episodes, desc="episodes") as bar:
@@ -205,6 +210,10 @@ def table(result: dict[str, Any]):
                 f"success {task} ({cond})",
                 f"{v['success_rate']:.2f} ({v['successes']}/{v['episodes']})",
                 f"[{lo:.2f}, {hi:.2f}]",
+            )
+        for suite, rate in r.get("suites", {}).items():
+            t.add_row(
+                f"success {suite} ({cond})", f"{rate:.2f}", "LIBERO suite mean" if suite != "average" else ""
             )
         if cond != "normal":
             t.add_row(

@@ -29,7 +29,9 @@ def evaluate_policy(
 ) -> dict[str, Any]:
     """Offline loss on held-out episodes and closed-loop success per task (with CIs) of a checkpoint (cut
     or recovered from the sweep's policy, so the sweep's processors serve it)."""
-    policy = load_policy(PolicyConfig(path=path, device=cfg.policy.device))
+    policy = load_policy(
+        PolicyConfig(path=path, device=cfg.policy.device, trust_remote_code=cfg.policy.trust_remote_code)
+    )
     data.check_held_out(policy.record.trained_on, held or [], "the held-out")
     out: dict[str, Any] = {}
     out["offline"] = offline_eval(
@@ -83,7 +85,9 @@ def measure_one(
         shutil.rmtree(rec_dir)  # a finished-but-unrecorded recovery: redo it cleanly
     summary = recover(
         RecoverConfig(
-            policy=PolicyConfig(path=str(cut), device=cfg.policy.device),
+            policy=PolicyConfig(
+                path=str(cut), device=cfg.policy.device, trust_remote_code=cfg.policy.trust_remote_code
+            ),
             dataset=cfg.dataset,
             output_dir=str(rec_dir),
             steps=steps,

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlaprune.adapters import closed_loop_policy
 from vlaprune.adapters.counting import unique_params
 from vlaprune.configs import HOLDOUT, DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
 from vlaprune.data import Data, policy_loss
@@ -164,8 +165,8 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
             "prune-units judges a policy by its action loss on a dataset: give a lerobot policy or an "
             "OpenVLA-OFT folder with its action head"
         )
-    if cfg.env.type and not policy.is_lerobot:
-        raise VlapruneError("closed-loop success (--env.type) needs a lerobot policy; drop --env.* for OFT")
+    for t in task_instructions(cfg.env) if cfg.env.type else ():  # OFT: LIBERO, its statistics and key
+        closed_loop_policy(policy.module, cfg.env.type, t)
     depths = {s: len(st.blocks) for s, st in lay.stacks.items()}
     modules = parse_spec(cfg.spec, depths, CRITERIA, LEGACY) if cfg.spec else []
     n_tasks = len(task_instructions(cfg.env)) if cfg.env.type else 0

@@ -156,15 +156,17 @@ def _params(before: int, after: int) -> str:
 
 
 def asked_vs_removed(plan: BlockPlan) -> dict[str, dict[str, list[int]]]:
-    """Per stack: the blocks asked for and what happened to them (removed whole, kept as K/V only, one
-    sublayer removed), plus the blocks the coupling rules added; saved in plan.json beside the plan."""
+    """Per stack: the blocks asked for and what happened to them (removed whole, kept as K/V only, removed
+    in place by an action-only drop, one sublayer removed), plus the blocks the coupling rules added; saved in
+    plan.json beside the plan."""
     out = {}
-    for s in sorted({*plan.requested, *plan.drops, *plan.kv_only, *plan.sublayers}):
+    for s in sorted({*plan.requested, *plan.drops, *plan.kv_only, *plan.skipped, *plan.sublayers}):
         asked = plan.requested.get(s, [])
         out[s] = {
             "asked": asked,
             "removed_whole": plan.drops.get(s, []),
             "kept_kv_only": plan.kv_only.get(s, []),
+            "removed_action_only": plan.skipped.get(s, []),
             f"{plan.part}_only_removed": plan.sublayers.get(s, []),
             "added_by_coupling": plan.coupled.get(s, []),
         }

@@ -213,3 +213,24 @@ class LiberoTaskEnv(gym.Env):
 
     def close(self) -> None:
         self.env.close()
+
+
+SUITE_NAMES = {
+    "libero_spatial": "Spatial",
+    "libero_object": "Object",
+    "libero_goal": "Goal",
+    "libero_10": "Long",
+}
+
+
+def suite_table(success: dict[str, float]) -> dict[str, float]:
+    """Per-suite mean success of `SUITE/ID -> success rate` (the paper's LIBERO table: Spatial, Object, Goal,
+    Long, libero_90 by its name) and their unweighted average, when the tasks span more than one suite."""
+    by: dict[str, list[float]] = {}
+    for task, rate in success.items():
+        suite = task.partition("/")[0]
+        by.setdefault(SUITE_NAMES.get(suite, suite), []).append(rate)
+    if len(by) < 2:
+        return {}
+    out = {name: sum(v) / len(v) for name, v in by.items()}
+    return {**out, "average": sum(out.values()) / len(out)}

@@ -1,0 +1,58 @@
+"""`vlaprune dtr` on an OpenVLA-OFT folder (the tiny mirror): score, cut, recover and measure through the same
+code as lerobot policies; with --env.type=libero, closed loop runs OFT's LIBERO pipeline."""
+
+import pytest
+
+from vlaprune.cli import main
+from vlaprune.evaluate.closed_loop import close_envs
+from vlaprune.experiments.store import Store
+
+
+def dtr_args(oft_dir, data, out):
+    return [
+        "dtr",
+        f"--policy.path={oft_dir}",
+        "--policy.trust_remote_code=true",
+        f"--dataset.root={data}",
+        "--sweep.components=language",
+        "--sweep.levels=0.5",
+        "--sweep.methods=gateprobe",
+        "--recover.steps=1",
+        "--recover.batch_size=2",
+        "--holdout=0.34",
+        "--calib_batches=1",
+        "--calib_batch_size=2",
+        f"--output_dir={out}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def oft_frames(tmp_path_factory):
+    from vlaprune.tiny.dataset import write_tiny_dataset
+
+    root = tmp_path_factory.mktemp("oft-dtr") / "libero_spatial"
+    return write_tiny_dataset(
+        root, state_dim=8, action_dim=7, cameras=("image", "wrist_image"), image_size=32
+    )
+
+
+def test_dtr_on_oft_scores_cuts_recovers_and_measures(oft_dir, oft_frames, tmp_path):
+    assert main(dtr_args(oft_dir, oft_frames, tmp_path / "run")) == 0
+    rows = Store(tmp_path / "run").rows("measure")
+    assert len(rows) == 2 and {tuple(r["spec"]["drops"].get("language", [])) != () for r in rows} == {
+        True,
+        False,
+    }
+    assert all(r["after"]["offline"]["loss"] > 0 and r["recovery"] for r in rows)
+
+
+@pytest.mark.slow  # ~75 s on 2 cores: LIBERO resets dominate (baseline probes, before and after recovery)
+def test_dtr_on_oft_in_libero(oft_dir, oft_frames, tmp_path):
+    args = dtr_args(oft_dir, oft_frames, tmp_path / "run")
+    args += ["--env.type=libero", "--env.task=libero_spatial/0", "--env.max_steps=2", "--eval.n_episodes=1"]
+    try:
+        assert main([*args, "--probe_episodes=1"]) == 0
+    finally:
+        close_envs()
+    rows = Store(tmp_path / "run").rows("measure")
+    assert all("libero_spatial/0" in r["after"]["tasks"] for r in rows)
