@@ -36,7 +36,11 @@ def test_demo_minimal_run(tmp_path):
     # baseline, vision [1], language [1, 3] (keep-K/V), action [1, 3] (action-only: each component alone)
     assert sum(m["kind"] == "measure" for m in measures) == 4
     plans = {m["spec"]["component"]: m["drops"] for m in measures if m["kind"] == "plan"}
-    assert plans == {"vision": {"vision": [1]}, "language": {"language": [1, 3]}, "action": {"action": [1, 3]}}
+    assert plans == {
+        "vision": {"vision": [1]},
+        "language": {"language": [1, 3]},
+        "action": {"action": [1, 3]},
+    }
     action = next(m for m in measures if m["kind"] == "measure" and m["spec"]["drops"] == {"action": [1, 3]})
     assert action["plan"]["skipped"] == {"action": [1, 3]} and action["blocks_removed"] == {"action": 2}
     assert "action [1, 3] (action-only)" in page and "language [1, 3] (keep-K/V)" in page

@@ -1,9 +1,9 @@
-"""Action-only drops (the DTR paper's action cut in joint-attention VLAs): an expert block goes, every language
-block stays.
+"""Action-only drops (the DTR paper's action cut in joint-attention VLAs): an expert block goes, every
+language block stays.
 
-The reference is GateProbe's own gate: the unpruned policy with action block j's whole residual update gated to
-0 (`scoring.gates.update_gates`). The cut policy must give the same actions (same noise) and the same loss, so
-the gate that GateProbe scores is exactly the cut that surgery makes.
+The reference is GateProbe's own gate: the unpruned policy with action block j's whole residual update gated
+to 0 (`scoring.gates.update_gates`). The cut policy must give the same actions (same noise) and the same
+loss, so the gate that GateProbe scores is exactly the cut that surgery makes.
 """
 
 import json

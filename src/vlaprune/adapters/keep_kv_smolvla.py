@@ -1,5 +1,5 @@
-"""SmolVLA's joint forward with kv-only language layers (`vlaprune.adapters.keep_kv`) and skipped expert blocks
-(`vlaprune.adapters.skipped`).
+"""SmolVLA's joint forward with kv-only language layers (`vlaprune.adapters.keep_kv`) and skipped expert
+blocks (`vlaprune.adapters.skipped`).
 
 `install(vwe)` puts `joint_forward` on one `SmolVLMWithExpertModel` instance (types.MethodType; the class is
 untouched). It is lerobot 0.6.1's `forward` with one change: a layer whose VLM block is kv-only computes, for

@@ -89,7 +89,9 @@ def layout(policy: nn.Module) -> Layout:
             PATHS["action"],
             counters=[Counter(pwe.gemma_expert.config, "num_hidden_layers", "gemma_expert.config")],
             layer_idx_attr="self_attn.layer_idx",
-            notes=["skipped" if is_skipped(b) else "" for b in expert] if any(map(is_skipped, expert)) else [],
+            notes=["skipped" if is_skipped(b) else "" for b in expert]
+            if any(map(is_skipped, expert))
+            else [],
             exit=f"{ROOT}.gemma_expert.model.norm",
         ),
     }

@@ -15,9 +15,8 @@ returns its input. This is exactly the GateProbe gate of that block at 0 (`scori
 
 from __future__ import annotations
 
-from typing import Any
-
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 from torch import nn

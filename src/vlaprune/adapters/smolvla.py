@@ -120,9 +120,7 @@ def layout(policy: nn.Module) -> Layout:
         action_out="model.action_out_proj",
         noise="model",
         config_expresses={"language", "action"},
-        keep_kv={
-            "language": KeepKV("language", "action", read, lambda: keep_kv_smolvla.install(vwe))
-        },
+        keep_kv={"language": KeepKV("language", "action", read, lambda: keep_kv_smolvla.install(vwe))},
         skip_in_place={"action": SkipInPlace("action", "language", lambda: keep_kv_smolvla.install(vwe))},
         forward_desc=f"predict_action_chunk (batch 1, {cfg.tokenizer_max_length} text tokens, "
         f"{cfg.num_steps} denoising steps)",

@@ -209,8 +209,8 @@ def run(cfg: DropConfig) -> dict[str, Any]:
     for s, idx in dead.items():
         if both := sorted(set(idx) & set(request.get(s, []))):
             raise VlapruneError(
-                f"{s}: block(s) {both} are dead compute that --drop.dead=true already removes; leave them out "
-                "of the request"
+                f"{s}: block(s) {both} are dead compute that --drop.dead=true already removes; leave them "
+                "out of the request"
             )
     console.print("measuring the original ...")
     before = cost(lay, cfg.latency_calls, cfg.warmup_calls)

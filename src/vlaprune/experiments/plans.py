@@ -85,7 +85,8 @@ def partners(lay: Layout, component: str, mode: str = "auto") -> list[str]:
 
 def protocol_plan(lay: Layout, component: str, level: str, mode: str = "auto") -> dict[str, list[int]]:
     """The paper's metric-free cut of `component` (drop_half / keep_2), coupled partners added (not for
-    in-place drops: keep-K/V language, action-only expert); raises when the architecture's coupling rules cannot keep it as it is."""
+    in-place drops: keep-K/V language, action-only expert); raises when the architecture's coupling rules
+    cannot keep it as it is."""
     blocks = protocol_blocks(level, len(lay.stacks[component]), component)
     drops = _expand(lay, {component: blocks}, mode)
     if not _valid(lay, drops, mode):

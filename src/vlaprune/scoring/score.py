@@ -12,7 +12,6 @@ from typing import Any
 
 from vlaprune import __version__
 from vlaprune.atomic import write_json_atomic
-from vlaprune.surgery.dead import dead_blocks
 from vlaprune.configs import DatasetConfig, PolicyConfig
 from vlaprune.data import Data, policy_loss
 from vlaprune.errors import VlapruneError
@@ -20,6 +19,7 @@ from vlaprune.policy import load_policy
 from vlaprune.scoring import BLOCK_ONLY, METHODS, NEEDS_DATA
 from vlaprune.scoring.gates import GRANULARITIES
 from vlaprune.scoring.probe import Probe, Scores
+from vlaprune.surgery.dead import dead_blocks
 
 
 @dataclass

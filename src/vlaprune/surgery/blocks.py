@@ -93,7 +93,9 @@ def skip_in_place(lay: Layout, skipped: dict[str, list[int]]) -> None:
     family's joint forward that passes them."""
     for name, idx in skipped.items():
         if name not in lay.skip_in_place:
-            raise VlapruneError(f"{name}: this model cannot skip its blocks in place (plan from another model?)")
+            raise VlapruneError(
+                f"{name}: this model cannot skip its blocks in place (plan from another model?)"
+            )
         blocks = lay.stacks[name].blocks
         for i in idx:
             blocks[i] = make_skipped(blocks[i])

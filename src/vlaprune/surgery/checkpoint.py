@@ -105,7 +105,8 @@ def save_pruned(
     )
     # nor kv-only layers or skipped blocks (holes in a stack)
     kv_only = any(
-        isinstance(p, BlockPlan) and (any(p.kv_only.values()) or any(p.skipped.values())) for p in record.plans
+        isinstance(p, BlockPlan) and (any(p.kv_only.values()) or any(p.skipped.values()))
+        for p in record.plans
     )
     expressible = base["kind"] not in ("source", "builder") and dropped <= lay.config_expresses
     expressible = expressible and not unit_plans and not kv_only and not base.get("builder")

@@ -62,7 +62,9 @@ def describe(layout: Layout) -> list[dict[str, Any]]:
             )
         if d["whole"]:
             reason = (
-                "after the read-out block" if layout.stacks[name].readout is not None else "no block reads them"
+                "after the read-out block"
+                if layout.stacks[name].readout is not None
+                else "no block reads them"
             )
             why.append(f"blocks {d['whole']}: {reason}")
         rows.append({"stack": name, "update": d["update"], "whole": d["whole"], "why": "; ".join(why)})
