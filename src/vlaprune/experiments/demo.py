@@ -6,9 +6,9 @@ protocol: vision, language (keep-K/V: the action expert keeps every block and st
 language blocks' keys / values) and action (action-only: every language block stays), each cut alone with
 drop_half and keep_2 where the stack allows, and a GateProbe-ranked half beside them; a short recovery
 with the same budget for every variant and for the unpruned baseline; closed-loop success before and
-after, every cut compared with the recovered baseline episode by episode (paired interval); task speed-up; language- and
-vision-sensitivity probes on the baseline; then the HTML / Markdown report. Every number in the report is
-measured in this run. Rerunning resumes (finished rows are skipped); delete the output folder to measure
+after, every cut compared with the recovered baseline episode by episode (paired interval); task
+speed-up; language- and vision-sensitivity probes on the baseline; then the HTML / Markdown report. Every
+number in the report is measured in this run. Rerunning resumes (finished rows are skipped); delete the output folder to measure
 again.
 """
 
