@@ -8,8 +8,8 @@ drop_half and keep_2 where the stack allows, and a GateProbe-ranked half beside 
 with the same budget for every variant and for the unpruned baseline; closed-loop success before and
 after, every cut compared with the recovered baseline episode by episode (paired interval); task
 speed-up; language- and vision-sensitivity probes on the baseline; then the HTML / Markdown report. Every
-number in the report is measured in this run. Rerunning resumes (finished rows are skipped); delete the output folder to measure
-again.
+number in the report is measured in this run. Rerunning resumes (finished rows are skipped); delete the
+output folder to measure again.
 """
 
 from __future__ import annotations
