@@ -1,10 +1,12 @@
-"""Does dropping language blocks make a VLA faster in proportion to the FLOPs it removes?
+"""Do vlaprune's default cuts make a VLA faster in proportion to the FLOPs they remove?
 
     .venv/bin/python benchmarks/drop_latency.py [--text-layers 16 --text-hidden 512 --rounds 15]
 
-One run: a random-weight lerobot SmolVLA (real class) and copies of it with 25 / 50 / 75 % of the
-language blocks dropped (the last ones, keep-first truncation; SmolVLA's coupling drops the paired expert
-blocks too). FLOPs per action chunk from torch's counter; latency of `select_action` with the action
+One run: a random-weight lerobot SmolVLA (real class) and copies of it with 25 / 50 / 75 % of the language
+blocks dropped the default way (keep-K/V: the last k blocks keep only their input norm and k/v projections,
+the expert keeps every block), and the same fractions of the action expert dropped the default way
+(action-only: the last k expert blocks go, every language block stays). FLOPs per action chunk from torch's
+counter; latency of `select_action` with the action
 queue emptied (one full inference per call), timed in interleaved rounds (every model once per round) and
 summarised by the median, so machine noise hits all variants alike. Reports, per variant:
   FLOP ratio pruned / original, latency ratio pruned / original,
@@ -57,11 +59,13 @@ def main() -> None:
     base.config.tokenizer_max_length = 48  # SmolVLA's default text budget
     n = args.text_layers
     variants = {"original": (base, 0)}
-    for f in (float(x) for x in args.fractions.split(",")):
-        k = max(2, int(round(f * n / 2)) * 2)  # even: SmolVLA alternates self / cross attention
-        model = copy.deepcopy(base)
-        drop_blocks(model, {"language": list(range(n - k, n))})
-        variants[f"drop {k}/{n} language"] = (model, k)
+    for component, kind in (("language", "keep-K/V"), ("action", "action-only")):
+        for f in (float(x) for x in args.fractions.split(",")):
+            k = max(2, int(round(f * n / 2)) * 2)
+            model = copy.deepcopy(base)
+            plan = drop_blocks(model, {component: list(range(n - k, n))})
+            assert plan.mode == kind.lower().replace("-", "_").replace("k/v", "kv"), plan.mode
+            variants[f"drop {k}/{n} {component} ({kind})"] = (model, k)
     batch = example_batch(base, 1)
     calls = {}
     for name, (model, _) in variants.items():
