@@ -32,11 +32,11 @@ def per_task(records: Records) -> int:
 
 
 def merged(records: Records, more: Records) -> Records:
-    """`records` with `more` appended per task (episodes already there by seed are not repeated)."""
+    """`records` and `more` per task, in seed order (an episode already there by seed is not repeated)."""
     out = {t: list(v) for t, v in records.items()}
     for t, recs in more.items():
         have = {r["seed"] for r in out.setdefault(t, [])}
-        out[t] += sorted((r for r in recs if r["seed"] not in have), key=lambda r: r["seed"])
+        out[t] = sorted(out[t] + [r for r in recs if r["seed"] not in have], key=lambda r: r["seed"])
     return out
 
 
