@@ -13,7 +13,7 @@ seed `seed + j` of each task), and looks happen at the end of a round of blocks.
 
 Method: the betting confidence sequence of Waudby-Smith & Ramdas, "Estimating means of bounded random
 variables by betting", JRSS-B 86(1), 2024 (arXiv 2010.09686), hedged capital with the predictable plug-in
-bet (their Theorem 3 / eq. 26-27, "hedged capital process", with c = 3/4), on x = (d + 1) / 2 in [0, 1],
+bet (their "hedged capital process" with "predictable plug-in" bets, truncation c = 3/4), on x = (d + 1) / 2 in [0, 1],
 m0 = (Delta0 + 1) / 2:
   K+_t(m0) = prod_i (1 + l+_i (x_i - m0)),   l+_i = min(l_i, c / m0)         (evidence that Delta > Delta0)
   K-_t(m0) = prod_i (1 - l-_i (x_i - m0)),   l-_i = min(l_i, c / (1 - m0))   (evidence that Delta < Delta0)
