@@ -12,9 +12,8 @@ episodes). Episodes are taken in *blocks*, one episode of every task at the same
 seed `seed + j` of each task), and looks happen at the end of a round of blocks.
 
 Method: the betting confidence sequence of Waudby-Smith & Ramdas, "Estimating means of bounded random
-variables by betting", JRSS-B 86(1), 2024 (arXiv 2010.09686), hedged capital with the predictable plug-in
-bet (their "hedged capital process" with "predictable plug-in" bets, truncation c = 3/4), on x = (d + 1) / 2 in [0, 1],
-m0 = (Delta0 + 1) / 2:
+variables by betting", JRSS-B 86(1), 2024 (arXiv 2010.09686): their hedged capital process with
+predictable plug-in bets, truncation c = 3/4, on x = (d + 1) / 2 in [0, 1], m0 = (Delta0 + 1) / 2:
   K+_t(m0) = prod_i (1 + l+_i (x_i - m0)),   l+_i = min(l_i, c / m0)         (evidence that Delta > Delta0)
   K-_t(m0) = prod_i (1 - l-_i (x_i - m0)),   l-_i = min(l_i, c / (1 - m0))   (evidence that Delta < Delta0)
   l_i = sqrt(2 log(2 / alpha) / (s2_{i-1} t log(1 + t))),  s2_t = (1/4 + sum_{j<=t} (x_j - mu_j)^2) / (t + 1),
