@@ -7,8 +7,9 @@ episodes with `--n-envs` simulator processes), timed as a separate process
   1. alone,
   2. as two identical processes started together (their mean wall time),
 each under the thread settings vlaprune uses (evaluate/threads.py: torch sized to the cores, simulator
-workers single-threaded; and OMP_WAIT_POLICY=PASSIVE, set in vlaprune/__init__.py), without the passive
-wait policy, with library defaults everywhere ("unsized"), and with one torch thread per process.
+workers single-threaded; and OMP_WAIT_POLICY=PASSIVE, set by the CLI for commands that run
+episodes), without the passive wait policy, with library defaults everywhere ("unsized"), and with
+one torch thread per process.
 Reports slow-down = paired wall time / alone wall time per setting, and that every run gave the same
 per-episode results (same seeds, same episodes, whatever ran beside).
 Writes benchmarks/results/parallel_eval.json.

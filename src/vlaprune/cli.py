@@ -134,6 +134,21 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], Any], str]] = {
 }
 
 
+EPISODE_COMMANDS = ("eval", "dtr", "prune-units")  # run closed-loop episodes when given --env.type
+
+
+def wait_policy(cmd: str, args: list[str]) -> str | None:
+    """OMP_WAIT_POLICY for a command: PASSIVE (idle OpenMP threads sleep) where closed-loop episodes run
+    (the demo; eval / dtr / prune-units with --env.type), None (libgomp's default: spin a while, then
+    sleep) for the rest. Why: a policy call alternates with simulator steps on the same cores, and two
+    evaluations side by side slowed each other 8x with spinning threads, 1.2x with sleeping ones
+    (benchmarks/parallel_eval.py); training and scoring alone run 1.7x faster with spinning threads
+    (benchmarks/recover_throughput.py: 0.61-0.67x lerobot-train under PASSIVE). libgomp reads the variable
+    when it loads, with torch, so it is set before anything imports torch."""
+    closed_loop = any(a.startswith("--env.type=") and a != "--env.type=" for a in args)
+    return "PASSIVE" if cmd == "demo" or (cmd in EPISODE_COMMANDS and closed_loop) else None
+
+
 def usage() -> str:
     lines = ["usage: vlaprune COMMAND [--flag=value ...]   (vlaprune COMMAND --help for its flags)", ""]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
@@ -149,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in COMMANDS:
         print(f"vlaprune: error: unknown command {cmd!r}\n{usage()}", file=sys.stderr)
         return 2
+    if policy := wait_policy(cmd, args):
+        os.environ.setdefault("OMP_WAIT_POLICY", policy)  # yours wins when you set it, even empty
     logging.basicConfig(level=os.environ.get("VLAPRUNE_LOG", "WARNING"))
     import vlaprune.tiny  # noqa: F401  (registers the built-in tiny models: --policy.path=tiny:NAME)
 

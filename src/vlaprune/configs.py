@@ -77,11 +77,23 @@ class EpisodesConfig:
     seed: int = 100_000
     # Simulators stepped in parallel (processes), with one batched policy call per step.
     n_envs: int = 1
+    # Sequential paired verdicts (dtr, prune-units, demo; evaluate/sequential.py): a model compared with the
+    # baseline runs n_episodes per task, then rounds of round_episodes more until the comparison is decided,
+    # at most max_episodes per task (the baseline runs the seeds the longest comparison needs).
+    sequential: bool = False
+    round_episodes: int = 5
+    max_episodes: int = 50
 
     def __post_init__(self) -> None:
         if self.n_episodes < 1:
             raise VlapruneError(f"--eval.n_episodes={self.n_episodes}: need at least one episode")
-        if not 0 <= self.seed <= 2**31 - 1 - self.n_episodes:
+        if self.sequential and (self.round_episodes < 1 or self.max_episodes < self.n_episodes):
+            raise VlapruneError(
+                f"--eval.sequential: need --eval.round_episodes >= 1 (got {self.round_episodes}) and "
+                f"--eval.max_episodes >= --eval.n_episodes (got {self.max_episodes} < {self.n_episodes})"
+            )
+        last = max(self.n_episodes, self.max_episodes if self.sequential else 0)
+        if not 0 <= self.seed <= 2**31 - 1 - last:
             raise VlapruneError(
                 f"--eval.seed={self.seed}: episode seeds must lie in [0, 2^31) (simulators take unsigned "
                 "seeds); pass a seed >= 0"
@@ -91,3 +103,9 @@ class EpisodesConfig:
 
     def seeds(self) -> list[int]:
         return list(range(self.seed, self.seed + self.n_episodes))
+
+    def looks(self) -> list[int]:
+        """Episodes per task at each look of a sequential comparison."""
+        from vlaprune.evaluate.sequential import looks
+
+        return looks(self.n_episodes, self.round_episodes, self.max_episodes)

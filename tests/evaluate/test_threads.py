@@ -1,7 +1,10 @@
-"""Evaluation threads: torch sized to the process's cores, spawned simulator workers single-threaded."""
+"""Evaluation threads: torch sized to the process's cores, spawned simulator workers single-threaded, and the
+OpenMP wait policy chosen per command."""
 
 import multiprocessing as mp
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -41,3 +44,35 @@ def test_spawned_workers_start_single_threaded(monkeypatch):
         threads, omp = pool.apply(_child_threads)
     assert (threads, omp) == (1, "1")
     assert "OMP_NUM_THREADS" not in os.environ  # the parent's environment is restored
+
+
+PROBE = """
+import os, sys
+os.environ.pop("OMP_WAIT_POLICY", None)
+if sys.argv[1] == "--mine":
+    os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
+    sys.argv.pop(1)
+from vlaprune import cli
+assert "torch" not in sys.modules  # libgomp reads the policy when torch loads it: nothing loaded it yet
+seen = lambda args: print(os.environ.get("OMP_WAIT_POLICY"), "torch" in sys.modules)
+cli.COMMANDS = {name: (seen, help_) for name, (_, help_) in cli.COMMANDS.items()}
+cli.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize(
+    "argv,policy",
+    [
+        (["eval", "--env.type=metaworld", "--env.task=reach-v3"], "PASSIVE"),
+        (["demo"], "PASSIVE"),
+        (["dtr", "--env.type=metaworld"], "PASSIVE"),
+        (["eval", "--offline=true"], "None"),  # no episodes: nothing for sleeping threads to protect
+        (["recover", "--steps=1"], "None"),  # training runs at lerobot-train's speed with the default
+        (["score"], "None"),
+        (["--mine", "demo"], "ACTIVE"),  # a policy you set yourself wins
+    ],
+)
+def test_wait_policy_per_command(argv, policy):
+    out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [policy, "True"]  # set before the command, which then loads torch

@@ -34,6 +34,12 @@ class DemoConfig:
     # Closed-loop episodes per task per measurement, and for each probe condition.
     eval_episodes: int = 3
     probe_episodes: int = 2
+    # Sequential paired verdicts (--eval.sequential): after recovery each cut runs rounds of round_episodes
+    # more per task until its comparison with the recovered baseline is decided, at most max_episodes per
+    # task (each round costs ~15 s per cut on 2 cores; an undecided cut says how many more it would need).
+    sequential: bool = True
+    round_episodes: int = 2
+    max_episodes: int = 5
     # Recovery budget (optimizer steps at batch 16), the same for every variant and the baseline.
     recover_steps: int = 60
     methods: str = "gateprobe"
@@ -74,7 +80,13 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
             components="vision,language,action", levels=cfg.levels, methods=cfg.methods, seeds="0"
         ),
         recover=BudgetConfig(steps=cfg.recover_steps, batch_size=16, trainable="all", image_shift=3),
-        eval=EpisodesConfig(n_episodes=cfg.eval_episodes, n_envs=cfg.n_envs),
+        eval=EpisodesConfig(
+            n_episodes=cfg.eval_episodes,
+            n_envs=cfg.n_envs,
+            sequential=cfg.sequential,
+            round_episodes=cfg.round_episodes,
+            max_episodes=max(cfg.max_episodes, cfg.eval_episodes),
+        ),
         probe_episodes=cfg.probe_episodes,
         holdout=0.34,
         calib_batches=2,

@@ -29,6 +29,7 @@ from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.run import task_instructions
 from vlaprune.experiments.measure import measure_one
 from vlaprune.experiments.plans import choices, partners
+from vlaprune.experiments.rounds import continue_after
 from vlaprune.experiments.select import export, none_selected
 from vlaprune.experiments.store import Store, row_id
 from vlaprune.policy import Loaded, load_policy
@@ -144,9 +145,15 @@ def settings(cfg: DTRConfig, data: Data, parts: Splits) -> dict[str, Any]:
         "calibration": {"batches": cfg.calib_batches, "batch_size": cfg.calib_batch_size},
         "offline_batches": cfg.offline_batches,
         "env": asdict(cfg.env) if cfg.env.type else None,
-        "episodes": {"n_episodes": cfg.eval.n_episodes, "seed": cfg.eval.seed} if cfg.env.type else None,
+        "episodes": _episodes(cfg.eval) if cfg.env.type else None,
         "vlaprune_version": __version__,
     }
+
+
+def _episodes(e: EpisodesConfig) -> dict[str, Any]:
+    """The episode settings of a row's spec (the sequential ones only when on: fixed rows keep their ids)."""
+    out: dict[str, Any] = {"n_episodes": e.n_episodes, "seed": e.seed}
+    return out | ({"sequential": [e.round_episodes, e.max_episodes]} if e.sequential else {})
 
 
 def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
@@ -262,6 +269,9 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
         if store.has(mid) and work.exists():
             shutil.rmtree(work)  # a row measured under another spec: its checkpoints are stale too
         result = measure(cfg, mspec, work, baseline=not mspec["drops"], data=data, splits=(train, held))
+        if cfg.eval.sequential and cfg.env.type and mspec["drops"]:  # rounds until decided (rounds.py)
+            base_id = next(t[0] for t in todo if not t[1]["drops"] and t[1]["seed"] == mspec["seed"])
+            result = continue_after(cfg, store, base_id, work, result, data, chash)
         store.put(
             mid,
             {"kind": "measure", "spec": mspec, **result, "seconds": time.perf_counter() - t0},

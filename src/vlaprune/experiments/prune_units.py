@@ -42,6 +42,7 @@ from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.cost import cost
 from vlaprune.evaluate.run import task_instructions
 from vlaprune.experiments.judge import Judge, paired, table
+from vlaprune.experiments.rounds import units_in_rounds
 from vlaprune.policy import Loaded, load_policy
 from vlaprune.scoring.probe import Probe
 from vlaprune.scoring.units import CRITERIA, LEGACY, bias_compensation, input_stats, unit_scores
@@ -196,6 +197,7 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
     bar = tqdm(total=episodes, desc="closed-loop episodes", disable=not episodes)
     original = {"criterion": "unpruned", "params": unique_params(policy.module), **judge(policy, bar.update)}
     total = original["params"]
+    base_eps = {t: v["episodes_detail"] for t, v in original.get("success_tasks", {}).items()}
     rows, pruned_main = [], None
     for name, mods in arms:
         m = policy.copy()
@@ -248,9 +250,12 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
             **judge(m, bar.update),
         }
         row |= {"loss_before": original["loss"], "loss_change": row["loss"] - original["loss"]}
+        if "success" in row and cfg.eval.sequential:  # rounds until decided (experiments/rounds.py)
+            base_eps = units_in_rounds(judge, policy, m, row, base_eps)
+        elif "success" in row:
+            row["success_paired"] = paired(original, row)
         if "success" in row:
             row["success_change"] = row["success"] - original["success"]
-            row["success_paired"] = paired(original, row)
         rows.append(row)
         cut = f"{row['params_removed_pct']:.1f}% of the parameters removed"
         cut = "masked: units zeroed in place, no parameters removed" if cfg.removal == "masked" else cut

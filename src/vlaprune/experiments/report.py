@@ -79,8 +79,8 @@ def verdict(data: dict[str, Any]) -> list[str]:
             lines.append(
                 f"{c}: {UNDECIDED} — the largest such cut ({p['removed']} {_what(p)}) gives "
                 f"{_paired_text(r)}; "
-                f"the interval includes both no change and a loss of more than {TOLERANCE:.0%}: run more "
-                "episodes (--eval.n_episodes) to decide."
+                f"the interval includes both no change and a loss of more than {TOLERANCE:.0%}: "
+                + (_more(r) if r.get("sequential") else "run more episodes (--eval.n_episodes) to decide.")
             )
     if frac:
         most = max(frac, key=frac.get)
@@ -109,7 +109,27 @@ def _what(p: dict[str, Any]) -> str:
 def _paired_text(r: dict[str, Any]) -> str:
     return (
         f"success {r['variant_rate']:.0%} vs recovered baseline {r['baseline_rate']:.0%}, paired difference "
-        f"{r['difference']:+.0%} [95% CI {r['ci_low']:+.0%}, {r['ci_high']:+.0%}] over {r['n']} episodes"
+        f"{r['difference']:+.0%} [95% {'CS' if r.get('sequential') else 'CI'} {r['ci_low']:+.0%}, "
+        f"{r['ci_high']:+.0%}] over {_took(r)}"
+    )
+
+
+def _took(r: dict[str, Any]) -> str:
+    """The episodes a verdict took: all of them (fixed count), or where the rounds stopped (sequential)."""
+    if not r.get("sequential"):
+        return f"{r['n']} episodes"
+    where = "at the maximum" if r["verdict"] == UNDECIDED else "decided"
+    return f"{r['n']} episodes ({r['episodes_per_task']} per task, {where})"
+
+
+def _more(r: dict[str, Any]) -> str:
+    """What an undecided sequential comparison would need (evaluate/sequential.more_needed)."""
+    more = r.get("more_needed")
+    if more is None:
+        return "more episodes than 100x these would not decide it at the outcomes seen so far."
+    return (
+        f"about {more} more episodes per task would decide it if the outcomes so far held "
+        f"(--eval.max_episodes={r['episodes_per_task'] + more})."
     )
 
 
@@ -169,6 +189,9 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
                 _pct(m["after"]),
                 f"{r['difference']:+.0%} [{r['ci_low']:+.0%}, {r['ci_high']:+.0%}]" if r else "-",
                 r["verdict"] if r else "-",
+                _took(r) + (f"; {_more(r)}" if r.get("sequential") and r["verdict"] == UNDECIDED else "")
+                if r
+                else "-",
                 f"{m['before']['offline']['loss']:.4f}",
                 f"{m['after']['offline']['loss']:.4f}",
                 f"{m['cost']['latency_ms']:.1f}",
@@ -186,6 +209,7 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
             "success after recovery",
             "paired change vs recovered baseline [95% CI]",
             "verdict",
+            "episodes the verdict took",
             "loss before",
             "loss after",
             "latency ms",
@@ -228,6 +252,9 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
         "noise), so each cut is compared with the recovered baseline episode by episode: the paired "
         "difference with its Newcombe 95% interval; a cut keeps success when that interval stays above "
         f"-{TOLERANCE:.0%}, loses it when the interval is below 0, and is not distinguishable otherwise."
+        " With --eval.sequential the cuts ran in rounds until that verdict was decided, and the interval is"
+        " an anytime-valid 95% confidence sequence (CS, evaluate/sequential.py), valid at every round it was"
+        " looked at."
     )
     body = "".join(f"<h2>{html.escape(t)}</h2>{h}" for t, h, _ in sections)
     page = (

@@ -9,6 +9,7 @@ from collections import defaultdict
 from typing import Any
 
 from vlaprune.errors import VlapruneError
+from vlaprune.evaluate import sequential
 from vlaprune.evaluate.paired import compare, pair_episodes
 from vlaprune.evaluate.paired import verdict as paired_verdict
 from vlaprune.experiments.store import Store
@@ -53,8 +54,9 @@ def load(store: Store) -> dict[str, Any]:
 
 def paired(base_ev: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any] | None:
     """Paired comparison (evaluate/paired.py) of a measurement's closed-loop episodes with the baseline's,
-    episode by episode (same task, same seed): difference, Newcombe 95% interval, McNemar p, verdict.
-    None without per-episode records (no closed loop in the run)."""
+    episode by episode (same task, same seed): difference, Newcombe 95% interval, McNemar p, verdict; for a
+    measurement evaluated in rounds, the sequential verdict (evaluate/sequential.py) with its confidence
+    sequence and where it stopped. None without per-episode records (no closed loop in the run)."""
 
     def records(e):
         tasks = e.get("tasks") or {}
@@ -65,6 +67,9 @@ def paired(base_ev: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any] | None
     b, v = records(base_ev), records(ev)
     if b is None or v is None:
         return None
+    if ev.get("sequential"):  # measured in rounds (--eval.sequential): the anytime-valid rule
+        seq = ev["sequential"]
+        return sequential.compare(seq["baseline_episodes"], v, seq["looks"], TOLERANCE)
     result = compare(*pair_episodes(b, v))
     return {**result, "verdict": paired_verdict(result, TOLERANCE)}
 
