@@ -202,3 +202,16 @@ def test_old_plans_read_as_pair_mode():
     }
     plan = plan_from_dict(old)
     assert plan.mode == "pair" and plan.kv_only == {} and plan.kv_params == {}
+
+
+@pytest.mark.parametrize("kw", [{}, {"num_expert_layers": 2, "self_attn_every_n_layers": 4}])
+def test_smolvla_joint_forward_equals_lerobots_on_the_uncut_model(kw, fresh):
+    """vlaprune's SmolVLA joint forward (installed by every in-place cut) gives lerobot's actions and loss
+    on an uncut model, bit for bit, although it projects the cached prefix K/V of cross-attention layers
+    once per chunk instead of once per denoising step."""
+    from vlaprune.adapters import keep_kv_smolvla
+
+    ref = fresh("smolvla", **kw)
+    want_actions, want_loss = actions(ref), loss(ref)
+    keep_kv_smolvla.install(ref.model.vlm_with_expert)
+    assert torch.equal(actions(ref), want_actions) and torch.equal(loss(ref), want_loss)

@@ -63,6 +63,8 @@ def joint_forward(
         if kv_only and inputs_embeds[0] is not None and (joint or not past_key_values):
             step = _kv_only_joint if joint else _kv_only_cross
             step = types.MethodType(step, self)
+        elif not joint and inputs_embeds[0] is None and past_key_values is not None:
+            step = types.MethodType(_cross_denoise, self)
         else:
             step = self.forward_attn_layer if joint else self.forward_cross_attn_layer
         att_outputs, past_key_values = step(
@@ -172,6 +174,40 @@ def _kv_only_cross(
     v = a.v_proj(v).view(*v.shape[:-1], -1, a.head_dim)
     positions = position_ids[:, n_prefix:]
     positions = positions - torch.min(positions, dim=1, keepdim=True).values  # the expert starts at 0
+    mask = attention_mask[:, -inputs_embeds[1].shape[1] :, : k.shape[1]]
+    att = self.get_attention_interface()(mask, batch_size, head_dim, apply_rope(query, positions), k, v)
+    return [None, att], past_key_values
+
+
+def _cross_denoise(
+    self, model_layers, inputs_embeds, layer_idx, position_ids, attention_mask, batch_size, head_dim,
+    use_cache=True, past_key_values=None,
+):  # fmt: skip
+    """lerobot's `forward_cross_attn_layer` in a denoising step (prefix None, cache filled), with the expert's
+    projection of the cached prefix K/V memoized on the cache object: the prefix K/V of a cross layer are
+    never written during denoising, so the projection is the same at every step. Returns [None, (B, Ls,
+    H*D)] (or [None] when no expert block runs here)."""
+    from lerobot.policies.smolvla.smolvlm_with_expert import apply_rope
+
+    expert = model_layers[1][layer_idx]
+    if expert is None:
+        return [None, None], past_key_values
+    cached = past_key_values.layers[layer_idx]
+    memo = past_key_values.__dict__.setdefault("_vlaprune_cross_kv", {})
+    tag = (cached.keys.data_ptr(), cached.values.data_ptr(), tuple(cached.keys.shape))
+    if layer_idx not in memo or memo[layer_idx][0] != tag:
+        a = expert.self_attn
+        k, v = cached.keys.transpose(1, 2), cached.values.transpose(1, 2)  # (B, Lp, H_kv, D)
+        k = k.to(dtype=a.k_proj.weight.dtype).reshape(*k.shape[:2], -1)
+        v = v.to(dtype=a.v_proj.weight.dtype).reshape(*v.shape[:2], -1)
+        k = a.k_proj(k).view(*k.shape[:-1], -1, a.head_dim)
+        v = a.v_proj(v).view(*v.shape[:-1], -1, a.head_dim)
+        memo[layer_idx] = (tag, k, v)
+    _, k, v = memo[layer_idx]
+    a = expert.self_attn
+    h = expert.input_layernorm(inputs_embeds[1])
+    query = a.q_proj(h.to(dtype=a.q_proj.weight.dtype)).view(*h.shape[:-1], -1, a.head_dim)
+    positions = position_ids - torch.min(position_ids, dim=1, keepdim=True).values  # the expert starts at 0
     mask = attention_mask[:, -inputs_embeds[1].shape[1] :, : k.shape[1]]
     att = self.get_attention_interface()(mask, batch_size, head_dim, apply_rope(query, positions), k, v)
     return [None, att], past_key_values
