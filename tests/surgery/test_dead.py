@@ -65,3 +65,22 @@ def test_dead_and_a_request_for_the_same_block_are_refused(tmp_path, cli_error):
     args = ["drop", "--policy.path=tiny:pi0", "--drop.dead=true", "--drop.language=3", f"--output_dir={cut}"]
     assert "dead compute that --drop.dead=true already removes" in cli_error(args)
     assert not cut.exists()
+
+
+def test_oft_vision_blocks_after_the_read_out_are_dead(oft):
+    """OpenVLA-OFT: Prismatic reads each vision tower at block depth-2; the last block runs for nothing and
+    goes whole, with bit-identical actions."""
+    from vlaprune.adapters.openvla import example_batch, predict_actions
+
+    batch = example_batch(oft.module, batch_size=2)
+    with torch.no_grad():
+        want = predict_actions(oft.module, batch)
+    assert dead_blocks(oft.layout()) == {
+        "vision.dino": {"update": [], "whole": [3]},
+        "vision.siglip": {"update": [], "whole": [3]},
+    }
+    plan = oft.drop_blocks(dead_request(oft.layout()))
+    assert plan.drops["vision.dino"] == [3] and plan.drops["vision.siglip"] == [3]
+    with torch.no_grad():
+        assert torch.equal(predict_actions(oft.module, batch), want)
+    assert dead_request(oft.layout()) == {}
