@@ -156,3 +156,23 @@ def test_offline_eval_of_oft_and_of_its_pruned_folder(oft_dir, oft_dataset, tmp_
     )
     assert "closed-loop OpenVLA-OFT runs on LIBERO as OFT's own evaluation does" in err
     assert not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.parametrize("level, kept", [("drop_half", [0, 2]), ("keep_2", [0, 2])])
+def test_drop_half_vision_cuts_both_towers_below_the_read_out(level, kept, oft_dir, tmp_path):
+    """The paper's "drop half vision" on OFT: one level for both towers; each tower's read-out block (depth-2)
+    counts as its last block, the dead block after it goes too, the read-out block stays read."""
+    cut = tmp_path / "cut"
+    args = ["drop", f"--policy.path={oft_dir}", "--policy.trust_remote_code=true", f"--drop.vision={level}"]
+    assert main([*args, f"--output_dir={cut}", "--latency_calls=1"]) == 0
+    plan = json.loads((cut / "plan.json").read_text())["plans"][0]
+    gone = [i for i in range(4) if i not in kept]
+    assert plan["drops"]["vision.dino"] == gone and plan["drops"]["vision.siglip"] == gone
+    from vlaprune.configs import PolicyConfig
+    from vlaprune.policy import load_policy
+
+    back = load_policy(PolicyConfig(path=str(cut), trust_remote_code=True))
+    assert {n: s.readout.index for n, s in back.layout().stacks.items() if s.readout} == {
+        "vision.dino": 1,
+        "vision.siglip": 1,
+    }

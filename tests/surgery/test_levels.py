@@ -21,3 +21,14 @@ def test_ranked_levels():
     assert [level_count(x, 16) for x in ("0.5", "all-but-2", "12", "0.01")] == [8, 14, 12, 1]
     with pytest.raises(VlapruneError, match="expected a fraction"):
         level_count("half", 16)
+
+
+def test_protocol_levels_below_a_read_out_block():
+    """Prismatic reads a vision tower at block depth-2: that block counts as the last, later blocks are dead
+    and go too, and the read-out block always stays."""
+    assert protocol_blocks("drop_half", 4, readout=2) == [1, 3]  # 0, 2 stay; 3 is dead
+    assert protocol_blocks("keep_2", 4, readout=2) == [1, 3]
+    assert protocol_blocks("keep_2", 24, readout=22) == [*range(1, 22), 23]  # DINOv2 ViT-L: keeps 0 and 22
+    half = protocol_blocks("drop_half", 27, readout=25)  # SigLIP so400m: 25 is odd, and it is read
+    assert 25 not in half and half == [*range(1, 25, 2), 26]
+    assert protocol_blocks("drop_half", 4, readout=3) == protocol_blocks("drop_half", 4)  # read at the top

@@ -97,14 +97,23 @@ class DropConfig:
             raise VlapruneError("--latency_calls must be >= 1")
 
 
-def _indices(text: str, what: str, n: int | None = None) -> list[int]:
-    """Comma-separated indices, or a protocol level (drop_half / keep_2) of a stack of n blocks."""
+def _indices(text: str, what: str, n: int | None = None, readout: int | None = None) -> list[int]:
+    """Comma-separated indices, or a protocol level (drop_half / keep_2) of a stack of n blocks (read at
+    block `readout` when that is not its last: `surgery.levels`)."""
     if text.strip() in PROTOCOL_LEVELS and n is not None:
-        return protocol_blocks(text.strip(), n, what)
+        return protocol_blocks(text.strip(), n, what, readout)
     try:
         return [int(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError:
         raise VlapruneError(f"{what}={text!r}: expected comma-separated block indices like 3,7") from None
+
+
+def _readout(lay: Layout, key: str) -> int | None:
+    """The read-out block of the stack a request key names, when the model reads it below its top."""
+    named = [s for n, s in lay.stacks.items() if n == key] or [
+        s for s in lay.stacks.values() if s.component == key
+    ]
+    return named[0].readout.index if len(named) == 1 and named[0].readout is not None else None
 
 
 def _size(lay: Layout, key: str) -> int | None:
@@ -120,13 +129,22 @@ def request_from(spec: DropSpec, lay: Layout) -> dict[str, list[int]]:
     scores.json)."""
     req: dict[str, list[int]] = {}
     for comp in ("language", "vision", "action"):
-        if getattr(spec, comp):
-            req[comp] = _indices(getattr(spec, comp), f"--drop.{comp}", _size(lay, comp))
+        text = getattr(spec, comp).strip()
+        several = [n for n, s in lay.stacks.items() if s.component == comp and n != comp]
+        if text in PROTOCOL_LEVELS and len(several) > 1:  # OFT's two vision towers: the level cuts each
+            for name in several:
+                req[name] = _indices(
+                    text, f"--drop.{comp} ({name})", len(lay.stacks[name]), _readout(lay, name)
+                )
+        elif text:
+            req[comp] = _indices(text, f"--drop.{comp}", _size(lay, comp), _readout(lay, comp))
     for item in filter(None, (s.strip() for s in spec.blocks.split(";"))):
         name, eq, idx = item.partition("=")
         if not eq:
             raise VlapruneError(f"--drop.blocks item {item!r} is not NAME=i,j")
-        req[name.strip()] = _indices(idx, f"--drop.blocks {name}", _size(lay, name.strip()))
+        req[name.strip()] = _indices(
+            idx, f"--drop.blocks {name}", _size(lay, name.strip()), _readout(lay, name.strip())
+        )
     if spec.scores:
         if req:
             raise VlapruneError("give either block indices or --drop.from, not both")

@@ -87,7 +87,8 @@ def protocol_plan(lay: Layout, component: str, level: str, mode: str = "auto") -
     """The paper's metric-free cut of `component` (drop_half / keep_2), coupled partners added (not for
     in-place drops: keep-K/V language, action-only expert); raises when the architecture's coupling rules
     cannot keep it as it is."""
-    blocks = protocol_blocks(level, len(lay.stacks[component]), component)
+    stack = lay.stacks[component]
+    blocks = protocol_blocks(level, len(stack), component, stack.readout.index if stack.readout else None)
     drops = _expand(lay, {component: blocks}, mode)
     if not _valid(lay, drops, mode):
         raise VlapruneError(

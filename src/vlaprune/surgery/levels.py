@@ -8,6 +8,10 @@ Two kinds of level:
   - the paper's metric-free component protocol (DTR paper), the same blocks whatever the scores:
       "drop_half"  remove the odd-indexed blocks (1, 3, 5, ...)
       "keep_2"     keep only the first and the last block
+A stack the model reads below its top (Prismatic's vision towers read block depth-2: `Stack.readout`) is cut
+as if the read-out block were its last block: the blocks after it are dead (they run for nothing) and go
+too, and the read-out block itself always stays (drop_half keeps it even at an odd index; keep_2 keeps the
+first block and the read-out block).
 """
 
 from __future__ import annotations
@@ -17,8 +21,12 @@ from vlaprune.errors import VlapruneError
 PROTOCOL_LEVELS = ("drop_half", "keep_2")
 
 
-def protocol_blocks(level: str, n: int, where: str = "the stack") -> list[int]:
-    """The 0-based blocks a protocol level removes from a stack of n blocks (ascending)."""
+def protocol_blocks(level: str, n: int, where: str = "the stack", readout: int | None = None) -> list[int]:
+    """The 0-based blocks a protocol level removes from a stack of n blocks (ascending). readout: the block
+    the model reads when it is not the last (see the module docstring), else None."""
+    if readout is not None and readout < n - 1:
+        kept_top = [i for i in protocol_blocks(level, readout + 1, where) if i != readout]
+        return kept_top + list(range(readout + 1, n))
     if level == "drop_half":
         if n < 2:
             raise VlapruneError(
