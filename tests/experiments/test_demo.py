@@ -43,6 +43,8 @@ def test_demo_minimal_run(tmp_path):
     }
     action = next(m for m in measures if m["kind"] == "measure" and m["spec"]["drops"] == {"action": [1, 3]})
     assert action["plan"]["skipped"] == {"action": [1, 3]} and action["blocks_removed"] == {"action": 2}
+    # per-action speed-up timed beside the unpruned model, in the cut's own measurement
+    assert 0 < action["cost"]["latency_ratio_vs_unpruned"] < 1.5
     assert "action [1, 3] (action-only)" in page and "language [1, 3] (keep-K/V)" in page
     assert "paired change vs recovered baseline" in page and "task speed-up" in page
 

@@ -185,6 +185,7 @@ def test_report_renders_in_headless_chromium(finished_run, tmp_path):
     if chromium is None:
         pytest.fail("chromium is not installed: scripts/setup.sh installs it (apt package chromium)")
     html, _ = report.build(finished_run[0])
+    assert "computed on a model with random weights" in html.read_text()  # tiny:smolvla says so
     shot = tmp_path / "shot.png"
     subprocess.run(
         [

@@ -37,6 +37,28 @@ def latency(fn: Callable[[], Any], n: int = 20, warmup: int = 3) -> dict[str, fl
     return {"median_ms": statistics.median(times), "p90_ms": times[min(n - 1, int(0.9 * n))], "n": n}
 
 
+def latency_ratio(
+    original: Callable[[], Any], cut: Callable[[], Any], rounds: int = 20, warmup: int = 3
+) -> float:
+    """Median wall time of `cut()` / median of `original()`, timed in interleaved rounds (each once per
+    round, after `warmup` calls of each), so that drift of the machine hits both alike: the per-action
+    latency ratio of a cut (its inverse is the per-action speed-up)."""
+    import statistics
+    import time
+
+    times: dict[int, list[float]] = {0: [], 1: []}
+    with torch.no_grad():
+        for _ in range(warmup):
+            original()
+            cut()
+        for _ in range(rounds):
+            for i, fn in enumerate((original, cut)):
+                t0 = time.perf_counter()
+                fn()
+                times[i].append(time.perf_counter() - t0)
+    return statistics.median(times[1]) / statistics.median(times[0])
+
+
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
     """Peak extra memory of one `fn()` call in bytes: CUDA allocator peak on GPU; on CPU the peak resident
     set size above the level before the call, sampled every millisecond by a watcher thread."""

@@ -183,7 +183,13 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
     rid = row_id({"kind": "anatomy", "policy": cfg.policy.path})
     if not store.has(rid):
         store.put(
-            rid, {"kind": "anatomy", "spec": {"policy": cfg.policy.path}, "anatomy": anatomy(lay)}, chash
+            rid,
+            {
+                "kind": "anatomy",
+                "spec": {"policy": cfg.policy.path},
+                "anatomy": {**anatomy(lay), "random_weights": policy.random_weights},
+            },
+            chash,
         )
     mode = cfg.sweep.mode
     scored = list(

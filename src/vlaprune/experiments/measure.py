@@ -11,7 +11,7 @@ from typing import Any
 
 from vlaprune.configs import EpisodesConfig, PolicyConfig
 from vlaprune.data import Data
-from vlaprune.evaluate.cost import cost
+from vlaprune.evaluate.cost import cost, inference_call, latency_ratio
 from vlaprune.evaluate.offline import offline_eval
 from vlaprune.evaluate.run import closed_loop
 from vlaprune.policy import Loaded, load_policy
@@ -72,6 +72,7 @@ def measure_one(
     batch = data.batches(1, b.batch_size, mspec["seed"], train)[0]  # the same batch for both counts
     base_flops = _step_flops(policy, batch, b.trainable)
     part = mspec.get("part", "block")
+    original = policy.copy() if mspec["drops"] else None  # timed beside the cut (per-action speed-up)
     plan = policy.drop_blocks(mspec["drops"], mspec.get("mode", "pair"), part) if mspec["drops"] else None
     flops = _step_flops(policy, batch, b.trainable) if plan else base_flops
     steps = budget_steps(b.kind, b.steps, base_flops, flops)
@@ -79,6 +80,8 @@ def measure_one(
     if not cut.exists():
         policy.save(cut)
     c = cost(policy.layout(), n_calls=15, warmup=3)
+    ratio = _latency_ratio(original, policy)
+    del original
     before = evaluate_policy(str(cut), cfg, data, held, probes=baseline)
     rec_dir = work / "recover"
     if (rec_dir / "final").exists():
@@ -112,6 +115,8 @@ def measure_one(
             "params": c["params"],
             "flops_chunk": c["flops_chunk"],
             "latency_ms": c["latency"]["median_ms"] if c["latency"] else None,
+            # cut / unpruned, timed in interleaved rounds in this measurement (not across rows)
+            "latency_ratio_vs_unpruned": ratio,
             "peak_memory_bytes": c.get("peak_memory_bytes"),
         },
         "before": before,
@@ -119,6 +124,13 @@ def measure_one(
         "recovery": summary,
         "budget": budget_record(b.kind, steps, b.batch_size, flops),
     }
+
+
+def _latency_ratio(original: Loaded | None, cut: Loaded) -> float | None:
+    """The cut's select_action latency / the unpruned model's, interleaved (None for the baseline)."""
+    if original is None or inference_call(original.layout()) is None:
+        return None
+    return latency_ratio(inference_call(original.layout()), inference_call(cut.layout()))
 
 
 def _step_flops(policy: Loaded, batch: dict, trainable: str) -> int:

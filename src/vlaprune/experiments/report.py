@@ -151,6 +151,8 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
     figs = figures(data)
     sections: list[tuple[str, str, str]] = []  # (title, html, markdown)
     v = verdict(data)
+    if (data["anatomy"] or {}).get("random_weights"):
+        v = [RANDOM_WEIGHTS, *v]
     sections.append(
         (
             "Verdict",
@@ -279,6 +281,10 @@ def _x(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
+RANDOM_WEIGHTS = (
+    "computed on a model with random weights (a built-in tiny:NAME model, never fine-tuned): these numbers "
+    "test the machinery and say nothing about a trained policy"
+)
 IN_PLACE = {"kv_only": "keep-K/V", "skipped": "action-only"}
 
 

@@ -114,11 +114,13 @@ def mean_steps(ev: dict[str, Any]) -> float | None:
 
 def speedups(base: dict[str, Any], m: dict[str, Any], phase: str) -> tuple[float | None, float | None]:
     """(per-action speed-up, task speed-up) of measurement `m` against the baseline, `phase` "before" or
-    "after" recovery. Per action: baseline select_action latency / the cut model's. Task: per-action
-    speed-up x baseline mean steps per episode / the cut model's (a cut that needs more steps per task can
-    be slower overall although each action is faster; the DTR paper's definition)."""
+    "after" recovery. Per action: the unpruned model's select_action latency / the cut model's, timed in
+    interleaved rounds within the cut's own measurement (rows measured before that: the two rows' medians).
+    Task: per-action speed-up x baseline mean steps per episode / the cut model's (a cut that needs more
+    steps per task can be slower overall although each action is faster; the DTR paper's definition)."""
+    ratio = m["cost"].get("latency_ratio_vs_unpruned")  # timed beside the unpruned model: preferred
     lat0, lat = base["cost"].get("latency_ms"), m["cost"].get("latency_ms")
-    action = lat0 / lat if lat0 and lat else None
+    action = 1 / ratio if ratio else (lat0 / lat if lat0 and lat else None)
     s0, s = mean_steps(base[phase]), mean_steps(m[phase])
     task = action * s0 / s if action and s0 and s else None
     return action, task
