@@ -4,7 +4,8 @@ A lerobot SmolVLA trained on four MetaWorld tasks (shipped with the package, bui
 scripts/build_demo_assets.py) goes through a reduced Drop-Then-Recovery sweep, the paper's component
 protocol: vision, language (keep-K/V: the action expert keeps every block and still reads the dropped
 language blocks' keys / values) and action (action-only: every language block stays), each cut alone with
-drop_half and keep_2 where the stack allows, and a GateProbe-ranked half beside them; a short recovery
+drop_half and a GateProbe-ranked half beside it (`--levels=drop_half,keep_2,0.5` adds keep_2, ~2.5 min
+more); a short recovery
 with the same budget for every variant and for the unpruned baseline; closed-loop success before and
 after, every cut compared with the recovered baseline episode by episode (paired interval); task
 speed-up; language- and vision-sensitivity probes on the baseline; then the HTML / Markdown report. Every
@@ -43,7 +44,7 @@ class DemoConfig:
     # Recovery budget (optimizer steps at batch 16), the same for every variant and the baseline.
     recover_steps: int = 60
     methods: str = "gateprobe"
-    levels: str = "drop_half,keep_2,0.5"
+    levels: str = "drop_half,0.5"
     n_envs: int = 2
     # Offline loss on this many held-out batches of 16 (a seeded subset; 0 = every frame: 9 s more per
     # evaluation on the shipped data, 2 evaluations per measurement).
