@@ -87,7 +87,7 @@ def save_pruned(
     lay = find_layout(model, record.stacks)
     fmt = FOLDERS.get(base["kind"])
     if fmt is not None and fmt.write is not None:  # the family writes its own layout (OpenVLA-OFT)
-        return _save_own_layout(fmt, model, record, out, lay, processors_from, extra_json)
+        return _save_own_layout(fmt, model, record, out, lay, source=processors_from, extra_json=extra_json)
     dropped = {n for p in record.plans if isinstance(p, BlockPlan) for n, idx in p.drops.items() if idx}
     # per-layer widths (or added biases): no family config has them; masked units keep every shape
     unit_plans = any(
@@ -154,7 +154,7 @@ def random_weights(record: PruningRecord) -> bool:
     return bool((record.base or {}).get("random_weights")) and not record.trained_on
 
 
-def _save_own_layout(fmt, model, record: PruningRecord, out: Path, lay, source, extra_json) -> Path:
+def _save_own_layout(fmt, model, record: PruningRecord, out: Path, lay, *, source, extra_json) -> Path:
     """The family's own layout (`Folder.write`; OFT's: `adapters.openvla.load.save`) + plan.json. OFT's
     loaders rebuild language drops (text_config.num_hidden_layers); vision drops (timm depth comes from
     the model id) and sublayer drops they cannot: then the VLA weights are named
