@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from vlaprune.adapters import layout  # noqa: E402
 from vlaprune.adapters.counting import count_flops  # noqa: E402
-from vlaprune.adapters.lerobot_batch import example_batch  # noqa: E402
+from vlaprune.adapters.lerobot.batch import example_batch  # noqa: E402
 from vlaprune.surgery import drop_blocks  # noqa: E402
 from vlaprune.tiny.smolvla import tiny_smolvla, write_tiny_smolvlm  # noqa: E402
 

@@ -6,7 +6,7 @@ fp32 or with lerobot's `dtype="bfloat16"` (`--dtype bf16`, vision path fp32).
     .venv/bin/python benchmarks/gateprobe_fullscale.py --model pi0 --dtype fp32 --batches 1 --phases inference
 
 For the chosen model, three phases, each in a fresh process (so each one's peak RSS is its own), on the same
-calibration batches (`adapters.lerobot_batch`, model-ready tensors):
+calibration batches (`adapters.lerobot.batch`, model-ready tensors):
   inference   the loss forward under no_grad, and one `select_action`
   fwd_bwd     one plain forward + backward with every parameter frozen: the stacks' first-block inputs are
               made leaves that require grad, so the backward runs through every block (activation

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vlaprune.adapters import layout
-from vlaprune.adapters.lerobot_batch import training_pass
+from vlaprune.adapters.lerobot.batch import training_pass
 from vlaprune.data import policy_loss
 from vlaprune.policy import load_policy, wrap
 from vlaprune.scoring import Probe

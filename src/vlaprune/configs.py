@@ -106,6 +106,15 @@ class EpisodesConfig:
 
     def looks(self) -> list[int]:
         """Episodes per task at each look of a sequential comparison."""
-        from vlaprune.evaluate.sequential import looks
-
         return looks(self.n_episodes, self.round_episodes, self.max_episodes)
+
+
+def looks(first: int, round_episodes: int, max_episodes: int) -> list[int]:
+    """Episodes per task at each look: `first`, then every `round_episodes` more, up to `max_episodes`."""
+    if first < 1 or round_episodes < 1 or max_episodes < first:
+        raise VlapruneError(
+            f"sequential looks need 1 <= first ({first}) <= max ({max_episodes}) and a round >= 1 "
+            f"({round_episodes})"
+        )
+    out = list(range(first, max_episodes + 1, round_episodes))
+    return out if out[-1] == max_episodes else [*out, max_episodes]

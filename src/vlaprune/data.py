@@ -24,8 +24,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlaprune.adapters import openvla_batch
-from vlaprune.adapters.openvla import OpenVLAPolicy, predict_actions
+from vlaprune.adapters import family_of
+from vlaprune.adapters.lerobot.data import (
+    check_features,
+    processors,
+    redirect_tokenizers,
+    warn_degenerate_quantiles,
+)
+from vlaprune.adapters.lerobot.data import loss as lerobot_loss
+from vlaprune.adapters.lerobot.data import predict as lerobot_predict
 from vlaprune.configs import DatasetConfig
 from vlaprune.errors import VlapruneError
 from vlaprune.policy import Loaded
@@ -33,6 +40,9 @@ from vlaprune.policy import Loaded
 LossFn = Callable[[int, dict], torch.Tensor]
 
 __all__ = [
+    "check_features",
+    "redirect_tokenizers",
+    "warn_degenerate_quantiles",
     "Data",
     "Splits",
     "DatasetConfig",
@@ -46,96 +56,6 @@ __all__ = [
 
 def noise_seed(seed: int, batch_index: int) -> int:
     return seed * 1_000_003 + batch_index
-
-
-def check_features(policy: nn.Module, features: dict) -> None:
-    """Every input/output feature of the policy must be in the dataset; state/action sizes must match."""
-    from lerobot.configs.types import FeatureType
-
-    wanted = {**policy.config.input_features, **policy.config.output_features}
-    for key, feat in wanted.items():
-        if key not in features:
-            have = ", ".join(k for k in features if k.startswith(("observation", "action")))
-            raise VlapruneError(
-                f"the dataset has no feature {key!r} that the policy needs (it has: {have}); "
-                "use a dataset recorded for this policy or rename its features"
-            )
-        if feat.type is not FeatureType.VISUAL and tuple(features[key]["shape"]) != tuple(feat.shape):
-            raise VlapruneError(
-                f"feature {key!r} has shape {tuple(features[key]['shape'])} in the dataset but "
-                f"{tuple(feat.shape)} in the policy; the dataset does not match this policy"
-            )
-
-
-@contextlib.contextmanager
-def redirect_tokenizers(mapping: dict[str, str]) -> Iterator[None]:
-    """While active, `AutoTokenizer.from_pretrained(<hub id>)` loads the local folder `mapping[hub id]`
-    (for processors that hard-code a hub tokenizer, e.g. pi0's PaliGemma one, on models built offline)."""
-    if not mapping:
-        yield
-        return
-    from transformers import AutoTokenizer
-
-    original = AutoTokenizer.from_pretrained.__func__
-
-    def from_pretrained(cls, name, *args, **kwargs):
-        return original(cls, str(mapping.get(name, name)), *args, **kwargs)
-
-    AutoTokenizer.from_pretrained = classmethod(from_pretrained)
-    try:
-        yield
-    finally:
-        AutoTokenizer.from_pretrained = classmethod(original)
-
-
-def processors(policy: Loaded, stats: dict | None = None) -> tuple[Any, Any]:
-    """(preprocessor, postprocessor): the pipelines saved with the checkpoint if it has them, else fresh
-    ones normalized with the dataset statistics `stats`."""
-    from lerobot.policies.factory import make_pre_post_processors
-
-    saved = policy.folder is not None and (policy.folder / "policy_preprocessor.json").is_file()
-    if not saved and stats is None:
-        raise VlapruneError(
-            "the policy's normalization statistics are needed: use a checkpoint saved with its processors "
-            "(policy_preprocessor.json) or pass --dataset.repo_id / --dataset.root"
-        )
-    with redirect_tokenizers(policy.tokenizers):
-        if saved:  # on the policy's device, as lerobot-train / lerobot-eval override it
-            device = str(next(policy.module.parameters()).device)
-            overrides = {"device_processor": {"device": device}}
-            return make_pre_post_processors(
-                policy.config, pretrained_path=str(policy.folder), preprocessor_overrides=overrides
-            )
-        warn_degenerate_quantiles(policy.config, stats)
-        return make_pre_post_processors(policy.config, dataset_stats=stats)
-
-
-def warn_degenerate_quantiles(config: Any, stats: dict) -> list[str]:
-    """Features the policy normalizes by quantiles (pi0.5's default: (x - q01) / (q99 - q01)) whose q01 and
-    q99 coincide in some dimension: lerobot then divides by ~1e-8 there and the loss reaches ~1e15 (e.g. a
-    gripper action that is constant in 98% of the frames). Logs one warning per such feature; returns them."""
-    import logging
-
-    import numpy as np
-
-    features = {**config.input_features, **config.output_features}
-    out = []
-    for key, feat in features.items():
-        mode = getattr(config.normalization_mapping.get(feat.type.value), "value", "")  # e.g. "QUANTILES"
-        if not mode.startswith("QUANTILE") or key not in stats:
-            continue
-        lo, hi = ("q10", "q90") if mode == "QUANTILE10" else ("q01", "q99")
-        if lo not in stats[key] or hi not in stats[key]:
-            continue
-        flat = np.flatnonzero(np.abs(np.asarray(stats[key][hi]) - np.asarray(stats[key][lo])) < 1e-6)
-        if flat.size:
-            out.append(key)
-            logging.getLogger("vlaprune").warning(
-                f"{key}: {lo} == {hi} in dimension(s) {flat.tolist()}; the policy's quantile normalization "
-                "divides by ~0 there (losses ~1e15): use mean/std normalization for it "
-                "(config.normalization_mapping) or a dataset where that dimension varies"
-            )
-    return out
 
 
 @dataclass(frozen=True)
@@ -152,7 +72,6 @@ class Data:
     the policy), and what every stage draws from it."""
 
     def __init__(self, policy: Loaded, cfg: DatasetConfig) -> None:
-        from lerobot.datasets.factory import resolve_delta_timestamps
         from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
         if not policy.takes_datasets:
@@ -173,12 +92,9 @@ class Data:
             raise VlapruneError(
                 f"cannot open dataset {repo_id!r}: {type(e).__name__}: {str(e)[:200]}"
             ) from None
-        if policy.is_openvla:  # mapped to OFT's own batch format (adapters.openvla_batch)
-            openvla_batch.check_features(policy.module, meta.features)
-            deltas = openvla_batch.delta_timestamps(policy.module, meta.fps)
-        else:
-            check_features(policy.module, meta.features)
-            deltas = resolve_delta_timestamps(policy.config, meta)
+        fmt = policy.data_format  # the family's batch format (OFT's own: adapters.openvla.batch)
+        fmt.check(policy.module, meta.features)
+        deltas = fmt.delta_timestamps(policy.module, meta)
         self.cfg, self.policy, self.meta = cfg, policy, meta
         self.dataset = LeRobotDataset(repo_id, root=cfg.root, episodes=cfg.episodes, delta_timestamps=deltas)
         self._processors: tuple[Any, Any] | None = None
@@ -303,15 +219,11 @@ class Data:
             yield Path(tmp)
 
     def processors(self) -> tuple[Any, Any]:
-        """(preprocessor, postprocessor) of the policy for this dataset (see `processors`), built once; for
-        OpenVLA-OFT the preprocessor maps frames to OFT's batch format and there is no postprocessor."""
-        if self._processors is None and self.policy.is_openvla:
-            self._processors = (
-                openvla_batch.preprocessor(self.policy.module, self.policy.folder, self.meta),
-                None,
-            )
+        """(preprocessor, postprocessor) of the policy for this dataset (its family's `DataFormat.processors`:
+        lerobot's, see `processors`), built once; for OpenVLA-OFT the preprocessor maps frames to OFT's batch
+        format and there is no postprocessor."""
         if self._processors is None:
-            self._processors = processors(self.policy, self.meta.stats)
+            self._processors = self.policy.data_format.processors(self.policy, self.meta)
         return self._processors
 
     def batches(
@@ -348,12 +260,14 @@ def policy_loss(policy: nn.Module, seed: int = 0) -> LossFn:
     """loss(i, batch): the policy's own training loss on batch i with noise/time fixed by (seed, i)."""
     device = next(policy.parameters()).device
     devices = [device] if device.type == "cuda" else []
+    fam = family_of(policy)
+    family_loss = fam.data.loss if fam is not None and fam.data is not None else lerobot_loss
 
     def loss(i: int, batch: dict) -> torch.Tensor:
         policy.eval()
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(noise_seed(seed, i))
-            value, _ = policy.forward(dict(batch))
+            value = family_loss(policy, dict(batch))
         if not torch.isfinite(value):
             raise VlapruneError(
                 f"the loss is {value.item()} on calibration batch {i}; check the checkpoint and the "
@@ -374,11 +288,9 @@ def action_error(
     """
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(noise_seed(seed, i))
-        if isinstance(policy, OpenVLAPolicy):  # OFT's L1 head on its own batch format ("actions")
-            pred, target = predict_actions(policy, batch), batch["actions"]
-        else:
-            policy.reset()
-            pred, target = policy.predict_action_chunk(dict(batch)), batch["action"]  # (B, chunk, A)
+        fam = family_of(policy)  # OFT: its L1 head on its own batch format ("actions")
+        predict = fam.data.predict if fam is not None and fam.data is not None else lerobot_predict
+        pred, target = predict(policy, batch)  # (B, chunk, A)
     target = target[:, : pred.shape[1], : pred.shape[2]]
     pad = batch.get("action_is_pad", torch.zeros(target.shape[:2], dtype=torch.bool, device=target.device))
     diff = (pred - target)[~pad[:, : pred.shape[1]]]  # (valid steps, A)

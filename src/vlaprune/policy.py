@@ -19,9 +19,10 @@ from typing import Any
 
 from torch import nn
 
+from vlaprune.adapters import DataFormat, family_of
 from vlaprune.adapters import family as find_family
 from vlaprune.adapters import layout as find_layout
-from vlaprune.adapters.load import Source, is_lerobot, kind_of, load_source, place, source_of
+from vlaprune.adapters.load import Source, is_lerobot, load_source, place, source_of
 from vlaprune.adapters.stack import Layout
 from vlaprune.configs import PolicyConfig
 from vlaprune.errors import VlapruneError
@@ -56,15 +57,16 @@ class Loaded:
         return is_lerobot(self.module)
 
     @property
-    def is_openvla(self) -> bool:
-        """An OpenVLA / OpenVLA-OFT VLA with OFT's separately saved modules (`adapters.openvla`)?"""
-        return kind_of(self.module) == "openvla"
+    def data_format(self) -> DataFormat | None:
+        """How its family meets LeRobotDataset frames (batch format, loss, action prediction), or None."""
+        fam = family_of(self.module)
+        return fam.data if fam is not None else None
 
     @property
     def takes_datasets(self) -> bool:
         """Does the policy train / score on LeRobotDataset batches (lerobot policies; OpenVLA-OFT with its
-        head, through `adapters.openvla_batch`)?"""
-        return self.is_lerobot or (self.is_openvla and self.module.action_head is not None)
+        head, through `adapters.openvla.batch`)?"""
+        return self.data_format is not None and self.data_format.takes(self.module)
 
     @property
     def family(self) -> str:

@@ -5,7 +5,7 @@ import torch
 
 from vlaprune.adapters import family, layout
 from vlaprune.adapters.anatomy import anatomy
-from vlaprune.adapters.hf import name_stacks
+from vlaprune.adapters.hf.layout import name_stacks
 from vlaprune.tiny.hf import tiny_decoder_lm, tiny_siglip
 
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vlaprune.adapters.anatomy import anatomy
-from vlaprune.adapters.openvla import example_batch, predict_actions, vla_forward
+from vlaprune.adapters.openvla.policy import example_batch, predict_actions, vla_forward
 from vlaprune.configs import PolicyConfig
 from vlaprune.errors import VlapruneError
 from vlaprune.policy import load_policy
@@ -176,7 +176,7 @@ def test_diffusion_head_loss_and_gates(tmp_path):
 
 def test_a_policy_built_in_python_saves_and_reloads(oft, tmp_path):
     """No folder behind it: the model code is taken from where its class was imported."""
-    from vlaprune.adapters.openvla import OpenVLAPolicy
+    from vlaprune.adapters.openvla.policy import OpenVLAPolicy
     from vlaprune.policy import wrap
 
     built = OpenVLAPolicy(oft.module.vla, oft.module.action_head, oft.module.proprio_projector, chunk=8)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vlaprune.adapters import closed_loop_policy
-from vlaprune.adapters.openvla_closed_loop import (
+from vlaprune.adapters.openvla.closed_loop import (
     OFT_MAX_STEPS,
     center_crop,
     gripper,
@@ -483,7 +483,7 @@ def test_unnorm_key_is_ofts():
 
 
 def test_prompt_is_ofts(oft):
-    from vlaprune.adapters.openvla_batch import PROMPT
+    from vlaprune.adapters.openvla.batch import PROMPT
 
     tok = closed_loop_policy(oft.module, "libero", "libero_spatial/0").tok
     ids = prompt_ids(tok, "Put the BOWL on the plate")

@@ -108,7 +108,7 @@ def test_sequential_blocks_are_a_stack():
     vit = VisionTransformer(depth=3)
     lay = layout(vit, "vision=blocks")
     assert isinstance(lay.stacks["vision"].blocks, nn.Sequential) and len(lay.stacks["vision"]) == 3
-    from vlaprune.adapters.hf import find_stack_paths
+    from vlaprune.adapters.hf.layout import find_stack_paths
 
     assert find_stack_paths(vit) == ["blocks"]
 

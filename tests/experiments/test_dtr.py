@@ -9,9 +9,10 @@ import pytest
 
 from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
 from vlaprune.errors import VlapruneError
-from vlaprune.experiments import dtr, plans, report
+from vlaprune.experiments import dtr, report
 from vlaprune.experiments.measure import measure_one
 from vlaprune.experiments.store import Store
+from vlaprune.surgery.select import select_blocks
 
 
 def config(out, data, **kw):
@@ -286,13 +287,13 @@ def test_plan_cost_counts_coupled_partners():
 
     lay = load_policy("tiny:pi0").layout()
     scores = {"language": [5.0, 4.0, 3.0, 0.0], "action": [1.0, 1.0, 1.0, 100.0]}
-    assert plans.plan_for(lay, "language", scores, 1, "pair") == {"language": [2], "action": [2]}
-    assert plans.plan_for(lay, "language", {"language": scores["language"]}, 1, "pair") == {
+    assert select_blocks(lay, "language", scores, 1, "pair") == {"language": [2], "action": [2]}
+    assert select_blocks(lay, "language", {"language": scores["language"]}, 1, "pair") == {
         "language": [3],
         "action": [3],
     }
     # keep-K/V (the default): the expert keeps its blocks, so only the language scores count
-    assert plans.plan_for(lay, "language", scores, 1) == {"language": [3]}
+    assert select_blocks(lay, "language", scores, 1) == {"language": [3]}
 
 
 def test_protocol_levels_in_the_sweep(tiny_dataset, tmp_path):

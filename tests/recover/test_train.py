@@ -86,7 +86,7 @@ def test_killed_and_resumed_run_reaches_the_same_weights(tiny_dataset, tmp_path,
     "mode, extra", [("lora", {"lora_r": 4}), ("distill", {"teacher": "tiny:smolvla", "distill_hidden": 0.1})]
 )
 def test_lora_and_distill_save_policies_that_load(mode, extra, tiny_dataset, tmp_path):
-    from vlaprune.adapters.lerobot_batch import example_batch
+    from vlaprune.adapters.lerobot.batch import example_batch
 
     run(cfg(tmp_path / mode, tiny_dataset, mode=mode, steps=3, save_every=3, **extra))
     policy = load_policy(tmp_path / mode / "final").module

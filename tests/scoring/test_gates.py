@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vlaprune.adapters import layout
-from vlaprune.adapters.lerobot_batch import example_batch
+from vlaprune.adapters.lerobot.batch import example_batch
 from vlaprune.errors import VlapruneError
 from vlaprune.scoring.gates import update_gates, virtual_gates
 

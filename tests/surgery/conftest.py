@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vlaprune.adapters.lerobot_batch import example_batch, training_pass
+from vlaprune.adapters.lerobot.batch import example_batch, training_pass
 
 
 @pytest.fixture

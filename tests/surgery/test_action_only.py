@@ -14,7 +14,7 @@ import torch
 from tests.surgery.conftest import actions, loss
 from vlaprune.adapters import layout
 from vlaprune.adapters.keep_kv import is_kv_only
-from vlaprune.adapters.lerobot_batch import example_batch
+from vlaprune.adapters.lerobot.batch import example_batch
 from vlaprune.adapters.skipped import is_skipped
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.cost import cost

@@ -61,7 +61,7 @@ def test_after_a_drop_everything_runs(kind, request_, mode, after, fresh):
     a = actions(policy)
     assert a.shape == (2, policy.config.chunk_size, 4) and torch.isfinite(a).all()
     policy.reset()
-    from vlaprune.adapters.lerobot_batch import example_batch
+    from vlaprune.adapters.lerobot.batch import example_batch
 
     for _ in range(policy.config.n_action_steps + 1):  # crosses a queue refill: KV cache path twice
         assert policy.select_action(example_batch(policy, 1)).shape == (1, 4)

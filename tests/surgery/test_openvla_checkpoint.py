@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlaprune.adapters.openvla import example_batch, predict_actions
-from vlaprune.adapters.openvla_head import L1RegressionActionHead
+from vlaprune.adapters.openvla.head import L1RegressionActionHead
+from vlaprune.adapters.openvla.policy import example_batch, predict_actions
 from vlaprune.configs import PolicyConfig
 from vlaprune.errors import VlapruneError
 from vlaprune.policy import load_policy
@@ -34,7 +34,7 @@ def oft_own_load(folder):
         return {k.removeprefix("module."): v for k, v in sd.items()}
 
     head.load_state_dict(component("action_head"), strict=True)
-    from vlaprune.adapters.openvla_head import ProprioProjector
+    from vlaprune.adapters.openvla.head import ProprioProjector
 
     proprio = ProprioProjector(d, 8)
     proprio.load_state_dict(component("proprio_projector"), strict=True)

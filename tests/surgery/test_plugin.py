@@ -130,7 +130,7 @@ def test_lerobot_factory_trains_saves_and_vlaprune_reloads(family, kind, fresh, 
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
     from lerobot.policies.factory import make_policy
 
-    from vlaprune.adapters.lerobot_batch import training_pass
+    from vlaprune.adapters.lerobot.batch import training_pass
 
     handle = wrap(fresh(family))
     _cut(handle, kind)

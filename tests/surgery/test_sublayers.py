@@ -12,7 +12,7 @@ import torch
 
 from tests.surgery.conftest import IDS, actions, logits, loss
 from vlaprune.adapters import layout
-from vlaprune.adapters.lerobot_batch import example_batch
+from vlaprune.adapters.lerobot.batch import example_batch
 from vlaprune.errors import VlapruneError
 from vlaprune.policy import load_policy, wrap
 from vlaprune.scoring.gates import virtual_gates

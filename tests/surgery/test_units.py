@@ -68,7 +68,7 @@ def test_pruned_policy_runs_and_round_trips(kind, ratios, fresh, tmp_path):
     lo.backward()
     a = actions(policy)
     assert torch.isfinite(lo) and torch.isfinite(a).all()
-    from vlaprune.adapters.lerobot_batch import example_batch
+    from vlaprune.adapters.lerobot.batch import example_batch
 
     policy.reset()
     assert policy.select_action(example_batch(policy, 1)).shape == (1, 4)

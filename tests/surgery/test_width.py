@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from vlaprune.adapters.openvla import example_batch
+from vlaprune.adapters.openvla.policy import example_batch
 from vlaprune.cli import main
 from vlaprune.configs import PolicyConfig
 from vlaprune.errors import VlapruneError

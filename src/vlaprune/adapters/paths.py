@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from vlaprune.adapters.hf import example_forward, stacks_from_paths
-from vlaprune.adapters.lerobot_batch import inference_pass
-from vlaprune.adapters.load import is_lerobot
+from vlaprune.adapters.hf.layout import example_forward, stacks_from_paths
+from vlaprune.adapters.lerobot.batch import inference_pass
 from vlaprune.adapters.parts import find_branches
+from vlaprune.adapters.source import is_lerobot
 from vlaprune.adapters.stack import COMPONENTS, Layout
 from vlaprune.errors import VlapruneError
 
@@ -27,7 +27,6 @@ PRESETS = {
     "vision.dino=vision_backbone.featurizer.blocks,"
     "vision.siglip=vision_backbone.fused_featurizer.blocks",
 }
-VLM_MAP_OPENVLA = [("language_model.", "")]  # OpenVLA -> its Llama-2 (`vlaprune diverge`)
 HOW = (
     "name the stacks by module path, e.g. --stacks=language=model.layers,vision=vision_tower.blocks "
     "(keys: vision, language, action, projector, optionally with .label)"

@@ -16,7 +16,7 @@ import torch
 from vlaprune.adapters import is_lerobot
 from vlaprune.adapters.anatomy import anatomy
 from vlaprune.adapters.counting import count_flops
-from vlaprune.adapters.lerobot_batch import example_batch
+from vlaprune.adapters.lerobot.batch import example_batch
 from vlaprune.adapters.stack import Layout
 
 

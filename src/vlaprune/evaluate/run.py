@@ -17,7 +17,7 @@ from typing import Any
 from vlaprune.adapters import closed_loop_policy
 from vlaprune.atomic import write_json_atomic
 from vlaprune.configs import HOLDOUT, DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
-from vlaprune.data import Data, processors
+from vlaprune.data import Data
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate import envs
 from vlaprune.evaluate.closed_loop import (
@@ -162,7 +162,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
             policy.module, data, held, batch_size=cfg.batch_size, max_batches=cfg.max_batches
         )
     if cfg.env.type:
-        pre, post = data.processors() if data else processors(policy) if policy.is_lerobot else (None, None)
+        pre, post = data.processors() if data else policy.data_format.processors(policy, None)
         n_tasks = len(task_instructions(cfg.env))
         n_cond = len(conditions(cfg.language_probe, cfg.vision_probe))
         with tqdm(total=n_tasks * n_cond * cfg.eval.n_episodes, desc="episodes") as bar:

@@ -45,22 +45,12 @@ from typing import Any
 
 import numpy as np
 
+from vlaprune.configs import looks  # noqa: F401  (re-exported: the episodes at each look)
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.paired import KEEPS, LOSES, UNDECIDED, _keyed
 
 TRUNCATION = 0.75  # c: the largest bet is c / m0 (Waudby-Smith & Ramdas use 1/2 or 3/4)
 GRID = 1000  # CS bounds on a grid of Delta0 with step 1 / GRID
-
-
-def looks(first: int, round_episodes: int, max_episodes: int) -> list[int]:
-    """Episodes per task at each look: `first`, then every `round_episodes` more, up to `max_episodes`."""
-    if first < 1 or round_episodes < 1 or max_episodes < first:
-        raise VlapruneError(
-            f"sequential looks need 1 <= first ({first}) <= max ({max_episodes}) and a round >= 1 "
-            f"({round_episodes})"
-        )
-    out = list(range(first, max_episodes + 1, round_episodes))
-    return out if out[-1] == max_episodes else [*out, max_episodes]
 
 
 def bets(x: np.ndarray, tasks: int, confidence: float = 0.95) -> np.ndarray:

@@ -23,6 +23,7 @@ from vlaprune.policy import load_policy
 from vlaprune.surgery.dead import dead_request
 from vlaprune.surgery.levels import PROTOCOL_LEVELS, protocol_blocks
 from vlaprune.surgery.plan import MODES, plan_to_dict, resolve_drops
+from vlaprune.surgery.select import select_blocks
 from vlaprune.surgery.sublayers import PARTS, resolve_sublayers
 from vlaprune.surgery.width import CRITERIA, resnet_of
 
@@ -36,7 +37,9 @@ class DropSpec:
     action: str = ""
     # Any stacks by name: "vision.dino=1,2;language=3".
     blocks: str = ""
-    # Or take the k lowest-scoring blocks of `components` from a scores.json (`--drop.from=`).
+    # Or let a scores.json choose k blocks of `components` (`--drop.from=`): the cheapest valid plan, coupled
+    # partners' scores included, as the DTR sweep chooses (`vlaprune.surgery.select`); the k lowest-scoring
+    # blocks whenever they need no partners.
     scores: str = ""
     k: int = 0
     components: str = ""
@@ -148,7 +151,7 @@ def request_from(spec: DropSpec, lay: Layout) -> dict[str, list[int]]:
     if spec.scores:
         if req:
             raise VlapruneError("give either block indices or --drop.from, not both")
-        req = _from_scores(spec, list(lay.stacks))
+        req = _from_scores(spec, lay)
     if not req and not spec.head_width and not spec.dead:
         raise VlapruneError(
             "nothing to drop: pass --drop.language=3,7 (or vision/action/blocks), --drop.from, "
@@ -157,7 +160,9 @@ def request_from(spec: DropSpec, lay: Layout) -> dict[str, list[int]]:
     return req
 
 
-def _from_scores(spec: DropSpec, stack_names: list[str]) -> dict[str, list[int]]:
+def _from_scores(spec: DropSpec, lay: Layout) -> dict[str, list[int]]:
+    """The blocks `surgery.select.select_blocks` picks from a scores.json: the same rule as DTR's sweep (the
+    cheapest valid k-block plan of the stacks asked for, partners included)."""
     path = Path(spec.scores)
     if not path.is_file():
         raise VlapruneError(f"--drop.from {path}: no such file (write one with `vlaprune score`)")
@@ -179,20 +184,21 @@ def _from_scores(spec: DropSpec, stack_names: list[str]) -> dict[str, list[int]]
     names = [n for n in scores if n in wanted or n.split(".")[0] in wanted]
     if not names:
         raise VlapruneError(f"{path} has no scores for components {wanted} (has {', '.join(scores)})")
-    unknown = [n for n in names if n not in stack_names]
+    unknown = [n for n in names if n not in lay.stacks]
     if unknown:
         raise VlapruneError(
             f"{path} scores stacks {unknown} that this model does not have; wrong scores file?"
         )
-    ranked = sorted((v, n, i) for n in names for i, v in enumerate(scores[n]))
-    if not 0 < spec.k < len(ranked):
+    total = sum(len(scores[n]) for n in names)
+    if not 0 < spec.k < total:
+        raise VlapruneError(f"--drop.k={spec.k}: choose between 1 and {total - 1} of the {total} blocks")
+    drops = select_blocks(lay, names, scores, spec.k, spec.mode, spec.part)
+    if drops is None:
         raise VlapruneError(
-            f"--drop.k={spec.k}: choose between 1 and {len(ranked) - 1} of the {len(ranked)} blocks"
+            f"no valid plan drops {spec.k} blocks of {', '.join(names)} under this policy's coupling rules; "
+            "choose another --drop.k or --drop.mode"
         )
-    req: dict[str, list[int]] = {}
-    for _, n, i in ranked[: spec.k]:
-        req.setdefault(n, []).append(i)
-    return req
+    return drops
 
 
 def _check(lay: Layout, request: dict[str, list[int]], spec: DropSpec) -> None:

@@ -28,7 +28,6 @@ from vlaprune.data import Data, Splits, policy_loss
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.run import task_instructions
 from vlaprune.experiments.measure import measure_one
-from vlaprune.experiments.plans import choices, partners
 from vlaprune.experiments.rounds import continue_after
 from vlaprune.experiments.select import export, none_selected
 from vlaprune.experiments.store import Store, row_id
@@ -37,6 +36,7 @@ from vlaprune.recover.budget import BUDGETS
 from vlaprune.scoring import METHODS, SUBLAYER_METHODS, Probe
 from vlaprune.surgery.levels import PROTOCOL_LEVELS, level_count
 from vlaprune.surgery.plan import MODES
+from vlaprune.surgery.select import choices, partners
 from vlaprune.surgery.sublayers import PARTS
 
 
@@ -196,13 +196,11 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
         dict.fromkeys(s for c in comps for s in partners(lay, c, mode))
     )  # plan costs count partners
     measure = measure or measure_one
+    scorer = Scorer(store, cfg, chash, policy, data, train, setting)
     todo: list[tuple[str, dict, dict]] = []  # (row id, measurement spec, plan rows pointing at it)
     plans: list[tuple[str, dict]] = []
     for seed in (int(s) for s in _split(cfg.sweep.seeds)):
-        scores = {
-            m: _scores(store, cfg, chash, policy, data, train, scored, m, seed, setting)
-            for m in _split(cfg.sweep.methods)
-        }
+        scores = {m: scorer.scores(scored, m, seed) for m in _split(cfg.sweep.methods)}
         base_spec = {
             "drops": {},
             "seed": seed,
@@ -213,7 +211,7 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
         }
         todo.append((row_id(base_spec), base_spec, {}))
         sub_scores = {
-            m: _scores(store, cfg, chash, policy, data, train, comps, m, seed, setting, "sublayer")
+            m: scorer.scores(comps, m, seed, "sublayer")
             for m in _split(cfg.sweep.methods)
             if m in SUBLAYER_METHODS and set(_split(cfg.sweep.parts)) - {"block"}
         }
@@ -222,7 +220,7 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
                 n = len(lay.stacks[c])
                 for level in _split(cfg.sweep.levels):
                     try:
-                        k, options = choices(lay, c, level, part, mode, scores, sub_scores)
+                        k, options = choices(lay, c, level, part, mode, scores=scores, sub_scores=sub_scores)
                     except VlapruneError as e:
                         console.print(f"skipping {c} {level} ({part}): {e}", markup=False)
                         continue
@@ -302,50 +300,53 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
     }
 
 
-def _scores(
-    store: Store,
-    cfg: DTRConfig,
-    chash: str,
-    policy: Loaded,
-    data: Data,
-    train: list[int],
-    comps: list[str],
-    method: str,
-    seed: int,
-    setting: dict,
-    granularity: str = "block",
-) -> dict:
-    """{stack: per-block scores} of `method` (stored once per settings); with granularity "sublayer" the
-    per-sublayer scores {"attn" | "mlp": {stack: per-block scores}} (`gateprobe._branch_scores`)."""
-    keys = ("policy", "dataset", "splits", "calibration", "vlaprune_version")  # what the scores depend on
-    spec = {
-        "kind": "scores",
-        "method": method,
-        "seed": seed,
-        "components": comps,
-        "settings": {k: setting[k] for k in keys},
-    }
-    if granularity != "block":
-        spec["granularity"] = granularity
-    rid = row_id(spec)
-    field_ = "scores" if granularity == "block" else "parts"
-    if store.has(rid, spec):
-        return store.get(rid)[field_]
-    batches = data.batches(cfg.calib_batches, cfg.calib_batch_size, seed, train)
-    probe = Probe(policy.layout(), comps, batches, policy_loss(policy.module, seed), seed, granularity)
-    t0 = time.perf_counter()
-    result = METHODS[method](probe)
-    store.put(
-        rid,
-        {
+@dataclass
+class Scorer:
+    """What the sweep's scores depend on, fixed for a run; `scores` computes a method's scores once per
+    settings (the store keeps them)."""
+
+    store: Store
+    cfg: DTRConfig
+    chash: str
+    policy: Loaded
+    data: Data
+    train: list[int]
+    setting: dict
+
+    def scores(self, comps: list[str], method: str, seed: int, granularity: str = "block") -> dict:
+        """{stack: per-block scores} of `method` (stored once per settings); with granularity "sublayer" the
+        per-sublayer scores {"attn" | "mlp": {stack: per-block scores}} (`gateprobe._branch_scores`)."""
+        keys = ("policy", "dataset", "splits", "calibration", "vlaprune_version")  # what the scores depend on
+        spec = {
             "kind": "scores",
-            "spec": spec,
-            "scores": result.blocks,
-            "parts": result.detail.get("parts"),
-            "seconds": time.perf_counter() - t0,
-            "loss": probe.mean_loss(),
-        },
-        chash,
-        seed,
-    )
-    return result.blocks if granularity == "block" else result.detail["parts"]
+            "method": method,
+            "seed": seed,
+            "components": comps,
+            "settings": {k: self.setting[k] for k in keys},
+        }
+        if granularity != "block":
+            spec["granularity"] = granularity
+        rid = row_id(spec)
+        field_ = "scores" if granularity == "block" else "parts"
+        if self.store.has(rid, spec):
+            return self.store.get(rid)[field_]
+        batches = self.data.batches(self.cfg.calib_batches, self.cfg.calib_batch_size, seed, self.train)
+        probe = Probe(
+            self.policy.layout(), comps, batches, policy_loss(self.policy.module, seed), seed, granularity
+        )
+        t0 = time.perf_counter()
+        result = METHODS[method](probe)
+        self.store.put(
+            rid,
+            {
+                "kind": "scores",
+                "spec": spec,
+                "scores": result.blocks,
+                "parts": result.detail.get("parts"),
+                "seconds": time.perf_counter() - t0,
+                "loss": probe.mean_loss(),
+            },
+            self.chash,
+            seed,
+        )
+        return result.blocks if granularity == "block" else result.detail["parts"]

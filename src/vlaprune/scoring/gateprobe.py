@@ -30,6 +30,7 @@ lerobot's `forward(batch, reduction="none")` returns. Then dL_b/da = grad[b] / w
   OpenVLA-OFT L1 / diffusion loss: mean over (batch, chunk, action dims)               -> w[b] = 1/B
               (the adapter's `Layout.example_weights`)
   others      `Probe.example_weights(batch)` must give w (B,).
+(The rules live with the families: `Family.example_weights`, `Layout.example_weights`.)
 tests/scoring/test_gateprobe_paper.py checks these against finite differences of lerobot's per-example loss.
 
 Coupled stacks (SmolVLA, pi0, pi0.5): the gate on a language block scales only that block's residual update,
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import torch
 
+from vlaprune.adapters import family_of
 from vlaprune.errors import VlapruneError
 from vlaprune.scoring.gates import Key, update_gates, virtual_gates
 from vlaprune.scoring.probe import Probe, Scores, weights_frozen
@@ -52,16 +54,11 @@ def example_weights(probe: Probe, batch) -> torch.Tensor:
     rule = probe.example_weights or probe.layout.example_weights  # the Probe's, else the adapter's
     if rule is not None:
         return rule(batch).detach().double().cpu()
-    kind = getattr(getattr(probe.layout.model, "config", None), "type", None)
-    if kind in ("pi0", "pi05", "smolvla"):
-        n = batch["action"].shape[0]
-        pad = batch.get("action_is_pad")
-        if kind != "smolvla" or pad is None:
-            return torch.full((n,), 1.0 / n, dtype=torch.float64)
-        valid = (~pad.bool()).sum(1).double().cpu()  # n_b, valid steps per example
-        return valid / valid.sum().clamp_min(1)
+    fam = family_of(probe.layout.model)  # the family's rule (SmolVLA, pi0, pi0.5), also under --stacks
+    if fam is not None and fam.example_weights is not None:
+        return fam.example_weights(batch).detach().double().cpu()
     raise VlapruneError(
-        f"gateprobe needs per-example loss weights for {kind or probe.layout.family!r} models: build the "
+        f"gateprobe needs per-example loss weights for {probe.layout.family!r} models: build the "
         "Probe with example_weights=<batch -> (B,) weights of the batch loss>"
     )
 

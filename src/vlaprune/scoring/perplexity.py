@@ -6,7 +6,8 @@ score_i = CE(block i removed) - CE(all blocks), CE the mean next-token cross-ent
 block i is removed by its residual gate at 0 (`gates.virtual_gates`, as `loo` does), exactly h_out = h_in.
 It measures what the *VLM* loses, not the action loss: the paper's point is that the two disagree.
 
-Where the language model and its head live (the instruction tokens come from the batches):
+Where the language model and its head live (each family says: `Family.language_model`; the instruction
+tokens come from the batches):
   smolvla    model.vlm_with_expert.vlm: text_model + lm_head; tokens observation.language.tokens / _mask
   pi0, pi05  model.paligemma_with_expert.paligemma: language_model + lm_head; the same token keys
   hf         a transformers causal LM (its `get_output_embeddings()`); tokens input_ids / attention_mask
@@ -19,12 +20,11 @@ from collections.abc import Callable
 
 import torch
 
+from vlaprune.adapters import FAMILIES
 from vlaprune.adapters.stack import Layout
 from vlaprune.errors import VlapruneError
 from vlaprune.scoring.gates import virtual_gates
 from vlaprune.scoring.probe import Probe, Scores
-
-TOKENS = ("observation.language.tokens", "observation.language.attention_mask")
 
 
 def check(layout: Layout, stacks: list[str]) -> None:
@@ -41,16 +41,8 @@ def check(layout: Layout, stacks: list[str]) -> None:
 def _lm(layout: Layout) -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tuple[str, str]]:
     """(ids, mask -> logits (B, T, V), the batch keys of ids and mask) for this model's language model."""
     model, family = layout.model, layout.family
-    if family == "smolvla":
-        vlm = model.model.vlm_with_expert.vlm
-        text, head = vlm.model.text_model, getattr(vlm, "lm_head", None)
-    elif family in ("pi0", "pi05"):
-        pg = model.model.paligemma_with_expert.paligemma
-        text, head = pg.model.language_model, getattr(pg, "lm_head", None)
-    elif family == "hf" and hasattr(model, "get_output_embeddings"):
-        text, head = getattr(model, "model", None), model.get_output_embeddings()
-    else:
-        text, head = None, None
+    fam = FAMILIES.get(family)
+    text, head, keys = fam.language_model(model) if fam and fam.language_model else (None, None, None)
     if text is None or not isinstance(head, torch.nn.Module):
         raise VlapruneError(
             f"perplexity needs a language-model head, and this {family} model has none; rank with gateprobe "
@@ -61,7 +53,7 @@ def _lm(layout: Layout) -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Te
         hidden = text(input_ids=ids, attention_mask=mask).last_hidden_state
         return head(hidden)
 
-    return logits, (TOKENS if family != "hf" else ("input_ids", "attention_mask"))
+    return logits, keys
 
 
 def _nll(probe: Probe, logits_fn, keys: tuple[str, str]) -> float:

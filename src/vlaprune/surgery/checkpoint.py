@@ -25,9 +25,9 @@ from typing import Any
 from torch import nn
 
 from vlaprune import __version__
+from vlaprune.adapters import FOLDERS, kind_of
 from vlaprune.adapters import layout as find_layout
-from vlaprune.adapters import openvla_load
-from vlaprune.adapters.load import Source, build, kind_of, load_source
+from vlaprune.adapters.load import Source, build, load_source
 from vlaprune.atomic import atomic_dir
 from vlaprune.errors import VlapruneError
 from vlaprune.surgery.blocks import replay_blocks
@@ -48,20 +48,14 @@ PROCESSOR_GLOBS = ("policy_preprocessor*", "policy_postprocessor*")
 
 def base_record(source: Source, stacks: str | None = None, trust_remote_code: bool = False) -> dict | None:
     """How to rebuild the unpruned architecture of a freshly loaded model (taken before any surgery, since
-    surgery changes the config's counters); None when it cannot be rebuilt. A transformers model whose class
-    is remote code (not in transformers) is rebuilt from its folder, with the trust flag it came with."""
-    import transformers
-
-    model, cfg = source.module, getattr(source.module, "config", None)
-    if source.kind == "openvla":
-        return openvla_load.base_record(model, trust_remote_code)
-    if source.kind == "lerobot":
-        import draccus
-
-        rec = {"kind": "lerobot", "type": cfg.type, "config": draccus.encode(cfg)}
-        return rec | ({"builder": source.builder} if source.builder else {})
-    if source.kind == "transformers" and not stacks and hasattr(transformers, type(model).__name__):
-        return {"kind": "transformers", "class": type(model).__name__, "config": cfg.to_dict()}
+    surgery changes the config's counters); None when it cannot be rebuilt. Its family's folder format
+    records it (lerobot: type + config; transformers: class + config, unless path-named; OpenVLA: the VLA's
+    config and OFT's modules); else a model is rebuilt from its folder, with the trust flag it came with, or
+    its builder."""
+    fmt = FOLDERS.get(source.kind)
+    rec = fmt.base_record(source, stacks, trust_remote_code) if fmt is not None else None
+    if rec is not None:
+        return rec
     if source.folder is not None:
         return {"kind": "source", "path": str(source.folder), "trust_remote_code": trust_remote_code}
     if source.builder:
@@ -91,8 +85,9 @@ def save_pruned(
             "from a checkpoint folder or a registered builder before pruning it"
         )
     lay = find_layout(model, record.stacks)
-    if base["kind"] == "openvla":
-        return _save_openvla(model, record, out, lay, processors_from, extra_json)
+    fmt = FOLDERS.get(base["kind"])
+    if fmt is not None and fmt.write is not None:  # the family writes its own layout (OpenVLA-OFT)
+        return _save_own_layout(fmt, model, record, out, lay, source=processors_from, extra_json=extra_json)
     dropped = {n for p in record.plans if isinstance(p, BlockPlan) for n, idx in p.drops.items() if idx}
     # per-layer widths (or added biases): no family config has them; masked units keep every shape
     unit_plans = any(
@@ -110,8 +105,7 @@ def save_pruned(
     )
     expressible = base["kind"] not in ("source", "builder") and dropped <= lay.config_expresses
     expressible = expressible and not unit_plans and not kv_only and not base.get("builder")
-    plugin = not expressible and base["kind"] == "lerobot" and not record.stacks
-    plugin = plugin and lay.family in PLUGIN_TYPES
+    plugin = not expressible and not record.stacks and lay.family in PLUGIN_TYPES
     plan_json = _record_json(
         lay, model, record, OWN_WEIGHTS if expressible or plugin else PRUNED_WEIGHTS, expressible
     )
@@ -160,12 +154,13 @@ def random_weights(record: PruningRecord) -> bool:
     return bool((record.base or {}).get("random_weights")) and not record.trained_on
 
 
-def _save_openvla(model, record: PruningRecord, out: Path, lay, source, extra_json) -> Path:
-    """OFT's own layout (`adapters.openvla_load.save`) + plan.json. OFT's loaders rebuild language drops
-    (text_config.num_hidden_layers); vision drops (timm depth comes from the model id) and sublayer drops
-    they cannot: then the VLA weights are named pruned_model.safetensors, so OFT's from_pretrained refuses the
-    folder. Head cuts (blocks: OFT builds 2; width: OFT builds hidden = LLM width) keep the VLA loadable and
-    make OFT's strict head loading fail loudly by themselves."""
+def _save_own_layout(fmt, model, record: PruningRecord, out: Path, lay, *, source, extra_json) -> Path:
+    """The family's own layout (`Folder.write`; OFT's: `adapters.openvla.load.save`) + plan.json. OFT's
+    loaders rebuild language drops (text_config.num_hidden_layers); vision drops (timm depth comes from
+    the model id) and sublayer drops they cannot: then the VLA weights are named
+    pruned_model.safetensors, so OFT's from_pretrained refuses the folder. Head cuts (blocks: OFT builds
+    2; width: OFT builds hidden = LLM width) keep the VLA loadable and make OFT's strict head loading
+    fail loudly by themselves."""
     vla_stacks = {n for n, s in lay.stacks.items() if s.component != "action"}
     touched: set[str] = set()  # VLA stacks cut in a way the VLA's config cannot express
     for p in record.plans:
@@ -178,7 +173,7 @@ def _save_openvla(model, record: PruningRecord, out: Path, lay, source, extra_js
     own = vla_ok and not touched
     plan_json = _record_json(lay, model, record, OWN_WEIGHTS if vla_ok else PRUNED_WEIGHTS, own)
     with atomic_dir(out) as tmp:
-        openvla_load.save(model, tmp, Path(source) if source else None, vla_ok)
+        fmt.write(model, tmp, Path(source) if source else None, vla_ok)
         (tmp / "plan.json").write_text(json.dumps(plan_json, indent=2, default=str) + "\n")
         for name, obj in (extra_json or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
@@ -196,7 +191,7 @@ def _mark_config(config_file: Path) -> None:
 
 
 def _write_weights_and_config(model: nn.Module, folder: Path, base: dict) -> None:
-    if hasattr(model, "save_pretrained") and kind_of(model) in ("lerobot", "transformers"):
+    if hasattr(model, "save_pretrained") and kind_of(model) in FOLDERS:  # lerobot's or transformers' own
         model.save_pretrained(str(folder))
     else:
         from safetensors.torch import save_model
@@ -206,31 +201,12 @@ def _write_weights_and_config(model: nn.Module, folder: Path, base: dict) -> Non
         raise VlapruneError(f"saving wrote no {OWN_WEIGHTS} (sharded checkpoints are not supported yet)")
 
 
-def rebuild(base: dict[str, Any]) -> Source:
-    """A fresh (random-weight) instance of the unpruned architecture a base record describes."""
+def rebuild(base: dict[str, Any], folder: Path | None = None, trust_remote_code: bool = False) -> Source:
+    """A fresh (random-weight) instance of the unpruned architecture a base record describes (its family's
+    folder format rebuilds it; `folder`: the checkpoint's, for families that read model code from it)."""
     kind = base["kind"]
-    if kind == "lerobot":
-        import draccus
-        from lerobot.configs.policies import PreTrainedConfig
-        from lerobot.policies.factory import get_policy_class
-
-        cfg = draccus.decode(PreTrainedConfig, {"type": base["type"], **base["config"]})
-        if hasattr(cfg, "load_vlm_weights"):
-            cfg.load_vlm_weights = False  # every weight comes from the checkpoint
-        if base.get("builder"):
-            b = dict(base["builder"])
-            return build(b.pop("name"), config=cfg, **b)
-        return Source(get_policy_class(base["type"])(cfg), "lerobot")
-    if kind == "transformers":
-        import transformers
-
-        cls = getattr(transformers, base["class"], None)
-        if cls is None:
-            raise VlapruneError(
-                f"transformers has no class {base['class']} to rebuild this checkpoint with (remote code?); "
-                "re-create it from the original folder with --policy.trust_remote_code=true"
-            )
-        return Source(cls(cls.config_class.from_dict(base["config"])), "transformers")
+    if kind in FOLDERS:
+        return FOLDERS[kind].rebuild(base, folder, trust_remote_code)
     if kind == "builder":
         b = dict(base["builder"])
         return build(b.pop("name"), **b)
@@ -273,11 +249,8 @@ def load_pruned(folder: str | Path, trust_remote_code: bool = False) -> tuple[So
         plans=[plan_from_dict(p) for p in saved["plans"]],
         trained_on=saved.get("trained_on"),
     )
-    openvla = record.base.get("kind") == "openvla"
-    if openvla:
-        source = Source(openvla_load.rebuild(record.base, folder, trust_remote_code), "openvla")
-    else:
-        source = rebuild(record.base)
+    source = rebuild(record.base, folder, trust_remote_code)
+    fmt = FOLDERS.get(record.base["kind"])
     model = source.module
     for plan in record.plans:
         if plan.kind == "width":
@@ -291,8 +264,8 @@ def load_pruned(folder: str | Path, trust_remote_code: bool = False) -> tuple[So
     from safetensors.torch import load_model
 
     try:
-        if openvla:
-            openvla_load.load_weights(model, folder, saved["weights"])
+        if fmt is not None and fmt.load_weights is not None:  # the family's own files (OFT's head)
+            fmt.load_weights(model, folder, saved["weights"])
         else:
             load_model(model, str(weights), strict=True)
     except VlapruneError:

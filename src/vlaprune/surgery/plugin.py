@@ -28,9 +28,11 @@ from typing import Any
 
 from torch import nn
 
+from vlaprune.adapters import FAMILIES
 from vlaprune.errors import VlapruneError
 
-PLUGIN_TYPES = {"smolvla": "vlaprune_smolvla", "pi0": "vlaprune_pi0", "pi05": "vlaprune_pi05"}
+# family -> its plugin type (`Family.plugin_type`: smolvla, pi0, pi05)
+PLUGIN_TYPES = {name: f.plugin_type for name, f in FAMILIES.items() if f.plugin_type}
 FAMILY_OF = {v: k for k, v in PLUGIN_TYPES.items()}
 WEIGHTS = "model.safetensors"
 RECORD_KEY = "vlaprune"

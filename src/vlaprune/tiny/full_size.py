@@ -8,7 +8,7 @@ real sizes, for the full-scale benchmark (benchmarks/gateprobe_fullscale.py) and
            SmolVLA's own defaults do the rest (16 VLM layers, expert at 0.75 width). ~450 M parameters.
   pi0/pi05 lerobot builds PaliGemma gemma_2b (18 layers) + the gemma_300m expert itself (its sizes are
            hard-coded; building the model needs no tokenizer). ~3.3 B parameters.
-Batches come from `adapters.lerobot_batch.example_batch` (model-ready tensors; the SmolVLM tokenizer here is a
+Batches come from `adapters.lerobot.batch.example_batch` (model-ready tensors; the SmolVLM tokenizer here is a
 small stand-in whose ids fit the real vocabulary); nothing is downloaded.
 Precision as lerobot runs them: SmolVLA in fp32 (a checkpoint loaded by `from_pretrained` is fp32; its
 joint forward does not support a bf16 VLM beside the fp32 expert: the residual stream mixes dtypes, tried),
@@ -132,9 +132,9 @@ def full_pi(kind: str = "pi0", dtype: torch.dtype = torch.bfloat16, seed: int = 
 
 
 def calibration_batches(policy, n: int = 1, size: int = 1) -> list[dict]:
-    """n model-ready batches of `size` examples with an action chunk (`adapters.lerobot_batch.example_batch`
+    """n model-ready batches of `size` examples with an action chunk (`adapters.lerobot.batch.example_batch`
     plus seeded actions, nothing padded): what the benchmark and the slow tests calibrate on."""
-    from vlaprune.adapters.lerobot_batch import example_batch
+    from vlaprune.adapters.lerobot.batch import example_batch
 
     cfg, out = policy.config, []
     device = next(policy.parameters()).device

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from vlaprune.adapters.openvla_head import (
+from vlaprune.adapters.openvla.head import (
     DiffusionActionHead,
     L1RegressionActionHead,
     NoisyActionProjector,

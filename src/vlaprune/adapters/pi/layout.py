@@ -6,7 +6,7 @@ Stacks (lerobot 0.6.1):
   action    model.paligemma_with_expert.gemma_expert.model.layers                             (Gemma expert)
 Coupling: lockstep. The VLM and expert stacks are zipped with strict=True and every layer is one joint
 attention over [prefix; suffix], so both stacks keep the same depth: removing block i removes it from both.
-Keep-K/V: a language block can go while its keys / values stay for the expert (`keep_kv_pi`); the expert
+Keep-K/V: a language block can go while its keys / values stay for the expert (`pi/keep_kv.py`); the expert
 keeps all its blocks and both stacks keep their depth.
 Action-only: an expert block can go alone (`adapters.skipped`): the expert's tokens skip that layer, every
 language block stays (the VLM still computes the K/V later expert blocks read), both stacks keep their depth.
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from vlaprune.adapters import keep_kv_pi
 from vlaprune.adapters.keep_kv import is_kv_only
-from vlaprune.adapters.lerobot_batch import inference_pass, training_pass
+from vlaprune.adapters.lerobot.batch import inference_pass, training_pass
+from vlaprune.adapters.pi import keep_kv as keep_kv_pi
 from vlaprune.adapters.skipped import is_skipped
 from vlaprune.adapters.stack import Counter, Coupling, KeepKV, Layout, SkipInPlace, make_stack
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vlaprune.adapters.openvla import OpenVLAPolicy
+from vlaprune.adapters.openvla.policy import OpenVLAPolicy
 from vlaprune.errors import VlapruneError
 
 OFT_MAX_STEPS = {
@@ -212,7 +212,7 @@ class OFTLibero(nn.Module):
         super().__init__()
         from lerobot.configs.types import FeatureType, PolicyFeature
 
-        from vlaprune.adapters.openvla_batch import image_settings
+        from vlaprune.adapters.openvla.batch import image_settings
 
         if policy.action_head is None:
             raise VlapruneError("closed-loop OFT needs its action head (action_head--<step>_checkpoint.pt)")
@@ -260,7 +260,7 @@ class OFTLibero(nn.Module):
     @torch.no_grad()
     def predict_chunk(self, batch: dict[str, Any]) -> np.ndarray:
         """(B, chunk, 7) environment actions for the raw env batch."""
-        from vlaprune.adapters.openvla import predict_actions
+        from vlaprune.adapters.openvla.policy import predict_actions
 
         obs = self.observation(batch)
         device = next(self.policy.parameters()).device
@@ -278,7 +278,7 @@ class OFTLibero(nn.Module):
 def action_batch(policy: OpenVLAPolicy, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """OFT's inference input: the prompt + chunk * A placeholder action tokens + the stop token, with labels
     marking the action slots (what its predict_action builds before the forward)."""
-    from vlaprune.adapters.openvla_head import IGNORE_INDEX
+    from vlaprune.adapters.openvla.head import IGNORE_INDEX
 
     ids = obs["input_ids"]
     text = policy.vla.config.text_config

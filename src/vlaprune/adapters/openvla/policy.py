@@ -3,7 +3,7 @@
 OFT's checkpoint is a transformers remote-code model (`OpenVLAForActionPrediction`) plus files saved next to
 it: the action head (`action_head--<step>_checkpoint.pt`), the proprio projector and, for the diffusion head,
 the noisy-action projector. They are not submodules of the VLA; `OpenVLAPolicy` holds all of them so every
-stage sees one module (`vlaprune.adapters.openvla_load` reads and writes the folder).
+stage sees one module (`vlaprune.adapters.openvla.load` reads and writes the folder).
 
 Stacks (paths from the OpenVLAPolicy root):
     language       vla.language_model.model.layers                         Llama-2 (num_hidden_layers)
@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlaprune.adapters.hf import config_counter, stacks_from_paths
-from vlaprune.adapters.openvla_head import IGNORE_INDEX, DiffusionActionHead
+from vlaprune.adapters.hf.layout import config_counter, stacks_from_paths
+from vlaprune.adapters.openvla.head import IGNORE_INDEX, DiffusionActionHead
 from vlaprune.adapters.stack import Counter, Layout, ReadOut
 from vlaprune.errors import VlapruneError
 

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlaprune.adapters.openvla import OpenVLAPolicy
-from vlaprune.adapters.openvla_head import IGNORE_INDEX
+from vlaprune.adapters.openvla.head import IGNORE_INDEX
+from vlaprune.adapters.openvla.policy import OpenVLAPolicy
 from vlaprune.errors import VlapruneError
 
 PROMPT = "In: What action should the robot take to {}?\nOut: "  # OFT's PurePromptBuilder (trailing space)

@@ -9,7 +9,7 @@ with trust_remote_code. transformers 5 applies Prismatic's in-place `_init_weigh
 re-randomizes already-loaded tensors without a warning, so every tensor is copied again from the
 safetensors file(s), strictly (missing, unexpected or mis-shaped tensors are refused). The component files
 (`action_head--<step>_checkpoint.pt`, `proprio_projector--...`, `noisy_action_projector--...`) load strictly
-into `vlaprune.adapters.openvla_head` modules whose shapes are read from the files. A folder whose modeling
+into `vlaprune.adapters.openvla.head` modules whose shapes are read from the files. A folder whose modeling
 code is OFT's (its forward takes a proprio projector) needs its head file.
 
 Writing (OFT's layout, what OFT's `get_vla` + `get_action_head` / `get_proprio_projector` read): the VLA's
@@ -29,8 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlaprune.adapters.openvla import OpenVLAPolicy, chunk_for, head_kind
-from vlaprune.adapters.openvla_head import (
+from vlaprune.adapters.openvla.head import (
     DiffusionActionHead,
     L1RegressionActionHead,
     NoisyActionProjector,
@@ -41,10 +40,11 @@ from vlaprune.adapters.openvla_head import (
     projector_from_state_dict,
     read_component,
 )
+from vlaprune.adapters.openvla.policy import OpenVLAPolicy, chunk_for, head_kind
+from vlaprune.adapters.source import remote_class
 from vlaprune.errors import VlapruneError
 
 COMPONENTS = ("action_head", "proprio_projector", "noisy_action_projector")
-AUTO_CLASSES = ("AutoModelForVision2Seq", "AutoModelForImageTextToText", "AutoModelForCausalLM", "AutoModel")
 # files OFT's loaders read besides config.json and the weights
 AUX_GLOBS = (
     "*.py",
@@ -79,29 +79,6 @@ def component_file(folder: Path, name: str) -> Path | None:
             "of the training step you want to load"
         )
     return files[0] if files else None
-
-
-def remote_class(folder: Path, cfg: dict[str, Any], trust_remote_code: bool) -> type:
-    """The model class the folder's remote code defines (the first of AUTO_CLASSES its auto_map names)."""
-    auto = cfg.get("auto_map") or {}
-    ref = next((auto[k] for k in AUTO_CLASSES if k in auto), None)
-    if ref is None:
-        raise VlapruneError(
-            f"{folder}/config.json has no auto_map entry for a model class (OpenVLA checkpoints map "
-            "AutoModelForVision2Seq to modeling_prismatic.OpenVLAForActionPrediction); re-download the folder"
-        )
-    if not trust_remote_code:
-        raise VlapruneError(
-            f"{folder} runs its own model code ({ref.split('.')[0]}.py, as OpenVLA checkpoints do); pass "
-            "--policy.trust_remote_code=true if you trust it"
-        )
-    from transformers.dynamic_module_utils import get_class_from_dynamic_module
-
-    try:
-        return get_class_from_dynamic_module(ref, str(folder))
-    except Exception as e:  # noqa: BLE001  (missing file, import error inside the remote code)
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise VlapruneError(f"cannot import {ref} from {folder}: {type(e).__name__}: {first}") from None
 
 
 def weight_files(folder: Path, name: str = "model.safetensors") -> list[Path]:

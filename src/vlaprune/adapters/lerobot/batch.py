@@ -12,6 +12,7 @@ from torch import nn
 
 LANG_TOKENS = "observation.language.tokens"
 LANG_MASK = "observation.language.attention_mask"
+TOKENS = (LANG_TOKENS, LANG_MASK)  # the batch keys of token ids and their mask
 
 
 def example_batch(policy: nn.Module, batch_size: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:

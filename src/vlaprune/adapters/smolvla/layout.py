@@ -8,7 +8,7 @@ Coupling: the expert advances with the VLM. With m = num_vlm_layers // num_exper
 runs with VLM block j*m; the other VLM blocks run alone. VLM block i is joint self-attention over
 [prefix; actions] when i % self_attn_every_n_layers == 0, otherwise cross-attention in which the expert
 attends to that VLM block's keys/values (those expert blocks' k/v projections take the VLM's KV width).
-Keep-K/V: a VLM block with an expert partner can go while its keys / values stay (`keep_kv_smolvla`); it
+Keep-K/V: a VLM block with an expert partner can go while its keys / values stay (`smolvla/keep_kv.py`); it
 keeps its index, so no block changes its attention kind.
 Action-only: an expert block can go alone (`adapters.skipped`): it stays at its index as a pass-through, so
 every VLM block stays and every other expert block keeps its partner and attention kind.
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from vlaprune.adapters import keep_kv_smolvla
 from vlaprune.adapters.keep_kv import is_kv_only
-from vlaprune.adapters.lerobot_batch import inference_pass, training_pass
+from vlaprune.adapters.lerobot.batch import inference_pass, training_pass
 from vlaprune.adapters.skipped import is_skipped
+from vlaprune.adapters.smolvla import keep_kv as keep_kv_smolvla
 from vlaprune.adapters.stack import Counter, Coupling, KeepKV, Layout, SkipInPlace, make_stack
 
 ROOT = "model.vlm_with_expert"
