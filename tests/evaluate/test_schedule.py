@@ -48,12 +48,12 @@ def test_tiny_policies_give_mains_episodes(name, tiny_dataset):
     policy = load_policy(name)
     pre, post = Data(policy, DatasetConfig(root=str(tiny_dataset))).processors()
     try:
-        for n in (1, 2, 3):
+        for n in (1, 3):
             for task in ("reach-v3", "drawer-close-v3"):
                 kw = {"max_steps": 12}
                 got = cl.rollouts(policy.module, pre, post, "metaworld", task, SEEDS, n_envs=n, env_kw=kw)
                 same_episodes(got, MAIN[f"{name}|{n}|{task}"], exact=n == 1)  # one env: the same batches
-                if n == 2:
+                if n == 3:
                     same_episodes(got, grouped(policy.module, pre, post, task, n, kw), exact=False)
     finally:
         cl.close_envs()
@@ -64,7 +64,7 @@ def test_demo_policy_gives_mains_episodes():
     policy = load_policy(str(assets.relocated(assets.ASSETS / "policy")))
     pre, post = processors(policy)
     try:
-        for n in (1, 2, 3):
+        for n in (1, 2):
             for task in ("drawer-close-v3", "button-press-v3"):
                 got = cl.rollouts(policy.module, pre, post, "metaworld", task, SEEDS, n_envs=n)
                 same_episodes(got, MAIN[f"demo|{n}|{task}"], exact=n == 1)
