@@ -50,10 +50,9 @@ def machine() -> str:
 
 
 def simulator_alone(sims, plan: list[tuple[int, int]], action_dim: int) -> float:
-    """Seconds to run every (seed, steps) of `plan` on `sims` with zero actions, each env starting the next
-    episode as soon as it is free (the closed loop's schedule, without a policy)."""
-    todo, left = list(plan), [0] * sims.n
-    zero = np.zeros(action_dim, np.float32)
+    """Seconds to run every (seed, steps) of `plan` on `sims` with zero actions, all of an episode's steps in
+    one message (the simulator's own speed, no policy), each env starting the next episode once free."""
+    todo, left = list(plan), [0] * sims.n  # steps env i still has to run in its current episode
     t0 = time.perf_counter()
     for i in range(sims.n):
         if todo:
@@ -62,9 +61,9 @@ def simulator_alone(sims, plan: list[tuple[int, int]], action_dim: int) -> float
     while any(sims.busy):
         for i in sims.ready():
             sims.recv(i)
-            if left[i] > 0:
-                left[i] -= 1
-                sims.send(i, "step", zero)
+            if left[i]:
+                sims.send(i, "steps", (np.zeros((left[i], action_dim), np.float32), False))
+                left[i] = 0
             elif todo:
                 seed, left[i] = todo.pop(0)
                 sims.send(i, "reset", seed)
@@ -194,9 +193,26 @@ def lerobot_eval(policy: Path, args, out: Path) -> dict:
         "--seed=100000",
         f"--output_dir={out}",
     ]
+    # hf-libero finds its assets only in its package folder or on the hub; lerobot-eval's env workers
+    # (forkserver) learn vlaprune's asset tree from a sitecustomize on their PYTHONPATH.
+    from vlaprune.evaluate.envs.libero import _lerobot_libero
+
+    _lerobot_libero()  # writes the LIBERO config, sets LIBERO_CONFIG_PATH
+    import libero.libero
+
+    site = out.parent / "peer-site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        f"import libero.libero\nlibero.libero._assets_path_cache = {libero.libero._assets_path_cache!r}\n"
+    )
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     t0 = time.perf_counter()
     r = subprocess.run(
-        cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=out.parent
+        cmd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path},
+        cwd=out.parent,
     )
     wall = time.perf_counter() - t0
     if r.returncode:

@@ -2,14 +2,13 @@
 
     results = scheduled(job, sims, seeds)
 
-Each env runs its own episode with its own action queue (the first `n_action_steps` of a chunk, as lerobot's
-select_action queues them): an env with queued actions steps at once, even while the policy computes a chunk
-for another env; the policy runs only for envs whose queue is empty, batched over those that need one at the
-same time (it waits for envs stepping their last queued action, a few ms, rather than running twice); an env
-whose episode ends resets to the next seed at once. An episode is still a function of (policy, env, task,
-seed): the same chunks at the same steps, its noise drawn from its own generator (`Episode.gen`, seeded
-with its seed), whatever the other envs do; only the batch a row is computed in changes, which moves the
-actions by float rounding (as `--eval.n_envs` always did).
+Each env runs its own episode: the policy computes a chunk (the first `n_action_steps` actions, as lerobot's
+select_action queues them) for the envs that have answered, batched over those that answered together, and
+each env runs its chunk open loop in its worker (one message per chunk) while the policy computes chunks for
+the others; an env whose episode ends resets to the next seed at once. An episode is still a function of
+(policy, env, task, seed): the same chunks at the same steps, its noise drawn from its own generator
+(`Episode.gen`, seeded with its seed), whatever the other envs do; only the batch a row is computed in
+changes, which moves the actions by float rounding (as `--eval.n_envs` always did).
 
 Policies whose select_action is not a queue over chunks (`chunk_actions` returns None) run episodes in
 groups of n_envs with one batched select_action per step (`grouped`).
@@ -56,7 +55,7 @@ class Episode:
     started: bool = False  # its reset has answered
     done: bool = False
     success: bool = False
-    queue: deque = field(default_factory=deque)  # actions (D,) left of its current chunk
+    queue: list = field(default_factory=list)  # the actions (D,) of its next chunk
     obs: dict | None = None  # the observation waiting for an action
     frames: list | None = None
 
@@ -108,10 +107,13 @@ def _start(job: Job, sims, slots: list, i: int, todo: deque) -> None:
 def _arrive(job: Job, sims, slots: list, i: int, todo: deque, results: list) -> None:
     """Env i answered: a reset gives the first observation; a step adds its reward or ends the episode."""
     ep = slots[i]
-    obs, reward, term, trunc, success = sims.recv(i)
-    if ep.started:
+    obs, rewards, term, trunc, success, frames = sims.recv(i)
+    for r in rewards:  # in order: the same float sums as step by step
         ep.t += 1
-        ep.ret += reward
+        ep.ret += r
+    if ep.frames is not None:
+        ep.frames += [_frame(job, px) for px in frames]
+    if ep.started:
         if term or trunc or ep.t >= job.max_steps:
             ok = success and (term or trunc)
             results[ep.index] = {"seed": ep.seed, "success": ok, "steps": ep.t, "return": round(ep.ret, 6)}
@@ -124,16 +126,20 @@ def _arrive(job: Job, sims, slots: list, i: int, todo: deque, results: list) -> 
     ep.obs = job.probe(obs)
 
 
-def _dispatch(sims, slots: list) -> None:
-    """Every env with an observation and a queued action steps."""
+def _frame(job: Job, pixels) -> np.ndarray:
+    from vlaprune.evaluate.closed_loop import first_camera
+
+    return first_camera(job.probe({"pixels": pixels})["pixels"])
+
+
+def _dispatch(job: Job, sims, slots: list) -> None:
+    """Every env with an observation and a chunk runs the chunk (at most up to the episode cap)."""
     for i, ep in enumerate(slots):
         if ep is not None and ep.obs is not None and ep.queue:
             if ep.frames is not None:
-                from vlaprune.evaluate.closed_loop import first_camera
-
-                ep.frames.append(first_camera(ep.obs["pixels"]))
-            ep.obs = None
-            sims.send(i, "step", ep.queue.popleft())
+                ep.frames.append(_frame(job, ep.obs["pixels"]))
+            actions, ep.queue, ep.obs = ep.queue[: job.max_steps - ep.t], [], None
+            sims.send(i, "steps", (actions, ep.frames is not None))
 
 
 def _plan(job: Job, slots: list, rows: list[int]) -> None:
@@ -142,7 +148,7 @@ def _plan(job: Job, slots: list, rows: list[int]) -> None:
     job.noise[:] = [ep.gen for ep in eps]  # each row's noise from its own episode's generator
     actions = job.act(to_batch_of(job, eps))  # (B, k, D)
     for ep, chunk in zip(eps, actions):
-        ep.queue.extend(chunk)
+        ep.queue = list(chunk)
 
 
 def scheduled(job: Job, sims, seeds: list[int]) -> list[dict[str, Any]]:
@@ -153,16 +159,12 @@ def scheduled(job: Job, sims, seeds: list[int]) -> list[dict[str, Any]]:
     for i in range(sims.n):
         _start(job, sims, slots, i, todo)
     while any(ep is not None for ep in slots):
-        _dispatch(sims, slots)
-        live = [(i, ep) for i, ep in enumerate(slots) if ep is not None]
-        need = [i for i, ep in live if ep.obs is not None and not ep.queue]
-        # envs stepping their last queued action: they need a chunk a step from now; batch them in
-        coming = [i for i, ep in live if sims.busy[i] and ep.started and not ep.queue]
-        if need and not coming:
-            _plan(job, slots, need)
-            continue
         for i in sims.ready():
             _arrive(job, sims, slots, i, todo, results)
+        need = [i for i, ep in enumerate(slots) if ep is not None and ep.obs is not None]
+        if need:
+            _plan(job, slots, need)
+            _dispatch(job, sims, slots)
     return results
 
 
@@ -184,11 +186,11 @@ def _step_group(job: Job, sims, eps: list[Episode], action: np.ndarray) -> None:
             from vlaprune.evaluate.closed_loop import first_camera
 
             eps[i].frames.append(first_camera(eps[i].obs["pixels"]))
-        sims.send(i, "step", action[i])
+        sims.send(i, "steps", ([action[i]], False))
     for i in live:
         ep = eps[i]
-        obs, reward, term, trunc, success = sims.recv(i)
-        ep.t, ep.ret, ep.obs = ep.t + 1, ep.ret + reward, job.probe(obs)
+        obs, rewards, term, trunc, success, _ = sims.recv(i)
+        ep.t, ep.ret, ep.obs = ep.t + 1, ep.ret + rewards[0], job.probe(obs)
         if term or trunc or ep.t >= job.max_steps:
             ep.done, ep.success = True, success and (term or trunc)
 

@@ -1,11 +1,14 @@
 """Simulator processes that closed-loop evaluation drives one env at a time.
 
     sims = simulators(factory, n)        # cached: starting them costs seconds (LIBERO ~10 s)
-    sims.send(i, "reset", seed); sims.send(j, "step", action)
-    for i in sims.ready(): obs, reward, terminated, truncated, success = sims.recv(i)
+    sims.send(i, "reset", seed); sims.send(j, "steps", (actions, frames))
+    for i in sims.ready(): obs, rewards, terminated, truncated, success, frames = sims.recv(i)
 
 Each env has its own pipe, so one env can step while another waits for the policy, and an env whose
 episode ends starts the next one at once (gymnasium's vector envs step and reset all envs together).
+`steps` runs a list of actions open loop (a policy's chunk: its actions do not depend on the observations
+in between) and stops early when the episode ends: one message per chunk, and the env keeps stepping while
+this process computes another env's chunk.
 A single env runs in this process (nothing to overlap with; no pipe to pay for).
 """
 
@@ -24,12 +27,22 @@ MAX_CACHED_SIMS = 8  # simulators kept alive between calls (a LIBERO one holds ~
 
 
 def _run(env, cmd: str, arg) -> tuple:
-    """reset (arg: seed) -> (obs, 0, False, False, False); step (arg: action) -> (obs, r, term, trunc, ok)."""
+    """reset (arg: seed) -> (obs, [], False, False, False, []);
+    steps (arg: (actions, frames)) -> (last obs, rewards, terminated, truncated, success, pixels of the
+    observations in between when `frames`): the actions in order until one ends the episode."""
     if cmd == "reset":
         obs, _ = env.reset(seed=arg)
-        return obs, 0.0, False, False, False
-    obs, reward, term, trunc, info = env.step(arg)
-    return obs, float(reward), bool(term), bool(trunc), bool(info["success"])
+        return obs, [], False, False, False, []
+    actions, want = arg
+    rewards, frames = [], []
+    for k, action in enumerate(actions):
+        obs, reward, term, trunc, info = env.step(action)
+        rewards.append(float(reward))
+        if term or trunc or k == len(actions) - 1:
+            return obs, rewards, bool(term), bool(trunc), bool(info["success"]), frames
+        if want:
+            frames.append(obs["pixels"])
+    raise VlapruneError("steps needs at least one action")
 
 
 def _serve(conn, factory) -> None:
@@ -81,7 +94,7 @@ class Simulators:
             _answer(c.recv())
 
     def send(self, i: int, cmd: str, arg=None) -> None:
-        """Start `reset` (arg: seed) or `step` (arg: action) on env i; its answer comes from recv(i)."""
+        """Start `reset` (arg: seed) or `steps` (arg: (actions, frames)) on env i; recv(i) answers."""
         if self.busy[i]:
             raise VlapruneError(f"simulator {i} is still busy")
         self.busy[i] = True
@@ -102,7 +115,7 @@ class Simulators:
         return [i for i in busy if self.conns[i] in got]
 
     def recv(self, i: int) -> tuple:
-        """(obs, reward, terminated, truncated, success) of env i's last command."""
+        """(obs, rewards, terminated, truncated, success, frames) of env i's last command."""
         msg = self.results.pop(i) if self.local is not None else self.conns[i].recv()
         self.busy[i] = False
         return _answer(msg)
