@@ -1,8 +1,9 @@
 """Closed-loop success in a simulator, with a Wilson 95% interval on every rate.
 
-Episodes run in batches of `n_envs` parallel simulator processes (gymnasium AsyncVectorEnv) with one
-batched policy call per step; each episode has its own seed (default range starts at 100000, seeds a
-demo recorder would not use). An episode is a success if `info["success"]` turns true before `max_steps`.
+Episodes run on `n_envs` parallel simulator processes (evaluate/workers.py), scheduled per env so that the
+policy and the simulators overlap (evaluate/schedule.py); each episode has its own seed (default range starts
+at 100000, seeds a demo recorder would not use). An episode is a success if `info["success"]` turns true
+before `max_steps`.
 
 Envs give one image or several named cameras; the policy's `observation.images.<name>` reads the env's camera
 `<name>` (a one-camera policy reads a one-camera env whatever the names).
@@ -21,7 +22,6 @@ import functools
 import math
 import random
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,8 +31,8 @@ from torch import nn
 from vlaprune.adapters import closed_loop_policy, family
 from vlaprune.adapters import layout as find_layout
 from vlaprune.errors import VlapruneError
-from vlaprune.evaluate import envs
-from vlaprune.evaluate.threads import single_threaded_children, sized_threads
+from vlaprune.evaluate import envs, schedule, workers
+from vlaprune.evaluate.threads import sized_threads
 
 INSTRUCTION_PROBES = ("empty", "other", "shuffled")
 CAMERA_PROBES = ("blank", "other_seed")
@@ -144,16 +144,17 @@ def frozen(frame, cam: str | None, like: np.ndarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def episode_noise(policy: nn.Module, seeds: list[int]):
-    """While active, row i of every noise draw of the policy's sampler comes from its own generator seeded
-    by `seeds[i]` (the episode seed), drawn on the CPU: an episode's noise is a function of its seed and of
-    how many chunks it has asked for, whatever the batch width, the device or what ran before."""
+def noise_rows(policy: nn.Module):
+    """While active, row i of every noise draw of the policy's sampler comes from generator i of the yielded
+    list (set it before each call), drawn on the CPU: with one generator per episode seeded by its seed, an
+    episode's noise is a function of its seed and of how many chunks it has asked for, whatever the batch,
+    the device or what ran before."""
+    gens: list[torch.Generator] = []
     where = find_layout(policy).noise if family(policy) else None  # unknown policies: their own RNG
     if where is None:
-        yield
+        yield gens
         return
     owner = policy.get_submodule(where) if where else policy
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
     def sample_noise(shape, device):  # (B, chunk, action_dim), standard normal like lerobot's own
         rows = [torch.randn(tuple(shape[1:]), generator=g, dtype=torch.float32) for g in gens]
@@ -161,45 +162,26 @@ def episode_noise(policy: nn.Module, seeds: list[int]):
 
     owner.sample_noise = sample_noise  # an instance attribute shadows the class method
     try:
-        yield
+        yield gens
     finally:
         del owner.sample_noise
+
+
+@contextlib.contextmanager
+def episode_noise(policy: nn.Module, seeds: list[int]):
+    """While active, row i of every noise draw comes from a generator seeded by `seeds[i]` (noise_rows)."""
+    with noise_rows(policy) as gens:
+        gens[:] = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        yield
 
 
 def _same(x):
     return x
 
 
-_VECTOR_ENVS: dict[tuple, Any] = {}
-MAX_CACHED_SIMS = 8
-
-
-def _vector_env(factory: functools.partial, n: int):
-    """n simulators of one task, kept for later calls (starting them costs seconds; LIBERO ~10 s). At most
-    MAX_CACHED_SIMS simulators stay alive (a LIBERO one holds ~0.9 GB): the least recently used go first."""
-    import atexit
-
-    import gymnasium as gym
-
-    key = (factory.args, tuple(sorted(factory.keywords.items())), n)
-    if key in _VECTOR_ENVS:
-        _VECTOR_ENVS[key] = _VECTOR_ENVS.pop(key)  # most recently used last
-        return _VECTOR_ENVS[key]
-    while _VECTOR_ENVS and sum(k[-1] for k in _VECTOR_ENVS) + n > MAX_CACHED_SIMS:
-        _VECTOR_ENVS.pop(next(iter(_VECTOR_ENVS))).close()
-    fns = [factory] * n
-    with single_threaded_children():  # spawned workers: one OpenMP / BLAS thread each (evaluate/threads.py)
-        vec = gym.vector.SyncVectorEnv(fns) if n == 1 else gym.vector.AsyncVectorEnv(fns, context="spawn")
-    if not _VECTOR_ENVS:
-        atexit.register(close_envs)
-    _VECTOR_ENVS[key] = vec
-    return vec
-
-
 def close_envs() -> None:
     """Close every cached simulator."""
-    while _VECTOR_ENVS:
-        _VECTOR_ENVS.popitem()[1].close()
+    workers.close_all()
 
 
 def rollouts(
@@ -220,7 +202,8 @@ def rollouts(
     """One result {seed, success, steps, return} per seed (the episode is a function of the seed: scene and
     policy noise both follow it). `instruction` overrides the task's instruction;
     `camera` applies a camera probe (to every camera); videos show the env's first camera. A family with its
-    own closed-loop pipeline (OpenVLA-OFT on LIBERO) runs it instead of `pre` / `post`."""
+    own closed-loop pipeline (OpenVLA-OFT on LIBERO) runs it instead of `pre` / `post`. Episodes are
+    scheduled per env (evaluate/schedule.py), or in groups of n_envs for policies without a chunk queue."""
     own = closed_loop_policy(policy, env_type, task)
     if own is not None:
         policy, pre, post = own, _same, _same
@@ -232,76 +215,43 @@ def rollouts(
     space = probe_env.observation_space
     camera_map(policy, env_cameras(space["pixels"]))  # fail before any simulator starts
     check_state(policy, space["agent_pos"].shape[0])
-    other_frame = None
-    if camera == "other_seed":
-        other_frame = probe_env.reset(seed=999_999)[0]["pixels"]
-    elif camera not in (None, "blank"):
-        raise VlapruneError(f"unknown camera probe {camera!r}; choose one of {CAMERA_PROBES}")
+    other_frame = probe_env.reset(seed=999_999)[0]["pixels"] if camera == "other_seed" else None
     probe_env.close()
-    with sized_threads():  # torch threads = the cores this process may use (evaluate/threads.py)
-        return _rollouts(
-            policy,
-            pre,
-            post,
-            factory,
-            task,
-            seeds,
-            n_envs,
-            text,
-            max_steps,
-            camera,
-            other_frame,
-            video_dir,
-            progress,
-        )
-
-
-def _rollouts(
-    policy, pre, post, factory, task, seeds, n_envs, text, max_steps, camera, other_frame, video_dir, progress
-) -> list[dict[str, Any]]:
-    results: list[dict[str, Any]] = []
     width = max(1, min(n_envs, len(seeds)))
-    vec = _vector_env(factory, width)  # one set of simulator processes for all episodes of this task
-    for start in range(0, len(seeds), width):
-        chunk = seeds[start : start + width]
-        padded = chunk + [chunk[-1]] * (width - len(chunk))  # a short last chunk: extra envs are ignored
-        obs, _ = vec.reset(seed=padded)
-        policy.reset()
-        done, success, steps = [False] * width, [False] * width, [max_steps] * width
-        returns = [0.0] * width
-        frames: list[np.ndarray] = []
-        with episode_noise(policy, padded):  # the policy's noise follows each episode's seed
-            for t in range(max_steps):
-                if camera == "blank":
-                    obs = {**obs, "pixels": map_pixels(obs["pixels"], lambda cam, x: np.zeros_like(x))}
-                elif camera == "other_seed":
-                    frozen_pixels = map_pixels(obs["pixels"], lambda cam, x: frozen(other_frame, cam, x))
-                    obs = {**obs, "pixels": frozen_pixels}
-                if video_dir:
-                    frames.append(first_camera(obs["pixels"])[0])
-                with torch.no_grad():
-                    action = post(policy.select_action(pre(to_batch(policy, obs, [text] * width))))
-                obs, reward, term, trunc, info = vec.step(action.cpu().numpy())
-                for i in range(width):
-                    if not done[i]:
-                        returns[i] += float(reward[i])
-                    if not done[i] and (term[i] or trunc[i]):
-                        done[i], success[i], steps[i] = True, bool(info["success"][i]), t + 1
-                if all(done[: len(chunk)]):
-                    break
-        if video_dir:
-            from lerobot.utils.io_utils import write_video
+    job = schedule.Job(
+        policy,
+        schedule.chunk_actions(policy, pre, post),
+        text,
+        max_steps,
+        probe=camera_probe(camera, other_frame),
+        video_dir=video_dir or None,
+        video_every=width,
+        task=task,
+        progress=progress,
+    )
+    sims = workers.simulators(factory, width)  # one set of simulator processes for all episodes of this task
+    with sized_threads(), noise_rows(policy) as job.noise:  # torch threads: evaluate/threads.py
+        if job.act is not None:
+            return schedule.scheduled(job, sims, seeds)
+        return schedule.grouped(job, sims, seeds, lambda b: select(policy, pre, post, b))
 
-            Path(video_dir).mkdir(parents=True, exist_ok=True)
-            name = task.replace("/", "-")  # LIBERO tasks are SUITE/ID
-            write_video(Path(video_dir) / f"{name}_seed{chunk[0]}.mp4", frames, fps=20)
-        results += [
-            {"seed": s, "success": ok, "steps": n, "return": round(r, 6)}
-            for s, ok, n, r in zip(chunk, success, steps, returns)
-        ]
-        if progress:
-            progress(len(chunk))
-    return results
+
+def select(policy: nn.Module, pre, post, batch: dict[str, Any]) -> np.ndarray:
+    """The policy's next actions (B, D) for a raw env batch, through its select_action."""
+    with torch.no_grad():
+        return post(policy.select_action(pre(batch))).cpu().numpy()
+
+
+def camera_probe(camera: str | None, other_frame) -> Callable[[dict], dict]:
+    """One observation -> what the policy is shown under the camera probe `camera`."""
+    if camera is None:
+        return _same
+    if camera == "blank":
+        return lambda obs: {**obs, "pixels": map_pixels(obs["pixels"], lambda cam, x: np.zeros_like(x))}
+    if camera == "other_seed":
+        freeze = functools.partial(frozen, other_frame)
+        return lambda obs: {**obs, "pixels": map_pixels(obs["pixels"], freeze)}
+    raise VlapruneError(f"unknown camera probe {camera!r}; choose one of {CAMERA_PROBES}")
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
