@@ -262,6 +262,7 @@ def main() -> None:
     from vlaprune.evaluate.threads import cores
 
     report = {
+        "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "torch_threads": cores(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
