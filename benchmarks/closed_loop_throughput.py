@@ -70,7 +70,7 @@ def simulator_alone(sims, plan: list[tuple[int, int]], action_dim: int) -> float
     return time.perf_counter() - t0
 
 
-def grouped(policy, pre, post, env_type: str, task: str, seeds: list[int], n_envs: int, env_kw: dict):
+def grouped(policy, pre, post, env_type: str, task: str, seeds: list[int], *, n_envs: int, env_kw: dict):
     """The schedule before this change: groups of n_envs, one batched select_action per step."""
     from vlaprune.evaluate import closed_loop as cl
     from vlaprune.evaluate import envs, schedule, workers
@@ -83,7 +83,9 @@ def grouped(policy, pre, post, env_type: str, task: str, seeds: list[int], n_env
         return schedule.grouped(job, sims, seeds, lambda b: cl.select(policy, pre, post, b))
 
 
-def measure_task(policy, pre, post, env_type: str, task: str, seeds: list[int], args, env_kw: dict) -> dict:
+def measure_task(
+    policy, pre, post, env_type: str, task: str, seeds: list[int], *, args, env_kw: dict
+) -> dict:
     """Simulator start-up, closed loop, grouped and simulator alone on one task's simulators."""
     from vlaprune.evaluate import envs, workers
     from vlaprune.evaluate.closed_loop import rollouts
@@ -100,7 +102,9 @@ def measure_task(policy, pre, post, env_type: str, task: str, seeds: list[int], 
     if args.grouped:
         t0 = time.perf_counter()
         with sized_threads():
-            row["grouped_episodes"] = grouped(policy, pre, post, env_type, task, seeds, args.n_envs, env_kw)
+            row["grouped_episodes"] = grouped(
+                policy, pre, post, env_type, task, seeds, n_envs=args.n_envs, env_kw=env_kw
+            )
         row["grouped_s"] = time.perf_counter() - t0
     dim = sims.local.action_space.shape[0] if sims.local else factory().action_space.shape[0]
     row["simulator_s"] = simulator_alone(sims, [(r["seed"], r["steps"]) for r in res], dim)
@@ -143,7 +147,7 @@ def metaworld(args) -> dict:
     seeds = list(range(100_000, 100_000 + args.mw_episodes))
     rows = {}
     for task in TASKS:
-        rows[task] = measure_task(policy.module, pre, post, "metaworld", task, seeds, args, {})
+        rows[task] = measure_task(policy.module, pre, post, "metaworld", task, seeds, args=args, env_kw={})
         close_envs()
         print(task, {k: v for k, v in rows[task].items() if k.endswith("_s")}, flush=True)
     return {"policy": "shipped demo SmolVLA (1.27 M parameters)", "tasks": TASKS, **summary(rows)}
@@ -238,7 +242,11 @@ def libero(args, tmp: Path) -> dict:
     pre, post = processors(policy)
     seeds = list(range(100_000, 100_000 + args.libero_episodes))
     kw = {"image_size": 128, "max_steps": args.libero_steps}
-    rows = {LIBERO_TASK: measure_task(policy.module, pre, post, "libero", LIBERO_TASK, seeds, args, kw)}
+    rows = {
+        LIBERO_TASK: measure_task(
+            policy.module, pre, post, "libero", LIBERO_TASK, seeds, args=args, env_kw=kw
+        )
+    }
     close_envs()
     out = {"policy": "tiny random SmolVLA, LIBERO features", "task": LIBERO_TASK, **summary(rows)}
     peer = lerobot_eval(folder, args, tmp / "lerobot-eval")
@@ -262,6 +270,7 @@ def main() -> None:
     from vlaprune.evaluate.threads import cores
 
     report = {
+        "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "torch_threads": cores(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
