@@ -119,10 +119,115 @@ def test_console_script_no_traceback(tmp_path):
     assert unknown.returncode == 2 and "unknown command" in unknown.stderr
 
 
-@pytest.mark.parametrize("command", sorted(__import__("vlaprune.cli").cli.COMMANDS))
+@pytest.mark.parametrize("command", sorted(__import__("vlaprune.cli").cli.commands()))
 def test_every_subcommand_prints_its_help(command, capsys):
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
     assert "usage" in out.lower()
     if command != "report":  # draccus lists every flag of the command's config
         assert "--policy.path" in out or "--output_dir" in out or "--base" in out, out[:500]
+
+
+# --help: every value of a fixed-value flag, one per line, from the registry the stage checks against
+
+
+def help_of(command, capsys):
+    assert main([command, "--help"]) == 0
+    return capsys.readouterr().out
+
+
+def listed(text: str) -> set[str]:
+    """The first word of every indented line of --help (where value rows start)."""
+    return {line.split()[0] for line in text.splitlines() if line.startswith("    ") and line.split()}
+
+
+def description(text: str, value: str) -> str:
+    """The description --help gives `value` in its row: after it on its line, or on the next line (long
+    values)."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        words = line.split()
+        if line.startswith("    ") and words and words[0] == value:
+            return " ".join(words[1:]) or lines[i + 1].strip()
+    return ""
+
+
+def test_score_help_lists_every_scoring_method_with_a_description(capsys):
+    from vlaprune.scoring import METHODS
+
+    out = help_of("score", capsys).split("--method str", 1)[1]
+    assert {m: description(out, m) for m in METHODS if len(description(out, m)) < 10} == {}
+    assert "GateProbe" in description(out, "gateprobe") and "leave-one-out" in description(out, "loo")
+
+
+def test_prune_units_help_lists_every_criterion_with_a_description(capsys):
+    from vlaprune.scoring.units import CRITERIA
+
+    out = help_of("prune-units", capsys).split("--criterion str", 1)[1]
+    assert {c: description(out, c) for c in CRITERIA if len(description(out, c)) < 10} == {}
+    assert "X_j" in description(out, "wanda") and "OpenVLA" in description(out, "dw_openvla")
+
+
+@pytest.mark.parametrize(
+    "command", ["score", "drop", "recover", "eval", "diverge", "prune-units", "dtr", "demo"]
+)
+def test_every_fixed_value_flag_lists_its_values(command, capsys):
+    from vlaprune.cli import commands
+
+    out = help_of(command, capsys)
+    values = commands()[command].values
+    assert values or command == "inspect"
+    for flag, registry in values.items():
+        block = out.split(f"  {flag} ", 1)[1]  # from the flag's own entry on
+        assert set(registry) <= listed(block), (flag, set(registry) - listed(block))
+
+
+def test_help_is_the_stage_docstring(capsys):
+    import vlaprune.experiments.dtr as dtr
+
+    out = help_of("dtr", capsys)
+    assert out.startswith("usage: vlaprune dtr") and dtr.__doc__.split("\n")[0] in out
+    assert main(["--help"]) == 0
+    top = capsys.readouterr().out
+    assert "the Drop-Then-Recovery protocol as a resumable sweep" in top and "--verbose" in top
+
+
+# quiet by default: third-party chatter only with --verbose; an error is one line
+
+
+def test_third_party_output_only_with_verbose(tiny_dataset, tmp_path, capsys):
+    args = ["score", "--policy.path=tiny:smolvla", f"--dataset.root={tiny_dataset}", "--batches=1"]
+    args += ["--batch_size=2", "--method=magnitude", f"--output={tmp_path / 's.json'}"]
+    outputs = {}
+    for flags in ([], ["--verbose"]):
+        capsys.readouterr()
+        assert main([*flags, *args]) == 0
+        outputs[bool(flags)] = capsys.readouterr()
+    quiet, loud = outputs[False], outputs[True]
+    assert "Reducing the number of VLM layers" not in quiet.out + quiet.err
+    assert "Reducing the number of VLM layers" in loud.out
+    assert "magnitude: blocks ranked per stack" in quiet.out and "wrote" in quiet.out  # vlaprune's own output
+
+
+def test_quiet_silences_datasets_map_bars_and_restores_them(tmp_path, capsys):
+    """No vlaprune command writes a LeRobotDataset, which is where datasets' "Map:" bars come from (lerobot
+    embeds the images): check the switch on the tiny dataset writer, inside and outside `quiet`."""
+    from vlaprune.quiet import quiet
+    from vlaprune.tiny.dataset import write_tiny_dataset
+
+    capsys.readouterr()
+    with quiet():
+        write_tiny_dataset(tmp_path / "a")
+        print("Reducing the number of VLM layers to 4 ...")
+        print("vlaprune's own line")
+    inside = capsys.readouterr()
+    write_tiny_dataset(tmp_path / "b")
+    outside = capsys.readouterr()
+    assert "Map:" not in inside.err and "Reducing" not in inside.out and "vlaprune's own line" in inside.out
+    assert "Map:" in outside.err
+
+
+def test_an_error_after_loading_is_one_line(tiny_dataset, tmp_path, cli_error):
+    args = ["prune-units", "--policy.path=tiny:smolvla", f"--dataset.root={tiny_dataset}", "--batches=1"]
+    err = cli_error([*args, "--batch_size=2", "--ratios=vision.attn=0.1", f"--output_dir={tmp_path}/o"])
+    assert "removes no query heads" in err

@@ -111,16 +111,16 @@ def test_recover_extends_a_finished_run_and_writes_processors(tiny_dataset, tmp_
     assert not (out / ".final.old").exists()
 
 
-# 2, 4, 5, 8: the README's first steps, as written, on the shipped demo assets
+# 2, 4, 5, 8: the first steps (docs/first-steps.md), as written, on the shipped demo assets
 
 
-def readme_first_steps():
+def first_steps_commands():
     import re
     import shlex
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = re.search(r"## First steps\n.*?```bash\n(.*?)```", text, re.S).group(1)
+    text = (Path(__file__).resolve().parents[1] / "docs" / "first-steps.md").read_text()
+    block = re.search(r"# First steps\n.*?```bash\n(.*?)```", text, re.S).group(1)
     return [
         shlex.split(line.split("  #")[0])[1:] for line in block.splitlines() if line.startswith("vlaprune ")
     ]
@@ -128,7 +128,7 @@ def readme_first_steps():
 
 @pytest.fixture(scope="module")
 def first_steps(tmp_path_factory):
-    """Run the README's first steps in a fresh folder; (folder, {command index: (stdout, stderr)})."""
+    """Run docs/first-steps.md's commands in a fresh folder; (folder, {command index: (stdout, stderr)})."""
     import sys
     from io import StringIO
 
@@ -137,7 +137,7 @@ def first_steps(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(work)
     try:
-        for i, argv in enumerate(readme_first_steps()):
+        for i, argv in enumerate(first_steps_commands()):
             out, err = StringIO(), StringIO()
             sys.stdout, sys.stderr = out, err
             try:
@@ -151,7 +151,7 @@ def first_steps(tmp_path_factory):
     return work, outputs
 
 
-def test_readme_first_steps_run_as_written(first_steps):
+def test_first_steps_run_as_written(first_steps):
     work, outputs = first_steps
     commands = [argv[0] for argv, _, _ in outputs.values()]
     assert commands[:3] == ["demo", "inspect", "score"] and commands[-2:] == ["dtr", "report"]

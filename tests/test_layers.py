@@ -1,7 +1,7 @@
 """The package's import graph, read from the source (ast; nothing is imported): no cycles, and every stage
-imports only itself and earlier stages. The order (also in the README's Layout section):
+imports only itself and earlier stages. The order (also on the docs architecture page):
 
-    core (errors, atomic, configs) < adapters < surgery < policy < tiny < data < scoring < recover
+    core (errors, atomic, configs, quiet) < adapters < surgery < policy < tiny < data < scoring < recover
         < evaluate < experiments < cli
 
 and nothing but the CLI imports `vlaprune.tiny` (the tiny models register themselves with the loader).
@@ -15,7 +15,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [
-    ("vlaprune", "vlaprune.errors", "vlaprune.atomic", "vlaprune.configs"),
+    ("vlaprune", "vlaprune.errors", "vlaprune.atomic", "vlaprune.configs", "vlaprune.quiet"),
     ("vlaprune.adapters",),
     ("vlaprune.surgery",),
     ("vlaprune.policy",),
@@ -37,7 +37,7 @@ def layer(module: str) -> int:
             if module == name or (module.startswith(name + ".") and name != "vlaprune"):
                 if best is None or len(name) > best[1]:
                     best = (i, len(name))
-    assert best is not None, f"{module} is in no layer: add it to LAYERS (and to the README's Layout)"
+    assert best is not None, f"{module} is in no layer: add it to LAYERS (and to docs/architecture.md)"
     return best[0]
 
 

@@ -1,51 +1,233 @@
 """The `vlaprune` command: one subcommand per stage, flags parsed by draccus from each stage's config.
 
-vlaprune inspect --policy.path=PATH_OR_HUB_ID [--stacks=language=model.layers,...] [--output=anatomy.json]
-vlaprune demo
+    vlaprune COMMAND --flag=value ...     (vlaprune COMMAND --help: its flags, and every value of a flag
+    vlaprune --verbose COMMAND ...         that takes one of a fixed set; --verbose: third-party output too)
+
+A subcommand is a stage's `run(config)`: its --help is the stage module's docstring, then the config's
+flags with their comments; a flag with a fixed set of values lists them one per line, from the registry the
+stage validates against (scoring methods, unit criteria, levels, drop modes, ...), each described by its
+function's docstring or by the `value: description` clauses of the field's comment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+from draccus.help_formatter import SimpleHelpFormatter
 
 from vlaprune.errors import VlapruneError
 
-
-def _stage(
-    module: str, config: str, rewrite: Callable[[str], str] | None = None
-) -> Callable[[list[str]], Any]:
-    """A subcommand: parse `config` (a dataclass in `module`) from the flags with draccus, call `module.run`.
-    Imports happen on use, so `vlaprune --help` stays fast."""
-
-    def command(args: list[str]) -> Any:
-        import importlib
-
-        import draccus
-
-        mod = importlib.import_module(module)
-        args = [_list_flags(rewrite(a) if rewrite else a) for a in args]
-        _check_flags(getattr(mod, config), args)
-        try:
-            cfg = draccus.parse(getattr(mod, config), args=args)
-        except draccus.utils.DecodingError as e:  # a nested config refused a value: show its own message
-            raise _cause(e) from None
-        return mod.run(cfg)
-
-    return command
+# Values checked inline by their configs' __post_init__ (the rest come from the stages' registries)
+TRAINABLE = ("preset", "all")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+REMOVALS = ("real", "masked")
+HEADS = ("groups", "query")
 
 
-def _check_flags(config: type, args: list[str]) -> None:
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: the stage's run(config) and the config draccus parses (None: `report`, positional).
+    `values` maps each fixed-value flag to the registry it is checked against."""
+
+    run: Callable[..., Any]
+    config: type | None = None
+    values: Mapping[str, Iterable[str]] = field(default_factory=dict)
+    rewrite: Callable[[str], str] | None = None
+
+    @property
+    def doc(self) -> str:
+        return textwrap.dedent(sys.modules[self.run.__module__].__doc__ or "").strip()
+
+    @property
+    def summary(self) -> str:
+        """The docstring's first sentence, without its "`vlaprune NAME ...`:" prefix."""
+        first = " ".join(self.doc.split("\n\n")[0].split())
+        return _sentence(re.sub(r"^`vlaprune [\w-]+[^`]*`:\s*", "", first))
+
+
+def commands() -> dict[str, Command]:
+    """Every subcommand. Imports the stages, and with them torch: call it after `wait_policy` is applied."""
+    from vlaprune.configs import ENV_TYPES
+    from vlaprune.evaluate import run as evaluate
+    from vlaprune.experiments import demo, drop, dtr, inspect, prune_units, report
+    from vlaprune.recover import train
+    from vlaprune.recover.budget import BUDGETS
+    from vlaprune.recover.modes import MODES as RECOVER_MODES
+    from vlaprune.scoring import METHODS, diverge, score
+    from vlaprune.scoring.divergence import PRESETS
+    from vlaprune.scoring.gates import GRANULARITIES
+    from vlaprune.scoring.units import CRITERIA
+    from vlaprune.surgery.levels import PROTOCOL_LEVELS
+    from vlaprune.surgery.plan import MODES as DROP_MODES
+    from vlaprune.surgery.sublayers import PARTS
+    from vlaprune.surgery.width import CRITERIA as WIDTH_CRITERIA
+
+    levels = ("FRACTION", "N", "all-but-N", *PROTOCOL_LEVELS)  # surgery/levels.py: ranked, then protocol
+    maps = ("auto", *PRESETS)
+    env = {"--env.type": ENV_TYPES}
+    return {
+        "inspect": Command(inspect.run, inspect.InspectConfig),
+        "score": Command(score.run, score.ScoreConfig, {"--method": METHODS, "--granularity": GRANULARITIES}),
+        "drop": Command(
+            drop.run,
+            drop.DropConfig,
+            {
+                "--drop.language": ("INDICES", *PROTOCOL_LEVELS),
+                "--drop.mode": DROP_MODES,
+                "--drop.part": PARTS,
+                "--drop.head_criterion": WIDTH_CRITERIA,
+            },
+            rewrite=_from_flag,
+        ),
+        "recover": Command(
+            train.run,
+            train.RecoverConfig,
+            {
+                "--mode": RECOVER_MODES,
+                "--trainable": TRAINABLE,
+                "--mixed_precision": PRECISIONS,
+            },
+        ),
+        "eval": Command(evaluate.run, evaluate.EvalConfig, env),
+        "diverge": Command(diverge.run, diverge.DivergeConfig, {"--map": maps}),
+        "prune-units": Command(
+            prune_units.run,
+            prune_units.PruneUnitsConfig,
+            {
+                "--criterion": CRITERIA,
+                "--removal": REMOVALS,
+                "--heads": HEADS,
+                "--map": maps,
+                **env,
+            },
+        ),
+        "dtr": Command(
+            dtr.run,
+            dtr.DTRConfig,
+            {
+                "--sweep.levels": levels,
+                "--sweep.methods": METHODS,
+                "--sweep.mode": DROP_MODES,
+                "--sweep.parts": PARTS,
+                "--recover.kind": BUDGETS,
+                "--recover.trainable": TRAINABLE,
+                **env,
+            },
+        ),
+        "report": Command(report.build),
+        "demo": Command(demo.run, demo.DemoConfig, {"--levels": levels, "--methods": METHODS}),
+    }
+
+
+# --- help -------------------------------------------------------------------------------------------------
+
+
+def _sentence(text: str, limit: int = 120) -> str:
+    """The first sentence of `text`; past `limit` characters, cut at its last clause boundary before it."""
+    text = re.split(r"(?<=[.!?])\s+(?=[A-Z`(])", text.strip(), maxsplit=1)[0].rstrip(".")
+    if len(text) <= limit:
+        return text
+    cut = max(text.rfind(sep, 0, limit) for sep in (";", ",", " ("))
+    return text[: cut if cut > limit // 2 else limit].rstrip(" ,;") + " ..."
+
+
+def clauses(text: str, values: Iterable[str]) -> tuple[str, dict[str, str]]:
+    """Split a field comment into (intro, {value: description}) at each "value:" it contains, e.g.
+    "How blocks go. auto: ...; keep_kv: ...; pair: ..." (values the text does not name are left out)."""
+    starts = sorted(
+        (m.start(), m.end(), v)
+        for v in values
+        for m in [re.search(rf"(?<![\w.-]){re.escape(v)}:\s", text)]
+        if m
+    )
+    if not starts:
+        return text.strip(), {}
+    out = {}
+    for (_, end, v), nxt in zip(starts, [*starts[1:], (len(text), 0, "")]):
+        out[v] = text[end : nxt[0]].strip(" ;,.\n")
+    return text[: starts[0][0]].strip(" ;,:\n"), out
+
+
+def describe(values: Iterable[str], comment: str) -> tuple[str, list[tuple[str, str]]]:
+    """(intro, [(value, one-line description)]) for a fixed-value flag: a registry entry's docstring when it
+    has one, else the value's clause in the field comment."""
+    intro, said = clauses(comment, values)
+    rows = []
+    for v in values:
+        entry = values.get(v) if isinstance(values, Mapping) else None
+        doc = (getattr(entry, "__doc__", None) or "") if callable(entry) else ""
+        first = " ".join(doc.split("\n\n")[0].split())
+        rows.append((v, _sentence(first) if first else said.get(v, "")))
+    return intro, rows
+
+
+class HelpFormatter(SimpleHelpFormatter):
+    """draccus's formatter, keeping the value lines of a fixed-value flag one per line."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        lines = text.split("\n")
+        rows = [line.split("\t") for line in lines if "\t" in line]  # (value, description)
+        out = super()._split_lines(" ".join(line for line in lines if "\t" not in line), width)
+        pad = min(max((len(v) for v, _ in rows), default=0) + 2, 18)
+        for value, desc in rows:
+            wrapped = textwrap.wrap(desc, max(30, width - pad - 2)) or [""]
+            if len(value) + 2 > pad:  # a long value: its description starts on the next line
+                out += ["  " + value, *("  " + " " * pad + w for w in wrapped)]
+            else:
+                out += [f"  {value:<{pad}}{wrapped[0]}", *("  " + " " * pad + w for w in wrapped[1:])]
+        return out
+
+
+def parser(name: str, cmd: Command):
+    """The draccus parser of a subcommand, its help built from the stage's docstring and registries."""
+    from draccus.argparsing import ArgumentParser
+
+    p = ArgumentParser(
+        config_class=cmd.config, prog=f"vlaprune {name}", description=cmd.doc, formatter_class=HelpFormatter
+    )
+    actions = p.parser._option_string_actions
+    for flag, values in cmd.values.items():
+        action = actions[flag]
+        intro, rows = describe(values, " ".join((action.help or "").split()))
+        intro = intro.rstrip(".")
+        head = f"{intro} (default: %(default)s); one of:" if intro else "One of (default: %(default)s):"
+        action.help = "\n".join([head, *(f"{v}\t{d}".replace("%", "%%") for v, d in rows)])
+    return p
+
+
+def usage(cmds: Mapping[str, Command]) -> str:
+    lines = [
+        "usage: vlaprune [--verbose] COMMAND [--flag=value ...]   (vlaprune COMMAND --help: its flags)",
+        "",
+    ]
+    for name, cmd in cmds.items():
+        wrapped = textwrap.wrap(cmd.summary, 88)
+        lines += [f"  {name:<12}{wrapped[0]}", *(" " * 14 + w for w in wrapped[1:])]
+    lines += [
+        "",
+        "  --verbose   also show third-party output: lerobot's prints and logs, transformers / datasets",
+        "              progress bars, simulator warnings (hidden by default; vlaprune's own progress stays)",
+    ]
+    return "\n".join(lines)
+
+
+# --- flags ------------------------------------------------------------------------------------------------
+
+
+def _check_flags(p, args: list[str]) -> None:
     """Refuse a flag the command does not have in one line that names the nearest valid one (argparse would
     print the whole usage). Values are left to draccus."""
     import difflib
 
-    from draccus.argparsing import ArgumentParser
-
-    known = set(ArgumentParser(config_class=config).parser._option_string_actions)
+    known = set(p.parser._option_string_actions)
     for arg in args:
         flag = arg.split("=", 1)[0]
         if not flag.startswith("--") or flag in known:
@@ -82,57 +264,32 @@ def _from_flag(arg: str) -> str:
     return arg.replace("--drop.from=", "--drop.scores=", 1) if arg.startswith("--drop.from=") else arg
 
 
-def _report(args: list[str]) -> Any:
-    from vlaprune.experiments import report
+def parse(name: str, cmd: Command, args: list[str]) -> Any:
+    """The command's config from its flags (draccus); --help prints the help and exits (SystemExit 0)."""
+    import draccus
 
+    args = [_list_flags(cmd.rewrite(a) if cmd.rewrite else a) for a in args]
+    p = parser(name, cmd)
+    _check_flags(p, args)
+    try:
+        return p.parse_args(args)
+    except draccus.utils.DecodingError as e:  # a nested config refused a value: show its own message
+        raise _cause(e) from None
+
+
+def _report(cmd: Command, args: list[str]) -> Any:
+    usage_line = "usage: vlaprune report RUN_DIR"
     if args and args[0] in ("-h", "--help"):
-        print(REPORT_USAGE)
+        print(f"{usage_line}\n\n{cmd.doc}")
         return None
     if len(args) != 1 or args[0].startswith("-"):
-        raise VlapruneError(
-            f"{REPORT_USAGE.splitlines()[0]} (the --output_dir of `vlaprune dtr` or the demo)"
-        )
-    html, md = report.build(args[0])
+        raise VlapruneError(f"{usage_line} (the --output_dir of `vlaprune dtr` or the demo)")
+    html, md = cmd.run(args[0])
     print(f"wrote {html} and {md}")
     return html
 
 
-REPORT_USAGE = """usage: vlaprune report RUN_DIR
-  RUN_DIR   a results store: the --output_dir of `vlaprune dtr` or of the demo
-Writes RUN_DIR/report.html (self-contained) and RUN_DIR/report.md from the store's rows alone."""
-
-_inspect = _stage("vlaprune.experiments.inspect", "InspectConfig")
-_score = _stage("vlaprune.scoring.score", "ScoreConfig")
-_drop = _stage("vlaprune.experiments.drop", "DropConfig", rewrite=_from_flag)
-_recover = _stage("vlaprune.recover.train", "RecoverConfig")
-_eval = _stage("vlaprune.evaluate.run", "EvalConfig")
-_diverge = _stage("vlaprune.scoring.diverge", "DivergeConfig")
-_prune_units = _stage("vlaprune.experiments.prune_units", "PruneUnitsConfig")
-_dtr = _stage("vlaprune.experiments.dtr", "DTRConfig")
-_demo = _stage("vlaprune.experiments.demo", "DemoConfig")
-
-COMMANDS: dict[str, tuple[Callable[[list[str]], Any], str]] = {
-    "inspect": (_inspect, "print a policy's anatomy (stacks, params, FLOPs, coupling) and write it as JSON"),
-    "score": (_score, "rank blocks by importance (GateProbe and baselines) on calibration batches"),
-    "drop": (_drop, "remove blocks for real, save the pruned checkpoint, report params / FLOPs / latency"),
-    "recover": (_recover, "fine-tune a (pruned) policy under a fixed budget: full, LoRA or distillation"),
-    "eval": (_eval, "offline loss / action error, closed-loop success with CIs, language and vision probes"),
-    "diverge": (
-        _diverge,
-        "where VLM-to-VLA adaptation moved the weights (streamed dW per module / layer / channel)",
-    ),
-    "prune-units": (
-        _prune_units,
-        "prune FFN channels / attention heads across modules, no recovery, vs baselines",
-    ),
-    "dtr": (
-        _dtr,
-        "the Drop-Then-Recovery sweep (score, drop, evaluate, recover, evaluate) into a results store",
-    ),
-    "report": (_report, "build the HTML / Markdown report of a DTR run from its results store"),
-    "demo": (_demo, "the main job: a reduced DTR sweep on a shipped MetaWorld SmolVLA, then its report"),
-}
-
+# --- main -------------------------------------------------------------------------------------------------
 
 EPISODE_COMMANDS = ("eval", "dtr", "prune-units")  # run closed-loop episodes when given --env.type
 
@@ -149,28 +306,36 @@ def wait_policy(cmd: str, args: list[str]) -> str | None:
     return "PASSIVE" if cmd == "demo" or (cmd in EPISODE_COMMANDS and closed_loop) else None
 
 
-def usage() -> str:
-    lines = ["usage: vlaprune COMMAND [--flag=value ...]   (vlaprune COMMAND --help for its flags)", ""]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
-    return "\n".join(lines)
+def _verbose(argv: list[str]) -> tuple[bool, list[str]]:
+    """(--verbose given, argv without it): a global flag, before or after the command."""
+    flags = {"--verbose", "--verbose=true", "--verbose=True"}
+    rest = [a for a in argv if a not in flags and a not in ("--verbose=false", "--verbose=False")]
+    return any(a in flags for a in argv), rest
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in {"-h", "--help"}:
-        print(usage())
-        return 0
-    cmd, args = argv[0], argv[1:]
-    if cmd not in COMMANDS:
-        print(f"vlaprune: error: unknown command {cmd!r}\n{usage()}", file=sys.stderr)
-        return 2
-    if policy := wait_policy(cmd, args):
+    verbose, argv = _verbose(sys.argv[1:] if argv is None else argv)
+    name, args = (argv[0], argv[1:]) if argv else ("", [])
+    if policy := wait_policy(name, args):
         os.environ.setdefault("OMP_WAIT_POLICY", policy)  # yours wins when you set it, even empty
     logging.basicConfig(level=os.environ.get("VLAPRUNE_LOG", "WARNING"))
+    cmds = commands()
+    if not argv or name in {"-h", "--help"}:
+        print(usage(cmds))
+        return 0
+    if name not in cmds:
+        print(f"vlaprune: error: unknown command {name!r}\n{usage(cmds)}", file=sys.stderr)
+        return 2
     import vlaprune.tiny  # noqa: F401  (registers the built-in tiny models: --policy.path=tiny:NAME)
+    from vlaprune.quiet import quiet
 
+    cmd = cmds[name]
     try:
-        COMMANDS[cmd][0](args)
+        with contextlib.nullcontext() if verbose else quiet():  # config checks may build envs: inside
+            if cmd.config is None:
+                _report(cmd, args)
+            else:
+                cmd.run(parse(name, cmd, args))
     except VlapruneError as e:
         print(f"vlaprune: error: {e}", file=sys.stderr)
         return 2

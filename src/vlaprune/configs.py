@@ -44,10 +44,12 @@ class DatasetConfig:
 
 @dataclass
 class EnvConfig:
-    # Simulator: metaworld | pusht | libero. Tasks comma-separated: MetaWorld names (reach-v3,door-open-v3);
-    # PushT-v0; LIBERO suites (libero_spatial, libero_object, libero_goal, libero_10, libero_90: every task
-    # of the suite) or single LIBERO tasks SUITE/ID (libero_spatial/3, ids from 0).
+    # Simulator for closed-loop episodes. metaworld: MetaWorld (tasks like reach-v3, door-open-v3);
+    # pusht: PushT (PushT-v0); libero: LIBERO through lerobot's LiberoEnv (suites libero_spatial,
+    # libero_object, libero_goal, libero_10, libero_90, each meaning all its tasks, or single tasks SUITE/ID
+    # such as libero_spatial/3, ids from 0).
     type: str = ""
+    # Tasks, comma-separated (names as --env.type says).
     task: str = ""
     # Episode cap (default: the env's own: MetaWorld 150, PushT 300, LIBERO lerobot's per suite, e.g. 280).
     max_steps: int = 0

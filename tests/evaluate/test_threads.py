@@ -54,8 +54,11 @@ if sys.argv[1] == "--mine":
     sys.argv.pop(1)
 from vlaprune import cli
 assert "torch" not in sys.modules  # libgomp reads the policy when torch loads it: nothing loaded it yet
+import dataclasses
 seen = lambda args: print(os.environ.get("OMP_WAIT_POLICY"), "torch" in sys.modules)
-cli.COMMANDS = {name: (seen, help_) for name, (_, help_) in cli.COMMANDS.items()}
+stages = cli.commands  # imports the stages (and torch): main calls it after choosing the policy
+cli.commands = lambda: {name: dataclasses.replace(c, run=seen) for name, c in stages().items()}
+cli.parse = lambda name, cmd, args: args
 cli.main(sys.argv[1:])
 """
 

@@ -1,4 +1,4 @@
-"""`vlaprune eval`: offline metrics on held-out episodes and / or closed-loop success in a simulator,
+r"""`vlaprune eval`: offline metrics on held-out episodes and / or closed-loop success in a simulator,
 with the language- and vision-sensitivity probes.
 
     vlaprune eval --policy.path=out/recover/final --dataset.root=data/mw --offline=true --holdout=.2

@@ -43,14 +43,18 @@ class DemoConfig:
     max_episodes: int = 5
     # Recovery budget (optimizer steps at batch 16), the same for every variant and the baseline.
     recover_steps: int = 60
+    # Ranking methods for the ranked levels, comma-separated.
     methods: str = "gateprobe"
+    # Cut levels, comma-separated (as `vlaprune dtr --sweep.levels`). FRACTION: that fraction of the stack's
+    # blocks, the lowest-scoring; N: a count; all-but-N: every block but N; drop_half: the odd-indexed
+    # blocks; keep_2: all but the first and the last.
     levels: str = "drop_half,0.5"
     n_envs: int = 2
     # Offline loss on this many held-out batches of 16 (a seeded subset; 0 = every frame: 9 s more per
     # evaluation on the shipped data, 2 evaluations per measurement).
     offline_batches: int = 8
     # Instead of the sweep: copy the shipped policy and dataset to this folder (policy/, dataset/, vlm/)
-    # for the README's first steps, and stop.
+    # for the first steps (docs/first-steps.md), and stop.
     export_assets: str = ""
 
 

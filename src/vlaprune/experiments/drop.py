@@ -1,5 +1,7 @@
-"""`vlaprune drop`: remove blocks, save the pruned checkpoint, and report what the cut saves (params,
-FLOPs, latency: it combines surgery with evaluation's cost report, hence it lives here).
+"""`vlaprune drop`: remove blocks, save the pruned checkpoint, and report what the cut saves (params, FLOPs,
+latency).
+
+It combines surgery with evaluation's cost report, hence it lives in experiments/.
 
 vlaprune drop --policy.path=lerobot/smolvla_base --drop.language=2,3 --output_dir=out/smolvla-14
 vlaprune drop --policy.path=... --drop.from=scores.json --drop.k=8 --drop.components=language --output_dir=...
@@ -30,8 +32,9 @@ from vlaprune.surgery.width import CRITERIA, resnet_of
 
 @dataclass
 class DropSpec:
-    # Block indices to drop per component (0-based, comma-separated), e.g. --drop.language=3,7, or the
-    # paper's metric-free levels: drop_half (the odd-indexed blocks) or keep_2 (all but the first and last).
+    # Blocks to drop per component (--drop.vision and --drop.action take the same values).
+    # INDICES: 0-based block indices, comma-separated, e.g. --drop.language=3,7; drop_half: the odd-indexed
+    # blocks (the paper's metric-free level); keep_2: all but the first and the last (likewise).
     language: str = ""
     vision: str = ""
     action: str = ""
@@ -51,14 +54,16 @@ class DropSpec:
     # keep_kv: the same, refused for stacks nothing reads K/V from; pair: whole blocks, coupled partners
     # included.
     mode: str = "auto"
-    # block: whole blocks; attn / mlp: only the attention / only the MLP of each listed block (the paper's
-    # granularity ablation). With --drop.from, attn / mlp rank by that sublayer's own scores (a scores.json
-    # from `vlaprune score --granularity=sublayer --method=gateprobe_branch_abs`).
+    # What goes of each listed block (the paper's granularity ablation; with --drop.from, attention-only and
+    # MLP-only cuts rank by that sublayer's own scores, from `vlaprune score --granularity=sublayer
+    # --method=gateprobe_branch_abs`). block: the whole block; attn: only its attention; mlp: only its MLP.
     part: str = "block"
     # Shrink the hidden width of the action head's MLP-ResNet (OpenVLA-OFT: 4096 -> N, the DTR paper's head
     # cut) to this many channels (0: no width cut), keeping the channels the criterion ranks highest
     # (vlaprune.surgery.width.CRITERIA: magnitude, first, random). Alone or with block drops (blocks first).
     head_width: int = 0
+    # Which head channels stay. magnitude: the largest weight norms (fc1 rows, fc2 columns and every
+    # block's FFN rows and columns); first: the first N channels; random: N seeded random ones.
     head_criterion: str = "magnitude"
     # Also remove the dead compute (`vlaprune inspect` lists it): what nothing reads (the last language
     # block's attention output and MLP in SmolVLA / pi0 / pi0.5, vision blocks after OpenVLA's read-out

@@ -44,18 +44,22 @@ from vlaprune.surgery.sublayers import PARTS
 class SweepConfig:
     # Components to cut (stack names or components), comma-separated.
     components: str = "vision,language,action"
-    # How many blocks: fractions of the stack ("0.25,0.5") and/or "all-but-N".
+    # Cut levels, comma-separated. FRACTION: that fraction of the stack's blocks, the lowest-scoring (0.5);
+    # N: a count (12: the paper's Drop-12); all-but-N: every block but N; drop_half: the odd-indexed blocks
+    # (the paper's metric-free protocol: one plan whatever the method); keep_2: all but the first and the
+    # last (likewise).
     levels: str = "0.25,0.5,0.75,all-but-2"
     # Ranking methods (vlaprune.scoring.METHODS keys).
     methods: str = "gateprobe,block_influence"
     seeds: str = "0"
-    # Drop mode (`vlaprune drop --drop.mode`): auto / keep_kv cut each component alone, as the paper does:
-    # language blocks of SmolVLA / pi0 / pi0.5 keep their keys / values for the action expert, action-expert
-    # blocks go while every language block stays; pair drops whole coupled pairs.
+    # Drop mode, as `vlaprune drop --drop.mode`. auto: each component cut alone, as the paper does (language
+    # blocks of SmolVLA / pi0 / pi0.5 keep their keys / values for the action expert, action-expert blocks go
+    # while every language block stays); keep_kv: the same, refused for stacks nothing reads K/V from;
+    # pair: whole coupled pairs.
     mode: str = "auto"
-    # What goes of each chosen block: block (whole), attn (attention only), mlp (MLP only), comma-separated
-    # for the paper's granularity ablation. Ranked sublayer levels use the sublayer gates' own scores, so
-    # only gateprobe_branch / gateprobe_branch_abs rank them; protocol levels need no scores.
+    # What goes of each chosen block, comma-separated for the paper's granularity ablation (ranked sublayer
+    # levels use the sublayer gates' own scores, so only gateprobe_branch / gateprobe_branch_abs rank them;
+    # protocol levels need no scores). block: the whole block; attn: its attention only; mlp: its MLP only.
     parts: str = "block"
 
 
@@ -66,6 +70,7 @@ class BudgetConfig:
     steps: int = 1000
     batch_size: int = 16
     lr: float | None = None
+    # preset: the policy's own trainable flags (e.g. SmolVLA trains the expert only); all: everything.
     trainable: str = "preset"
     image_shift: int = 0
     # same_steps: every variant trains `steps`; flops_matched: every variant trains for the baseline's

@@ -1,4 +1,5 @@
-"""Multi-module unit pruning without recovery, and `vlaprune prune-units`.
+r"""`vlaprune prune-units`: prune FFN channels / attention heads across modules with no recovery, and judge
+every criterion the same way.
 
     vlaprune prune-units --policy.path=... --dataset.root=... --criterion=dw_prune_high --base=VLM \
         --ratios=language.mlp=0.3,language.attn=0.1,vision.mlp=0.2 --compare=magnitude,wanda --output_dir=out
@@ -62,9 +63,20 @@ class PruneUnitsConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     eval: EpisodesConfig = field(default_factory=EpisodesConfig)
     stacks: str = ""
+    # Unit criterion (direction low: the units with the lowest value go). magnitude: the unit's weight norm;
+    # wanda: sum |W| * ||X_j|| over calibration activations (Wanda); taylor: sum |W * dL/dW| on the action
+    # loss (LLM-Pruner's first-order criterion); flap: Var_tokens(X_j) * ||W_:,j||^2 on the output
+    # projection's input (FLAP); random: seeded uniform; dw: vlaprune's dW, sqrt(sum ||dW||^2 / sum
+    # ||W_VLM||^2) over the unit's rows and columns (needs --base); dw_openvla: the divergence paper's
+    # public-code OpenVLA recipe, per row ||dW_row|| / ||W_row|| (needs --base); dw_pi05: its pi0.5 recipe,
+    # absolute row norms ||dW_row|| (needs --base); dw_prune_high: dw, the most-moved units go (older
+    # name); dw_prune_low: dw, the least-moved units go (older name).
     criterion: str = "wanda"
+    # More criteria to run on the same modules, comma-separated, each judged the same way.
     compare: str = ""
+    # Ratio per stack and unit kind, comma-separated: STACK.mlp=R (FFN channels), STACK.attn=R (heads).
     ratios: str = ""
+    # Or a fraction of the parameters to remove: per-module ratios searched greedily in steps of 0.1.
     budget: float = 0.0
     # Per-module criterion / direction / ratio / scope / protected blocks (see vlaprune.surgery.spec), e.g.
     # "language.mlp=dw_openvla:high:0.2:global:protect=0-4,30,31 vision.mlp=dw_openvla:low:0.1".
@@ -77,10 +89,12 @@ class PruneUnitsConfig:
     # FLAP's bias compensation for the modules scored by `flap` (the removed units' mean output is added
     # to the output projection's bias).
     flap_bias: bool = False
-    # Attention heads under grouped-query attention: remove whole KV groups, or query heads inside groups.
+    # Attention heads under grouped-query attention. groups: remove whole KV groups (a KV head with its query
+    # heads); query: remove the same number of query heads inside every group.
     heads: str = "groups"
     # Base VLM for the dW criteria, and the VLA -> VLM name mapping (see `vlaprune diverge`).
     base: str = ""
+    # VLA -> VLM name mapping: a preset (`vlaprune diverge --help` describes each) or prefix rules.
     map: str = "auto"
     # Fraction of each task's episodes held out for testing (the last ones): the reported loss / action
     # error are measured on these, scoring calibrates on the training episodes. 0: everything is reported

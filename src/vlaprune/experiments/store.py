@@ -5,9 +5,9 @@
 
 A row id is a hash of what the row measures (its spec: the plan, seed and budget and every setting that
 changes the numbers, see `experiments/dtr.settings`), so a rerun under the same settings skips finished
-rows, a rerun under other settings measures new ones, and separate
-processes or cluster jobs (one job per row, see README) can share one store folder without locks: each
-row is its own file, written to a temporary name and renamed into place. Every row carries the config hash,
+rows, a rerun under other settings measures new ones, and separate processes or cluster jobs (one job per
+row, see docs/commands/dtr.md) can share one store folder without locks: each row is its own file, written
+to a temporary name and renamed into place. Every row carries the config hash,
 seed, package version and git sha. Reports read only the store.
 """
 

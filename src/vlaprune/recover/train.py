@@ -1,4 +1,4 @@
-"""`vlaprune recover`: fine-tune a policy on a LeRobotDataset under a fixed budget, resumably.
+r"""`vlaprune recover`: fine-tune a policy on a LeRobotDataset under a fixed budget, resumably.
 
     vlaprune recover --policy.path=out/smolvla-12 --dataset.repo_id=lerobot/libero_spatial --steps=20000 \
         --batch_size=32 --output_dir=out/recover-12 [--mode=lora|distill --teacher=lerobot/smolvla_base]
@@ -38,7 +38,8 @@ class RecoverConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     output_dir: str = ""
-    # full | lora | distill
+    # What is trained. full: the policy itself; lora: LoRA adapters (lerobot's wrap_with_peft), merged into
+    # the weights at the end; distill: the policy, distilled from the unpruned --teacher.
     mode: str = "full"
     # Unpruned teacher for --mode=distill (a policy path).
     teacher: str = ""
@@ -48,14 +49,15 @@ class RecoverConfig:
     # Optimizer / schedule: the policy's lerobot preset; lr overrides its peak learning rate, for the
     # optimizer and the scheduler alike (the decay floor keeps its ratio to the peak: lr * decay_lr / peak).
     lr: float | None = None
-    # "preset": the policy's own trainable flags (e.g. SmolVLA trains the expert only); "all": everything.
+    # preset: the policy's own trainable flags (e.g. SmolVLA trains the expert only); all: everything.
     trainable: str = "preset"
     seed: int = 0
     save_every: int = 500
     log_every: int = 50
     resume: bool = False
     # auto: as lerobot-train, from the policy's config (`dtype` bfloat16 -> bf16, float16 -> fp16, float32 ->
-    # no; policies without `dtype`: `use_amp` -> the device's autocast dtype); or no / bf16 / fp16.
+    # no; policies without `dtype`, `use_amp` -> the device's autocast dtype); no: full precision;
+    # bf16: bfloat16 autocast; fp16: float16 autocast with loss scaling.
     mixed_precision: str = "auto"
     num_workers: int = 0
     wandb: bool = False

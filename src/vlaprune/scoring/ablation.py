@@ -19,6 +19,7 @@ def _set_block(gates, stack: str, i: int, value: float, granularity: str) -> Non
 
 
 def loo(probe: Probe) -> Scores:
+    """Exact leave-one-out: the loss with the block gated to 0 minus the baseline loss (signed)."""
     with virtual_gates(probe.layout, probe.stacks, "block") as gates:
         base = probe.mean_loss()
         blocks = {s: [] for s in probe.stacks}
@@ -30,6 +31,7 @@ def loo(probe: Probe) -> Scores:
 
 
 def greedy(probe: Probe) -> Scores:
+    """SLEB-style: repeatedly remove the block whose removal raises the loss least; score = removal step."""
     remaining = probe.blocks()
     order: list[tuple[str, int]] = []
     losses: list[float] = []

@@ -22,7 +22,12 @@ class DivergeConfig:
     # The base VLM and the VLA fine-tuned from it: checkpoint folders, .safetensors files or shard indexes.
     base: str = ""
     tuned: str = ""
-    # Name mapping VLA -> VLM: auto | smolvla | pi0 | pi05 | openvla | oft | oft-llama | identity | "a.=>b."
+    # Name mapping VLA -> VLM: a preset, or your prefix rules "vla.prefix.=>vlm.prefix.;...".
+    # auto: the preset that matches the most tensors; identity: the same names; smolvla: lerobot SmolVLA
+    # against its SmolVLM2; pi0: lerobot pi0 / pi0.5 against google/paligemma-3b-pt-224 as on the hub;
+    # pi05: the same; pi0-transformers5: against a PaliGemma saved by transformers 5; openvla: OpenVLA
+    # against its Llama-2; oft: an OpenVLA-OFT folder (loaded with its head) against the Prismatic VLM it
+    # started from; oft-llama: the same against its bare Llama-2.
     map: str = "auto"
     output_dir: str = "divergence"
     # Largest float32 chunk per tensor (MB): bounds peak memory; small chunks also stay in the CPU caches.

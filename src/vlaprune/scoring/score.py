@@ -1,4 +1,4 @@
-"""`vlaprune score`: rank blocks by importance with one or more methods, and compare them with leave-one-out.
+r"""`vlaprune score`: rank blocks by importance with one or more methods, and compare them with leave-one-out.
 
     vlaprune score --policy.path=lerobot/smolvla_base --dataset.repo_id=lerobot/libero_spatial \
         --method=gateprobe --components=vision,language,action --batches=8 --compare=block_influence,magnitude
@@ -38,7 +38,8 @@ class ScoreConfig:
     batches: int = 4
     batch_size: int = 8
     seed: int = 0
-    # One gate per block, or one per residual branch (attention, MLP): gateprobe_branch(_abs) only.
+    # Gates: block: one per block; sublayer: one per residual branch (attention, MLP), for
+    # gateprobe_branch(_abs) only.
     granularity: str = "block"
     # Method settings: Hutchinson probes per batch (hessian_trace), integration steps (integrated_gradients),
     # blocks per contiguous span (contiguous_cossim).

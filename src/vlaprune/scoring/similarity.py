@@ -82,11 +82,13 @@ def _cosines(probe: Probe) -> dict[str, list[torch.Tensor]]:
 
 
 def block_influence(probe: Probe) -> Scores:
+    """ShortGPT's Block Influence: 1 - mean row-wise cos(h_in, h_out)."""
     cos = _cosines(probe)
     return Scores({s: [1.0 - float(c.mean()) for c in per] for s, per in cos.items()})
 
 
 def angular(probe: Probe) -> Scores:
+    """Angular distance arccos(cos(h_in, h_out)) / pi, averaged over all rows."""
     cos = _cosines(probe)
     return Scores(
         {s: [float(torch.arccos(c.clamp(-1, 1)).mean()) / math.pi for c in per] for s, per in cos.items()}
@@ -117,8 +119,10 @@ def _span_cosines(probe: Probe, spans: dict[str, int]) -> dict[str, list[float]]
 
 
 def contiguous_cossim(probe: Probe) -> Scores:
-    """ShortGPT-style contiguous spans: a span of `Probe.span` blocks starting at j scores
-    1 - mean cos(h_j, h_{j+n}) (row-wise, over every calibration token), and a block gets the lowest score of
+    """ShortGPT-style contiguous spans: 1 - mean cos(h_j, h_{j+n}) over spans of n blocks (`--span`).
+
+    A span of `Probe.span` blocks starting at j scores 1 - mean cos(h_j, h_{j+n}) (row-wise, over every
+    calibration token), and a block gets the lowest score of
     the spans that contain it, so the blocks of the most redundant span rank last (with n equal to the
     number of blocks you drop, the k lowest-scoring blocks are that span). A stack shorter than the span
     uses one span of its whole length. span 1 is block_influence."""

@@ -14,6 +14,7 @@ from vlaprune.scoring.probe import Probe, Scores
 
 
 def magnitude(probe: Probe) -> Scores:
+    """Mean |w| of the block's parameters (no data)."""
     out = {}
     for s in probe.stacks:
         vals = []
@@ -25,11 +26,13 @@ def magnitude(probe: Probe) -> Scores:
 
 
 def random(probe: Probe) -> Scores:
+    """Seeded uniform random scores (no data)."""
     gen = torch.Generator().manual_seed(probe.seed)
     return Scores({s: torch.rand(len(probe.layout.stacks[s]), generator=gen).tolist() for s in probe.stacks})
 
 
 def position_last(probe: Probe) -> Scores:
+    """Keep-first truncation: later blocks score lower, so the last ones go first (no data)."""
     return Scores(
         {
             s: [float(len(probe.layout.stacks[s]) - i) for i in range(len(probe.layout.stacks[s]))]
@@ -39,4 +42,5 @@ def position_last(probe: Probe) -> Scores:
 
 
 def position_first(probe: Probe) -> Scores:
+    """Drop-first: earlier blocks score lower, so the first ones go first (no data)."""
     return Scores({s: [float(i + 1) for i in range(len(probe.layout.stacks[s]))] for s in probe.stacks})

@@ -67,7 +67,8 @@ def configure() -> Path:
         if not (folder / "config.yaml").is_file():
             raise VlapruneError(
                 f"LIBERO_CONFIG_PATH={user} has no config.yaml (LIBERO would ask for paths interactively): "
-                "write one (see README) or unset LIBERO_CONFIG_PATH to let vlaprune write its own"
+                "write one (see docs/commands/eval.md) or unset LIBERO_CONFIG_PATH to let vlaprune write its "
+                "own"
             )
         return folder
     spec = importlib.util.find_spec("libero")
