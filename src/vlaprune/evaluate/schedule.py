@@ -63,10 +63,9 @@ class Episode:
 def chunk_actions(policy: nn.Module, pre, post) -> Callable[[dict[str, Any]], np.ndarray] | None:
     """raw env batch -> the (B, k, D) env actions its select_action would return over the next k calls
     from an empty queue; None when the policy's select_action is something else."""
-    from vlaprune.adapters.openvla_closed_loop import OFTLibero
-
-    if isinstance(policy, OFTLibero):
-        return lambda batch: np.asarray(policy.predict_chunk(batch), np.float32)
+    own = getattr(policy, "predict_chunk", None)  # a family's own closed-loop pipeline (OFT on LIBERO)
+    if callable(own):
+        return lambda batch: np.asarray(own(batch), np.float32)
     cfg = getattr(policy, "config", None)
     kind = str(getattr(cfg, "type", "")).removeprefix("vlaprune_")
     rtc = getattr(cfg, "rtc_config", None)
