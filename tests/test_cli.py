@@ -142,13 +142,19 @@ def listed(text: str) -> set[str]:
 
 
 def description(text: str, value: str) -> str:
-    """The description --help gives `value` in its row: after it on its line, or on the next line (long
-    values)."""
+    """The description --help gives `value` in its row: the rest of its line and the lines indented under it
+    (a long value's description starts on the next line)."""
     lines = text.splitlines()
     for i, line in enumerate(lines):
         words = line.split()
         if line.startswith("    ") and words and words[0] == value:
-            return " ".join(words[1:]) or lines[i + 1].strip()
+            at = len(line) - len(line.lstrip())
+            more = []
+            for nxt in lines[i + 1 :]:
+                if len(nxt) - len(nxt.lstrip()) <= at:
+                    break
+                more.append(nxt.strip())
+            return " ".join([*words[1:], *more])
     return ""
 
 
