@@ -23,8 +23,9 @@ Resampling without TensorFlow: OFT resizes with `tf.image.encode_jpeg` + `decode
 libjpeg's fast integer DCT) + `tf.image.resize(..., "lanczos3", antialias=True)`, and center-crops with
 `tf.image.crop_and_resize` (bilinear). vlaprune encodes with Pillow (TF's bytes: quality 95, 4:2:0), decodes
 with simplejpeg's fast DCT and resizes / crops in numpy by TF's sampling rules. Measured against
-TensorFlow 2.21 on LIBERO frames (docs/openvla.md, "OpenVLA-OFT on LIBERO"): the JPEG round trip is bit-identical,
-the resize differs by 1 level in 30 of 1.2 M values (float summation order), resize + crop in 46.
+TensorFlow 2.21 on LIBERO frames (docs/openvla.md, "OpenVLA-OFT on LIBERO"): the JPEG round trip is
+bit-identical, the resize differs by 1 level in 30 of 1.2 M values (float summation order), resize + crop
+in 46.
 """
 
 from __future__ import annotations
