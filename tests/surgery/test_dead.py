@@ -70,7 +70,7 @@ def test_dead_and_a_request_for_the_same_block_are_refused(tmp_path, cli_error):
 def test_oft_vision_blocks_after_the_read_out_are_dead(oft):
     """OpenVLA-OFT: Prismatic reads each vision tower at block depth-2; the last block runs for nothing and
     goes whole, with bit-identical actions."""
-    from vlaprune.adapters.openvla import example_batch, predict_actions
+    from vlaprune.adapters.openvla.policy import example_batch, predict_actions
 
     batch = example_batch(oft.module, batch_size=2)
     with torch.no_grad():
