@@ -209,7 +209,7 @@ def test_smolvla_joint_forward_equals_lerobots_on_the_uncut_model(kw, fresh):
     """vlaprune's SmolVLA joint forward (installed by every in-place cut) gives lerobot's actions and loss
     on an uncut model, bit for bit, although it projects the cached prefix K/V of cross-attention layers
     once per chunk instead of once per denoising step."""
-    from vlaprune.adapters import keep_kv_smolvla
+    from vlaprune.adapters.smolvla import keep_kv as keep_kv_smolvla
 
     ref = fresh("smolvla", **kw)
     want_actions, want_loss = actions(ref), loss(ref)

@@ -134,8 +134,7 @@ def map_pixels(pixels, fn: Callable):
     return {k: fn(k, v) for k, v in pixels.items()} if isinstance(pixels, dict) else fn(None, pixels)
 
 
-def first_camera(pixels) -> np.ndarray:
-    return next(iter(pixels.values())) if isinstance(pixels, dict) else pixels
+first_camera = schedule.first_camera
 
 
 def frozen(frame, cam: str | None, like: np.ndarray) -> np.ndarray:
@@ -228,6 +227,7 @@ def rollouts(
         video_every=width,
         task=task,
         progress=progress,
+        to_batch=to_batch,
     )
     sims = workers.simulators(factory, width)  # one set of simulator processes for all episodes of this task
     with sized_threads(), noise_rows(policy) as job.noise:  # torch threads: evaluate/threads.py

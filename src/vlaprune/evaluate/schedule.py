@@ -43,6 +43,12 @@ class Job:
     video_every: int = 1  # videos of episodes 0, k, 2k, ... (the first of each group of n_envs)
     task: str = ""
     progress: Callable[[int], None] | None = None
+    # observations of several envs + instructions -> the raw policy batch (closed_loop.to_batch)
+    to_batch: Callable[[nn.Module, dict, list], dict] | None = None
+
+
+def first_camera(pixels) -> np.ndarray:
+    return next(iter(pixels.values())) if isinstance(pixels, dict) else pixels
 
 
 @dataclass
@@ -126,8 +132,6 @@ def _arrive(job: Job, sims, slots: list, i: int, todo: deque, results: list) -> 
 
 
 def _frame(job: Job, pixels) -> np.ndarray:
-    from vlaprune.evaluate.closed_loop import first_camera
-
     return first_camera(job.probe({"pixels": pixels})["pixels"])
 
 
@@ -182,8 +186,6 @@ def _step_group(job: Job, sims, eps: list[Episode], action: np.ndarray) -> None:
     live = [i for i, ep in enumerate(eps) if not ep.done]
     for i in live:
         if eps[i].frames is not None:
-            from vlaprune.evaluate.closed_loop import first_camera
-
             eps[i].frames.append(first_camera(eps[i].obs["pixels"]))
         sims.send(i, "steps", ([action[i]], False))
     for i in live:
@@ -228,6 +230,4 @@ def grouped(job: Job, sims, seeds: list[int], select: Callable[[dict], np.ndarra
 
 def to_batch_of(job: Job, eps: list[Episode]) -> dict[str, Any]:
     """The raw policy batch of the episodes' current observations."""
-    from vlaprune.evaluate.closed_loop import to_batch
-
-    return to_batch(job.policy, stack([ep.obs for ep in eps]), [job.text] * len(eps))
+    return job.to_batch(job.policy, stack([ep.obs for ep in eps]), [job.text] * len(eps))
