@@ -37,7 +37,7 @@ def same_episodes(got: list[dict], want: list[dict], exact: bool) -> None:
 def grouped(policy, pre, post, task: str, n_envs: int, env_kw: dict) -> list[dict]:
     """The schedule before: groups of n_envs, one batched select_action per step."""
     env = envs.make("metaworld", task, **env_kw)
-    job = schedule.Job(policy, None, env.instruction, env.max_steps)
+    job = schedule.Job(policy, None, env.instruction, env.max_steps, to_batch=cl.to_batch)
     sims = workers.simulators(functools.partial(envs.make, "metaworld", task, **env_kw), n_envs)
     with cl.noise_rows(policy) as job.noise:
         return schedule.grouped(job, sims, SEEDS, lambda b: cl.select(policy, pre, post, b))
@@ -118,7 +118,7 @@ def test_schedule_per_env(n_envs):
     }
     policy = type("P", (), {"config": type("C", (), {"input_features": feats})()})()
     seeds = [10, 11, 12, 13, 14, 15, 16]
-    job = schedule.Job(policy, act, "count", 50)
+    job = schedule.Job(policy, act, "count", 50, to_batch=cl.to_batch)
     sims = workers.Simulators(CountingEnv, n_envs)
     try:
         got = schedule.scheduled(job, sims, seeds)
