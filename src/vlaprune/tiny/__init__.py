@@ -50,6 +50,14 @@ def _oft(config: Any = None, **kw: Any) -> Source:
     return load_folder(tiny_oft_folder(**kw), trust_remote_code=True)
 
 
+def _openvla(config: Any = None, **kw: Any) -> Source:
+    """A tiny plain OpenVLA (action tokens, no OFT head): a mirror folder written, then loaded."""
+    from vlaprune.adapters.load import load_folder
+    from vlaprune.tiny.openvla import tiny_openvla_folder
+
+    return load_folder(tiny_openvla_folder(**kw), trust_remote_code=True)
+
+
 TINY = {
     "smolvla": _smolvla,
     "pi0": _pi("pi0"),
@@ -58,6 +66,7 @@ TINY = {
     "qwen2": _hf("qwen2"),
     "siglip": _hf("siglip"),
     "oft": _oft,
+    "openvla": _openvla,
 }
 for _name, _build in TINY.items():
     register_builder(f"tiny:{_name}", _build)

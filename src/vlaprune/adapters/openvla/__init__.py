@@ -1,6 +1,7 @@
 """OpenVLA / OpenVLA-OFT: the VLA and the modules OFT keeps beside it as one policy (`policy.py`), OFT's
 action head and projectors (`head.py`), its folders (`load.py`), its batch format (`batch.py`) and its LIBERO
-closed loop (`closed_loop.py`)."""
+closed loop (`closed_loop.py`); plain OpenVLA's action tokens (loss and decoding, `tokens.py`) and its LIBERO
+closed loop (`token_loop.py`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from vlaprune.adapters.family import DataFormat, Family, Folder
-from vlaprune.adapters.openvla import batch, load
+from vlaprune.adapters.openvla import batch, load, tokens
 from vlaprune.adapters.openvla.policy import OpenVLAPolicy, layout, predict_actions
 from vlaprune.adapters.source import Source
 from vlaprune.errors import VlapruneError
@@ -39,15 +40,48 @@ def processors(policy: Any, meta: Any) -> tuple[Any, Any]:
 
 
 def closed_loop(model: nn.Module, env_type: str, task: str) -> nn.Module:
-    """OFT's LIBERO evaluation (`closed_loop.OFTLibero`), which maps observations and actions itself."""
+    """OFT's LIBERO evaluation (`closed_loop.OFTLibero`) or, for plain OpenVLA, OpenVLA's
+    (`token_loop.OpenVLALibero`); both map observations and actions themselves."""
+    plain = tokens.is_token_policy(model)
     if env_type != "libero":
+        name, whose = ("OpenVLA", "OpenVLA's") if plain else ("OpenVLA-OFT", "OFT's")
         raise VlapruneError(
-            f"closed-loop OpenVLA-OFT runs on LIBERO as OFT's own evaluation does (--env.type=libero), not "
+            f"closed-loop {name} runs on LIBERO as {whose} own evaluation does (--env.type=libero), not "
             f"--env.type={env_type}"
         )
+    if plain:
+        from vlaprune.adapters.openvla.token_loop import OpenVLALibero
+
+        return OpenVLALibero(model, task.partition("/")[0])
     from vlaprune.adapters.openvla.closed_loop import OFTLibero
 
     return OFTLibero(model, task.partition("/")[0])
+
+
+def check_features(model: nn.Module, features: dict[str, Any]) -> None:
+    """OFT's checks; plain OpenVLA's action must have the size of its statistics' actions."""
+    batch.check_features(model, features)
+    dims = tokens.action_dims(model) if tokens.is_token_policy(model) else set()
+    shape = tuple(features["action"]["shape"]) if "action" in features else None
+    if len(dims) == 1 and shape != (next(iter(dims)),):
+        raise VlapruneError(
+            f"feature 'action' has shape {shape} in the dataset but this OpenVLA's statistics have "
+            f"{next(iter(dims))}-D actions; the dataset does not match this checkpoint"
+        )
+
+
+def delta_timestamps(model: nn.Module, meta: Any) -> dict[str, list[float]]:
+    """The action chunk each frame needs: OFT's chunk, or plain OpenVLA's single action."""
+    return {"action": [0.0]} if tokens.is_token_policy(model) else batch.delta_timestamps(model, meta.fps)
+
+
+def loss(model: nn.Module, b: dict) -> Any:
+    return (tokens.token_loss(model, b) if tokens.is_token_policy(model) else model.forward(b))[0]
+
+
+def predict(model: nn.Module, b: dict) -> tuple[Any, Any]:
+    fn = tokens.predict_actions if tokens.is_token_policy(model) else predict_actions
+    return fn(model, b), b["actions"]
 
 
 FOLDER = Folder(
@@ -60,12 +94,12 @@ FOLDER = Folder(
     write=load.save,
 )
 DATA = DataFormat(
-    takes=lambda m: owns(m) and m.action_head is not None,
-    check=batch.check_features,
-    delta_timestamps=lambda m, meta: batch.delta_timestamps(m, meta.fps),
+    takes=lambda m: owns(m) and (m.action_head is not None or tokens.is_token_policy(m)),
+    check=check_features,
+    delta_timestamps=delta_timestamps,
     processors=processors,
-    loss=lambda m, b: m.forward(b)[0],
-    predict=lambda m, b: (predict_actions(m, b), b["actions"]),
+    loss=loss,
+    predict=predict,
 )
 FAMILY = Family(
     "openvla",

@@ -10,6 +10,8 @@
                            dimensions whose `mask` is false, the gripper, are left as they are)
     proprio        (B, P)  the state, normalized the same way (when the policy has a proprio projector)
 
+Plain OpenVLA (no OFT head, `tokens.py`) takes the same batch with a chunk of one action and only the first
+camera (OpenVLA's single third-person image); its labels are what its loss supervises.
 Action tokens are OFT's ActionTokenizer's: 256 uniform bins on [-1, 1], token id = tokenizer.vocab_size -
 bin (1-based); OFT zeroes their input embeddings, so only their positions matter for the L1 loss.
 Statistics: the checkpoint's own (config `norm_stats` / dataset_statistics.json; the dataset key that the
@@ -145,8 +147,17 @@ def preprocessor(policy: OpenVLAPolicy, folder: Path | None, meta: Any) -> Calla
     tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=True)  # the policy loaded with it
     stats = pick_stats(getattr(policy.vla.config, "norm_stats", None), meta.repo_id, meta.stats)
     towers = image_settings(folder, policy)
-    cams = cameras(meta.features)
+    cams = cameras(meta.features)[: None if policy.action_head is not None else 1]  # OpenVLA: 1st only
     bins = getattr(policy.vla.config, "n_action_bins", 256)
+    if policy.action_head is None:  # plain OpenVLA decodes with the config's vocabulary: both must agree
+        from vlaprune.adapters.openvla.tokens import decode_vocab
+
+        if decode_vocab(policy.vla.config) != tok.vocab_size:
+            raise VlapruneError(
+                f"the tokenizer has {tok.vocab_size} ids but the config decodes action tokens against "
+                f"text_config.vocab_size - pad_to_multiple_of = {decode_vocab(policy.vla.config)}; the "
+                "tokenizer files do not belong to this checkpoint"
+            )
 
     def prepare(batch: dict) -> dict:
         actions = normalize(batch["action"], stats["action"])  # (B, chunk, A)

@@ -124,6 +124,9 @@ def load(folder: Path, cfg: dict[str, Any], trust_remote_code: bool) -> OpenVLAP
             f"{folder} has OpenVLA-OFT's model code but no action_head--<step>_checkpoint.pt; copy the head "
             "file OFT saved beside this checkpoint into the folder"
         )
+    from vlaprune.adapters.openvla.tokens import check_folder
+
+    check_folder(folder, cfg, component_file(folder, "action_head") is not None)  # plain OpenVLA's statistics
     try:
         vla = cls.from_pretrained(str(folder), trust_remote_code=True)
     except Exception as e:  # noqa: BLE001
