@@ -12,8 +12,10 @@ from torch import nn
 
 from vlaprune.adapters.family import DataFormat, Family, Folder
 from vlaprune.adapters.openvla import batch, load, tokens
-from vlaprune.adapters.openvla.policy import OpenVLAPolicy, layout, predict_actions
+from vlaprune.adapters.openvla.policy import OpenVLAPolicy, predict_actions
+from vlaprune.adapters.openvla.policy import layout as oft_layout
 from vlaprune.adapters.source import Source
+from vlaprune.adapters.stack import Layout
 from vlaprune.errors import VlapruneError
 
 VLM_MAP_OPENVLA = [("language_model.", "")]  # OpenVLA -> its Llama-2 (`vlaprune diverge`)
@@ -21,6 +23,18 @@ VLM_MAP_OPENVLA = [("language_model.", "")]  # OpenVLA -> its Llama-2 (`vlaprune
 
 def owns(model: nn.Module) -> bool:
     return isinstance(model, OpenVLAPolicy)
+
+
+def layout(policy: OpenVLAPolicy) -> Layout:
+    """The OpenVLA(-OFT) layout; for plain OpenVLA its passes are one inference (prompt + 7 greedy action
+    tokens) and its token loss, and its action output is the LM head."""
+    lay = oft_layout(policy)
+    if tokens.is_token_policy(policy):
+        lay.forward = tokens.example_pass(policy, training=False)
+        lay.training_forward = tokens.example_pass(policy, training=True)
+        lay.forward_desc = "prompt + 7 greedy action tokens of plain OpenVLA (batch 1, 1 image)"
+        lay.action_out = "vla.language_model.lm_head"
+    return lay
 
 
 def base_record(source: Source, stacks: str | None = None, trust_remote_code: bool = False) -> dict:

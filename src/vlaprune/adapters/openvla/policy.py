@@ -289,16 +289,8 @@ def layout(policy: OpenVLAPolicy) -> Layout:
             ]
     if kind:
         stacks["action"].single_branch = "ffn"
-    forward, training, out = example_pass(policy), example_pass(policy) if kind else None, "action_head"
+    forward = example_pass(policy)
     desc = f"forward of VLA{' + ' + kind + ' head' if kind else ''} (batch 1, {policy.num_images} image(s))"
-    from vlaprune.adapters.openvla import tokens  # plain OpenVLA: its LM head decodes 7 action tokens
-
-    if tokens.is_token_policy(policy):
-        forward, training = tokens.example_pass(policy, False), tokens.example_pass(policy, True)
-        desc, out = (
-            "prompt + 7 greedy action tokens of plain OpenVLA (batch 1, 1 image)",
-            "vla.language_model.lm_head",
-        )
     return Layout(
         family="openvla",
         model=policy,
@@ -311,9 +303,9 @@ def layout(policy: OpenVLAPolicy) -> Layout:
         },
         forward=forward,
         forward_desc=desc,
-        training_forward=training,
+        training_forward=forward if kind else None,
         config_expresses={"language"},
-        action_out=out,
+        action_out="action_head",
         example_weights=lambda batch: torch.full(
             (batch["input_ids"].shape[0],), 1.0 / batch["input_ids"].shape[0]
         ),

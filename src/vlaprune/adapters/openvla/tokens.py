@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from vlaprune.adapters.openvla.head import IGNORE_INDEX
-from vlaprune.adapters.openvla.policy import OpenVLAPolicy, is_oft_model
+from vlaprune.adapters.openvla.policy import OpenVLAPolicy, example_batch, is_oft_model
 from vlaprune.errors import VlapruneError
 
 N_BINS = 256  # OpenVLA's default n_action_bins
@@ -177,8 +177,6 @@ def predict_actions(policy: OpenVLAPolicy, batch: dict[str, torch.Tensor]) -> to
 
 def example_pass(policy: OpenVLAPolicy, training: bool) -> Callable[[], Any]:
     """One inference (prompt + 7 greedy tokens) or one training loss on the adapter's example batch."""
-    from vlaprune.adapters.openvla.policy import example_batch
-
     full = example_batch(policy)  # <s> + 8 prompt tokens + chunk * 7 tokens + </s>
     n = 1 + 8 + 7
     eos = torch.full_like(full["input_ids"][:, :1], policy.vla.config.text_config.eos_token_id or 2)

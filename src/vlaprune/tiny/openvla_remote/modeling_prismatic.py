@@ -37,6 +37,7 @@ class PrismaticForConditionalGeneration(_Backbones):
         attention_mask=None,
         pixel_values=None,
         labels=None,
+        *,
         past_key_values=None,
         use_cache=None,
         output_hidden_states=None,
