@@ -1,5 +1,10 @@
 """What a model costs at run time: `select_action` latency and peak memory, and the cost report.
 
+Memory: `peak_memory_bytes` is the growth of one inference call above the level before it;
+`inference_memory` is what one inference holds in all (weights + activations, the DTR paper's 14.4 -> 8.36
+GB): on CUDA torch.cuda.max_memory_allocated during the call, on CPU the weights' bytes + that growth (its
+`how` says which).
+
 Latency: `select_action` with the policy's action queue emptied before every call (`reset()`), so every
 call runs one full inference (prefix + denoising): the latency the robot sees when a new chunk is due.
 For transformers models it is one forward on the example inputs. Parameters and FLOPs come from the
@@ -62,6 +67,13 @@ def latency_ratio(
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
     """Peak extra memory of one `fn()` call in bytes: CUDA allocator peak on GPU; on CPU the peak resident
     set size above the level before the call, sampled every millisecond by a watcher thread."""
+    return memory(fn, device)[0]
+
+
+def memory(fn: Callable[[], Any], device: torch.device) -> tuple[int, int | None]:
+    """(growth, CUDA total) of one `fn()` call in bytes: the peak above the level before the call (see
+    `peak_memory`) and, on CUDA, torch.cuda.max_memory_allocated during it (everything the allocator holds
+    at the peak: weights, activations, anything else on the device); None on CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -69,7 +81,8 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
         with torch.no_grad():
             fn()
         torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device) - start)
+        total = int(torch.cuda.max_memory_allocated(device))
+        return total - int(start), total
     import threading
 
     import psutil
@@ -92,7 +105,27 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
     finally:
         done.set()
         t.join()
-    return int(max(peak[0], proc.memory_info().rss) - start)
+    return int(max(peak[0], proc.memory_info().rss) - start), None
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (each tensor counted once)."""
+    seen = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in seen.values())
+
+
+def inference_memory(fn: Callable[[], Any], model: torch.nn.Module, device: torch.device) -> dict[str, Any]:
+    """The memory one inference holds, as the DTR paper reports it (14.4 -> 8.36 GB: weights + activations),
+    beside the growth of the call alone. On CUDA the total is torch.cuda.max_memory_allocated during one call;
+    on CPU it is the weights' bytes + the peak resident-set growth of one call. `how` names which."""
+    growth, total = memory(fn, device)
+    weights = weight_bytes(model)
+    if total is None:
+        how = "CPU: parameter + buffer bytes + peak RSS growth of one inference call"
+        total = weights + growth
+    else:
+        how = "CUDA: torch.cuda.max_memory_allocated during one inference call"
+    return {"total_bytes": total, "weights_bytes": weights, "growth_bytes": growth, "how": how}
 
 
 def inference_call(layout: Layout):
@@ -132,8 +165,16 @@ def cost(layout: Layout, n_calls: int = 20, warmup: int = 3) -> dict[str, Any]:
         "flops_chunk": anat["total_flops"],
         "flops_chunk_pass": anat["flops_pass"],
         "latency": latency(act, n_calls, warmup) if act else None,
-        "peak_memory_bytes": peak_memory(act, device) if act else None,
+        **_memory(act, model, device),
     }
+
+
+def _memory(act: Callable[[], Any] | None, model: torch.nn.Module, device: torch.device) -> dict[str, Any]:
+    """cost()'s memory entries: the growth of one call (peak_memory_bytes) and the total it holds."""
+    if act is None:
+        return {"peak_memory_bytes": None, "inference_memory": None}
+    mem = inference_memory(act, model, device)
+    return {"peak_memory_bytes": mem["growth_bytes"], "inference_memory": mem}
 
 
 def cost_table(before: dict[str, Any], after: dict[str, Any]):
@@ -152,6 +193,8 @@ def cost_table(before: dict[str, Any], after: dict[str, Any]):
             "select_action p90 ms": lat.get("p90_ms"),
             "peak memory MB": None if c["peak_memory_bytes"] is None else c["peak_memory_bytes"] / 2**20,
         }
+        mem = c.get("inference_memory") or {}
+        out["inference memory MB (weights + activations)"] = mem["total_bytes"] / 2**20 if mem else None
         return out
 
     def fmt(v: float | None) -> str:
