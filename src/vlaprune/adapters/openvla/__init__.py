@@ -1,6 +1,6 @@
 """OpenVLA / OpenVLA-OFT: the VLA and the modules OFT keeps beside it as one policy (`policy.py`), OFT's
-action head and projectors (`head.py`), its folders (`load.py`), its batch format (`batch.py`) and its LIBERO
-closed loop (`closed_loop.py`)."""
+action head and projectors (`head.py`), its folders (`load.py`), its batch format (`batch.py`), its LIBERO
+closed loop (`closed_loop.py`) and its fine-tuning recipe (`recipe.py`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 from torch import nn
 
-from vlaprune.adapters.family import DataFormat, Family, Folder
-from vlaprune.adapters.openvla import batch, load
+from vlaprune.adapters.family import DataFormat, Family, Folder, Recipe
+from vlaprune.adapters.openvla import batch, load, recipe
 from vlaprune.adapters.openvla.policy import OpenVLAPolicy, layout, predict_actions
 from vlaprune.adapters.source import Source
 from vlaprune.errors import VlapruneError
@@ -58,6 +58,7 @@ FOLDER = Folder(
     rebuild=rebuild,
     load_weights=load.load_weights,
     write=load.save,
+    load_with_head=load.load_with_head,
 )
 DATA = DataFormat(
     takes=lambda m: owns(m) and m.action_head is not None,
@@ -74,6 +75,7 @@ FAMILY = Family(
     folder=FOLDER,
     data=DATA,
     closed_loop=closed_loop,
+    recipe=Recipe(lora=recipe.lora, optimizer=recipe.optimizer),
     vlm_maps={
         "openvla": VLM_MAP_OPENVLA,
         # an OpenVLA-OFT folder loaded as one policy (vla + action head) against the Prismatic VLM it started

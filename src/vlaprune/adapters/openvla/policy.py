@@ -46,6 +46,8 @@ from vlaprune.errors import VlapruneError
 LANGUAGE = "language_model.model.layers"
 VISION = {"vision.dino": "vision_backbone.featurizer", "vision.siglip": "vision_backbone.fused_featurizer"}
 HEAD_BLOCKS = {"l1": "model.mlp_resnet_blocks", "diffusion": "noise_predictor.mlp_resnet.mlp_resnet_blocks"}
+# the head's MLP-ResNet: normalized actions (B, chunk, A) for the L1 head, the predicted noise for diffusion
+HEAD_RESNET = {"l1": "model", "diffusion": "noise_predictor.mlp_resnet"}
 # OFT's prismatic/vla/constants.py picks these by searching sys.argv; vlaprune picks by the dataset key of the
 # checkpoint's norm_stats instead (same table, LIBERO when unclear, as OFT)
 CHUNKS = {"aloha": 25, "bridge": 5, "libero": 8}
@@ -305,7 +307,7 @@ def layout(policy: OpenVLAPolicy) -> Layout:
         forward_desc=desc,
         training_forward=forward if kind else None,
         config_expresses={"language"},
-        action_out="action_head",
+        action_out=f"action_head.{HEAD_RESNET[kind]}" if kind else None,  # the MLP-ResNet's output
         example_weights=lambda batch: torch.full(
             (batch["input_ids"].shape[0],), 1.0 / batch["input_ids"].shape[0]
         ),
