@@ -69,6 +69,8 @@ def readout_index(featurizer: nn.Module) -> int:
     """The block whose output the tower returns: the `n` Prismatic bound into its forward
     (`unpack_tuple(partial(get_intermediate_layers, n={k}))`), else the last block."""
     fwd = featurizer.__dict__.get("forward")
+    if isinstance(fwd, _ReadOutForward):
+        return fwd.index
     for cell in getattr(fwd, "__closure__", None) or ():
         bound = cell.cell_contents
         n = bound.keywords.get("n") if isinstance(bound, partial) else None
@@ -94,17 +96,22 @@ def bidirectional(llm: nn.Module) -> None:
             module.is_causal = False
 
 
-def _first(fn: Callable) -> Callable:
-    def read(*args: Any, **kwargs: Any) -> Any:
-        out = fn(*args, **kwargs)
-        return out[0] if isinstance(out, tuple) else out
-
-    return read
-
-
 def set_readout(featurizer: nn.Module, index: int) -> None:
-    """Bind the tower's forward to return block `index`'s features, as Prismatic binds it at build time."""
-    featurizer.forward = _first(partial(featurizer.get_intermediate_layers, n={index}))
+    """Bind the tower's forward to return block `index`'s features, as Prismatic binds it at build time. The
+    binding is an object (`_ReadOutForward`), not a closure, so a deep copy of the policy reads its own
+    tower (a copied closure would keep calling the original's blocks, e.g. after the original is cut)."""
+    featurizer.forward = _ReadOutForward(featurizer, index)
+
+
+class _ReadOutForward:
+    """A tower's forward bound to block `index` (`set_readout`): get_intermediate_layers(x, n={index})[0]."""
+
+    def __init__(self, featurizer: nn.Module, index: int) -> None:
+        self.featurizer, self.index = featurizer, index
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.featurizer.get_intermediate_layers(*args, n={self.index}, **kwargs)
+        return out[0] if isinstance(out, tuple) else out  # as Prismatic's unpack_tuple
 
 
 class OpenVLAPolicy(nn.Module):
@@ -131,6 +138,10 @@ class OpenVLAPolicy(nn.Module):
         self.folder: Path | None = None  # the checkpoint folder it was read from (tokenizer, statistics)
         if is_oft_model(vla):
             bidirectional(vla.language_model)
+        for path in VISION.values():  # Prismatic's closure binding -> one a deep copy keeps apart
+            feat = _submodule(vla, path)
+            if feat is not None and hasattr(feat, "get_intermediate_layers"):
+                set_readout(feat, readout_index(feat))
 
     @property
     def action_dim(self) -> int:
@@ -254,6 +265,13 @@ def example_pass(policy: OpenVLAPolicy) -> Callable[[], Any]:
             return oft_loss(policy, batch)
 
     return run
+
+
+def _submodule(module: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def _readout(featurizer: nn.Module) -> ReadOut:
