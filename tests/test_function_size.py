@@ -19,7 +19,6 @@ KNOWN = {
     "experiments/dtr.py:run",
     "experiments/report.py:build",
     "experiments/report.py:verdict",
-    "recover/train.py:_train",
     "scoring/score.py:run",
     "scoring/diverge.py:run",
     "scoring/units.py:unit_scores",

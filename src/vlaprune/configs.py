@@ -26,6 +26,9 @@ class PolicyConfig:
     # Where the model runs: cpu, cuda, cuda:N, mps. Empty: where it loads (lerobot checkpoints: their
     # config's device, or the best available one; built-in tiny models: cpu).
     device: str = ""
+    # OpenVLA folder + a freshly initialised OFT action head: l1 or diffusion (seeded, at the LLM's width,
+    # with a proprio projector, as OFT's finetune.py builds them); the folder must run OFT's model code.
+    oft_head: str = ""
 
 
 @dataclass

@@ -180,7 +180,14 @@ def load_policy(cfg: PolicyConfig | str | Path, stacks: str | None = None) -> Lo
             "built-in random-weight model (tiny:smolvla, tiny:pi0, tiny:pi05)"
         )
     folder = Path(cfg.path).expanduser()
-    if (folder / "plan.json").is_file() or record_from_config(folder) is not None:  # ours or lerobot-train's
+    # ours, or lerobot-train's
+    pruned = (folder / "plan.json").is_file() or record_from_config(folder) is not None
+    if pruned and cfg.oft_head:
+        raise VlapruneError(
+            f"--policy.oft_head starts from a base OpenVLA folder; {folder} is a saved (pruned) checkpoint "
+            "that keeps its own head: drop --policy.oft_head"
+        )
+    if pruned:
         source, record = load_pruned(folder, cfg.trust_remote_code)
         loaded = Loaded(
             source.module,
@@ -192,9 +199,8 @@ def load_policy(cfg: PolicyConfig | str | Path, stacks: str | None = None) -> Lo
             cfg.trust_remote_code,
         )
     else:
-        loaded = from_source(
-            load_source(cfg.path, cfg.trust_remote_code), cfg.path, stacks, cfg.trust_remote_code
-        )
+        source = load_source(cfg.path, cfg.trust_remote_code, cfg.oft_head)
+        loaded = from_source(source, cfg.path, stacks, cfg.trust_remote_code)
     if stacks and stacks != loaded.stacks:
         loaded.stacks = stacks
     if cfg.device:

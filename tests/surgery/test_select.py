@@ -7,6 +7,7 @@ import json
 import pytest
 
 from vlaprune.cli import main
+from vlaprune.errors import VlapruneError
 from vlaprune.policy import load_policy
 from vlaprune.surgery.select import choices, select_blocks
 
@@ -80,3 +81,20 @@ def test_several_stacks_ranked_together():
     scores = {"language": [5.0, 4.0, 3.0, 0.5], "action": [1.0, 0.1, 2.0, 3.0]}
     # auto: both stacks drop in place (keep-K/V language, action-only expert): the 2 lowest over both
     assert select_blocks(lay, ["language", "action"], scores, 2, "auto") == {"language": [3], "action": [1]}
+
+
+def test_vision_component_of_oft_is_both_towers(oft):
+    from vlaprune.surgery.select import check_component, choices, n_blocks, partners, stacks_of
+
+    lay = oft.layout()
+    assert stacks_of(lay, "vision") == ["vision.dino", "vision.siglip"] and n_blocks(lay, "vision") == 8
+    assert set(partners(lay, "vision")) == {"vision.dino", "vision.siglip"}
+    k, [(m, drops)] = choices(lay, "vision", "drop_half", "block", "auto", scores={}, sub_scores={})
+    assert m == "protocol" and drops == {"vision.dino": [1, 3], "vision.siglip": [1, 3]} and k == 4
+    # ranked together: the read-out block (2) never goes, however low it scores
+    scores = {"s": {"vision.dino": [5.0, 4.0, 0.1, 0.0], "vision.siglip": [3.0, 2.0, 0.2, 0.0]}}
+    k, [(_, drops)] = choices(lay, "vision", "0.5", "block", "auto", scores=scores, sub_scores={})
+    assert k == 4 and drops == {"vision.dino": [3], "vision.siglip": [0, 1, 3]}  # 0.1 / 0.2 stay
+    assert all(2 not in v for v in drops.values())
+    with pytest.raises(VlapruneError, match="unknown component 'audio'"):
+        check_component(lay, "audio")

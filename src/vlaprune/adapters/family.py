@@ -37,6 +37,8 @@ class Folder:
         or None (then the source folder or builder does).
     rebuild: (base record, checkpoint folder, trust_remote_code) -> a random-weight unpruned Source.
     load_weights: (module, folder, weights file name) -> None, strict; None: safetensors' strict load_model.
+    load_with_head: (folder, config.json, trust_remote_code, head kind) -> the module with a freshly
+        initialised action head of that kind (`--policy.oft_head`: OpenVLA + OFT's head); None: refused.
     write: (module, new folder, source folder | None, own_weights) -> None, the family's own layout; None: the
         module's `save_pretrained` (or safetensors' save_model) + config.json.
     """
@@ -48,6 +50,7 @@ class Folder:
     rebuild: Callable[[dict, Path | None, bool], Source]
     load_weights: Callable[[nn.Module, Path, str], None] | None = None
     write: Callable[[nn.Module, Path, Path | None, bool], None] | None = None
+    load_with_head: Callable[[Path, dict, bool, str], nn.Module] | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,21 @@ class DataFormat:
     predict: Callable[[nn.Module, dict], tuple[torch.Tensor, torch.Tensor]]
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A family's own fine-tuning recipe, where it is not lerobot's presets (OpenVLA-OFT: its finetune.py).
+
+    lora: (module, rank | None for the recipe's own) -> the module to train: LoRA adapters where the recipe
+        puts them, what it trains fully trainable, the rest frozen; forward(batch) -> (loss, metrics), and
+        `merge_and_unload()` gives the plain module back with the adapters merged into its weights.
+    optimizer: (trainable parameters, lr | None for the recipe's) -> (optimizer, LR scheduler stepped once
+        per optimizer step); gradients are not clipped.
+    """
+
+    lora: Callable[[nn.Module, int | None], nn.Module]
+    optimizer: Callable[[list, float | None], tuple[Any, Any]]
+
+
 def own_loop_none(model: nn.Module, env_type: str, task: str) -> nn.Module | None:
     """No pipeline of its own: closed loop runs the policy through its processors."""
     return None
@@ -91,6 +109,7 @@ class Family:
     example_weights: batch -> w (B,) with batch loss = sum_b w[b] * example b's loss (GateProbe), or None.
     vlm_maps: VLA -> base VLM tensor-name prefix rules (`vlaprune diverge --vlm_map`), by preset name.
     plugin_type: the lerobot_policy_vlaprune type its cuts are saved as when its config cannot say them.
+    recipe: its own fine-tuning recipe (`Recipe`), or None (lerobot's presets).
     """
 
     name: str
@@ -103,3 +122,4 @@ class Family:
     example_weights: Callable[[Any], torch.Tensor] | None = None
     vlm_maps: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     plugin_type: str | None = None
+    recipe: Recipe | None = None

@@ -53,16 +53,18 @@ def source_of(module: nn.Module) -> Source:
     return BUILT.get(module) or Source(module, kind_of(module))
 
 
-def load_source(path: str, trust_remote_code: bool = False) -> Source:
+def load_source(path: str, trust_remote_code: bool = False, head: str = "") -> Source:
     """The model behind `path` (builder name, local folder or hub id), in eval mode; VlapruneError with a
-    one-line fix on bad input."""
+    one-line fix on bad input. head: a freshly initialised action head of this kind (`load_folder`)."""
     if ":" in path and path.split(":", 1)[0].isalpha() and not Path(path).exists():
+        if head:
+            raise VlapruneError(f"--policy.oft_head applies to OpenVLA checkpoint folders, not {path}")
         return build(path)
     local = Path(path).expanduser()
     if local.exists():
-        return load_folder(local, trust_remote_code)
+        return load_folder(local, trust_remote_code, head)
     if HUB_ID.match(path):
-        return load_folder(download(path), trust_remote_code)
+        return load_folder(download(path), trust_remote_code, head)
     raise VlapruneError(f"--policy.path {path!r}: no such file or folder (and not a hub id like org/name)")
 
 
@@ -79,12 +81,17 @@ def download(repo_id: str, allow_patterns: list[str] | None = None) -> Path:
         ) from None
 
 
-def load_folder(folder: Path, trust_remote_code: bool = False) -> Source:
+def load_folder(folder: Path, trust_remote_code: bool = False, head: str = "") -> Source:
     """The model of a checkpoint folder, read by the first folder format of the family table that reads its
     config.json: lerobot ("type"), OpenVLA / OFT (with OFT's head files: `adapters.openvla.load`), or
-    transformers ("model_type")."""
+    transformers ("model_type"). head: instead of the folder's own head, a freshly initialised one of this
+    kind (`--policy.oft_head`; formats with `Folder.load_with_head` only)."""
     cfg = read_config(folder)
     for fmt in FOLDERS.values():
+        if fmt.reads(cfg) and head:
+            if fmt.load_with_head is None:
+                raise VlapruneError(f"--policy.oft_head applies to OpenVLA folders; {folder} is not one")
+            return Source(fmt.load_with_head(folder, cfg, trust_remote_code, head), fmt.kind, folder)
         if fmt.reads(cfg):
             return Source(fmt.load(folder, cfg, trust_remote_code), fmt.kind, folder)
     raise VlapruneError(

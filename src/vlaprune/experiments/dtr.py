@@ -36,7 +36,7 @@ from vlaprune.recover.budget import BUDGETS
 from vlaprune.scoring import METHODS, SUBLAYER_METHODS, Probe
 from vlaprune.surgery.levels import PROTOCOL_LEVELS, level_count
 from vlaprune.surgery.plan import MODES
-from vlaprune.surgery.select import choices, partners
+from vlaprune.surgery.select import check_component, choices, n_blocks, partners, stacks_of
 from vlaprune.surgery.sublayers import PARTS
 
 
@@ -76,6 +76,13 @@ class BudgetConfig:
     # same_steps: every variant trains `steps`; flops_matched: every variant trains for the baseline's
     # total training FLOPs (a smaller model gets more steps; recover/budget.py).
     kind: str = "same_steps"
+    # What recovery trains: full (the policy), or lora (peft adapters, merged at the end: OpenVLA-OFT's own
+    # recipe with its head and projectors trained fully, as the DTR paper fine-tunes OFT; else lerobot's).
+    mode: str = "full"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("full", "lora"):
+            raise VlapruneError(f"--recover.mode={self.mode!r}; choose full or lora")
 
 
 @dataclass
@@ -183,8 +190,7 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
     sid = row_id(setting)
     comps = [c for c in _split(cfg.sweep.components)]
     for c in comps:
-        if c not in lay.stacks:
-            raise VlapruneError(f"unknown component {c!r}; this policy has {', '.join(lay.stacks)}")
+        check_component(lay, c)  # a stack, or a component of several (OFT's "vision": both towers)
     rid = row_id({"kind": "anatomy", "policy": cfg.policy.path})
     if not store.has(rid):
         store.put(
@@ -216,13 +222,13 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
         }
         todo.append((row_id(base_spec), base_spec, {}))
         sub_scores = {
-            m: scorer.scores(comps, m, seed, "sublayer")
+            m: scorer.scores([s for c in comps for s in stacks_of(lay, c)], m, seed, "sublayer")
             for m in _split(cfg.sweep.methods)
             if m in SUBLAYER_METHODS and set(_split(cfg.sweep.parts)) - {"block"}
         }
         for part in _split(cfg.sweep.parts):
             for c in comps:
-                n = len(lay.stacks[c])
+                n = n_blocks(lay, c)
                 for level in _split(cfg.sweep.levels):
                     try:
                         k, options = choices(lay, c, level, part, mode, scores=scores, sub_scores=sub_scores)

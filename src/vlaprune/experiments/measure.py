@@ -93,6 +93,7 @@ def measure_one(
             ),
             dataset=cfg.dataset,
             output_dir=str(rec_dir),
+            mode=b.mode,
             steps=steps,
             batch_size=b.batch_size,
             lr=b.lr,

@@ -1,11 +1,15 @@
-"""What is trained: the policy itself (full), LoRA adapters on it (peft, through lerobot's own
-`wrap_with_peft`), or the policy distilled from its unpruned teacher.
+"""What is trained: the policy itself (full), LoRA adapters on it (peft: the family's own recipe, e.g.
+OpenVLA-OFT's finetune.py in `adapters.openvla.recipe`, else lerobot's own `wrap_with_peft`), or the policy
+distilled from its unpruned teacher.
 
-Distillation: the student's loss is  alpha * (its own flow-matching loss)
-  + (1 - alpha) * MSE(student velocity, teacher velocity)  [+ beta * MSE of the final expert hidden states]
-with the same noise and time samples for both (the RNG is replayed for the teacher). The velocity is the
-output of the module the adapter names as the policy's action output (`Layout.action_out`; SmolVLA, pi0,
-pi0.5: `action_out_proj`), the action-space prediction of the flow model.
+Distillation: the student's loss is  alpha * (its own loss)
+  + (1 - alpha) * MSE(student action output, teacher action output)  [+ beta * MSE of the final expert
+  hidden states]
+on the same batch, with the same noise and time samples for both (the RNG is replayed for the teacher). The
+action output is the output of the module the adapter names (`Layout.action_out`): SmolVLA, pi0, pi0.5:
+`action_out_proj`, the flow model's velocity, next to a flow-matching loss; OpenVLA-OFT: the action head's
+MLP-ResNet, i.e. with the L1 head the predicted normalized action chunk (B, chunk, A) next to OFT's L1 loss
+(the match is MSE, not L1), with the diffusion head the predicted noise next to its noise MSE.
 """
 
 from __future__ import annotations
@@ -16,20 +20,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlaprune.adapters import layout
+from vlaprune.adapters import family_of, layout
 from vlaprune.errors import VlapruneError
 
 MODES = ("full", "lora", "distill")
+LEROBOT_LORA_RANK = 16
 
 
-def wrap_lora(policy: nn.Module, r: int, source: str) -> nn.Module:
-    """LoRA adapters on the policy's default targets (lerobot's `_get_default_peft_targets`)."""
+def wrap_lora(policy: nn.Module, r: int | None, source: str) -> nn.Module:
+    """LoRA adapters (peft): the family's own recipe where it has one (`Family.recipe`; OpenVLA-OFT: OFT's
+    finetune.py, rank 32 on the VLA's linear layers, head and projectors trained fully), else lerobot's
+    `wrap_with_peft` on the policy's default targets (`_get_default_peft_targets`), rank r (default 16).
+    r: None for the recipe's own rank."""
+    fam = family_of(policy)
+    if fam is not None and fam.recipe is not None:
+        return fam.recipe.lora(policy, r)
     if not hasattr(policy, "wrap_with_peft"):
-        raise VlapruneError("LoRA mode needs a lerobot policy (it uses lerobot's wrap_with_peft)")
+        raise VlapruneError(
+            "LoRA mode needs a lerobot policy (it uses lerobot's wrap_with_peft) or an OpenVLA-OFT policy"
+        )
     if not getattr(policy.config, "pretrained_path", None):
         policy.config.pretrained_path = source  # lerobot refuses LoRA on a policy "trained from scratch"
     try:
-        return policy.wrap_with_peft(peft_cli_overrides={"method_type": "lora", "r": r})
+        return policy.wrap_with_peft(peft_cli_overrides={"method_type": "lora", "r": r or LEROBOT_LORA_RANK})
     except ValueError as e:
         raise VlapruneError(f"cannot add LoRA adapters to this policy: {e}") from None
 
@@ -78,7 +91,8 @@ class Distill(nn.Module):
         lays = [layout(m) for m in (student, teacher)]
         if any(lay.action_out is None for lay in lays):
             raise VlapruneError(
-                "distillation needs the policy's action output (SmolVLA / pi0 / pi0.5 policies)"
+                "distillation needs the policy's action output (SmolVLA / pi0 / pi0.5 policies, OpenVLA-OFT "
+                "with its action head)"
             )
         self._out = [m.get_submodule(lay.action_out) for m, lay in zip((student, teacher), lays)]
         self._exits = [

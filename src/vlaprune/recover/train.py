@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from vlaprune.adapters import family_of
 from vlaprune.configs import HOLDOUT, DatasetConfig, PolicyConfig
 from vlaprune.data import Data
 from vlaprune.errors import VlapruneError
@@ -38,8 +39,9 @@ class RecoverConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     output_dir: str = ""
-    # What is trained. full: the policy itself; lora: LoRA adapters (lerobot's wrap_with_peft), merged into
-    # the weights at the end; distill: the policy, distilled from the unpruned --teacher.
+    # What is trained. full: the policy itself; lora: LoRA adapters (peft: OpenVLA-OFT's own recipe, with
+    # its head and projectors trained fully; lerobot's wrap_with_peft for lerobot policies), merged into the
+    # weights at the end; distill: the policy, distilled from the unpruned --teacher.
     mode: str = "full"
     # Unpruned teacher for --mode=distill (a policy path).
     teacher: str = ""
@@ -63,7 +65,8 @@ class RecoverConfig:
     wandb: bool = False
     # Data augmentation: random image shifts of up to this many pixels (0 = none).
     image_shift: int = 0
-    lora_r: int = 16
+    # LoRA rank (--mode=lora); default: the family's recipe (OpenVLA-OFT's finetune.py: 32), lerobot: 16.
+    lora_r: int | None = None
     distill_alpha: float = 0.5
     distill_hidden: float = 0.0
     # Episodes kept out of training, per task (the split `eval --holdout` and the sweeps use): the last
@@ -88,9 +91,6 @@ class RecoverConfig:
             raise VlapruneError(f"--trainable={self.trainable!r}; choose preset or all")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise VlapruneError(f"--mixed_precision={self.mixed_precision!r}; choose auto, no, bf16 or fp16")
-
-
-OFT_LR, OFT_DECAY_STEP = 5e-4, 100_000  # OpenVLA-OFT's finetune.py: learning_rate, num_steps_before_decay
 
 
 class _StepStats:
@@ -119,21 +119,21 @@ def build_trainee(cfg: RecoverConfig, device: str = "") -> tuple[Loaded, torch.n
     if cfg.mode == "lora":
         return policy, wrap_lora(module, cfg.lora_r, cfg.policy.path)
     if cfg.mode == "distill":
-        teacher = load_policy(dataclasses.replace(pcfg, path=cfg.teacher)).module
+        teacher = load_policy(dataclasses.replace(pcfg, path=cfg.teacher, oft_head="")).module
         return policy, Distill(module, teacher, cfg.distill_alpha, cfg.distill_hidden)
     return policy, module
 
 
 def _optimizer(policy: torch.nn.Module, trainee, cfg: RecoverConfig):
-    """The policy's lerobot optimizer and scheduler presets; --lr sets the optimizer's lr and the scheduler's
-    peak, and moves the decay floor with it (decay_lr * lr / peak_lr), so the schedule keeps its shape.
-    OpenVLA-OFT (no lerobot preset): OFT's finetune.py defaults, AdamW at 5e-4 (or --lr), x0.1 after
-    100k steps, no gradient clipping."""
+    """The family's own recipe where it has one (OpenVLA-OFT: finetune.py's AdamW at 5e-4 or --lr, x0.1
+    after 100k steps, no gradient clipping; `adapters.openvla.recipe`), else the policy's lerobot optimizer
+    and scheduler presets: --lr sets the optimizer's lr and the scheduler's peak, and moves the decay floor
+    with it (decay_lr * lr / peak_lr), so the schedule keeps its shape."""
+    fam = family_of(policy)
+    if fam is not None and fam.recipe is not None:
+        return fam.recipe.optimizer([p for p in trainee.parameters() if p.requires_grad], cfg.lr)
     if not hasattr(getattr(policy, "config", None), "get_optimizer_preset"):
-        optimizer = torch.optim.AdamW(
-            [p for p in trainee.parameters() if p.requires_grad], lr=cfg.lr or OFT_LR
-        )
-        return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, [OFT_DECAY_STEP], gamma=0.1)
+        raise VlapruneError("this policy has neither a lerobot optimizer preset nor a recipe of its own")
     opt_cfg = policy.config.get_optimizer_preset()
     sched_cfg = policy.config.get_scheduler_preset()
     if cfg.lr is not None:
@@ -190,8 +190,7 @@ def run(cfg: RecoverConfig, data: Data | None = None, episodes: list[int] | None
     from lerobot.utils.random_utils import set_seed
 
     out = Path(cfg.output_dir)
-    ckpt_root = out / "checkpoints"
-    last = checkpoints.latest(ckpt_root)
+    last = checkpoints.latest(out / "checkpoints")
     finished = _finished_steps(out)
     if finished and (not cfg.resume or cfg.steps <= finished):
         raise VlapruneError(
@@ -222,23 +221,49 @@ def run(cfg: RecoverConfig, data: Data | None = None, episodes: list[int] | None
     if episodes is None:
         episodes = data.splits(cfg.holdout, cfg.validation).train
     with data.augmented(_shift(cfg.image_shift)):
-        return _train(cfg, accelerator, policy, trainee, data, episodes, ckpt_root, last)
+        return _train(cfg, accelerator, policy, trainee, data, episodes=episodes, last=last)
 
 
-def _train(cfg, accelerator, policy: Loaded, trainee, data: Data, episodes, ckpt_root: Path, last) -> dict:
-    from lerobot.datasets.sampler import EpisodeAwareSampler, compute_sampler_state
-    from lerobot.scripts.lerobot_train import update_policy
-    from lerobot.utils.utils import cycle
-    from tqdm.auto import tqdm
-
+def _train(cfg, accelerator, policy: Loaded, trainee, data: Data, *, episodes, last) -> dict:
+    """Steps `cfg.steps` from the last checkpoint (or 0), then saves the final policy; the summary."""
     out = Path(cfg.output_dir)
-    dataset, pre = data.dataset, data.processors()[0]
     optimizer, scheduler = _optimizer(policy.module, trainee, cfg)
-    step = 0
-    if cfg.resume and last is not None:
-        step = checkpoints.restore(last, trainee, optimizer, scheduler)
+    step = checkpoints.restore(last, trainee, optimizer, scheduler) if cfg.resume and last is not None else 0
     out.mkdir(parents=True, exist_ok=True)
     (out / "recover_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    loader = _loader(cfg, data.dataset, episodes, step, accelerator)
+    trainee, optimizer, loader, scheduler = accelerator.prepare(trainee, optimizer, loader, scheduler)
+    t_start, start_step = time.perf_counter(), step
+    preset = getattr(getattr(policy.module, "config", None), "get_optimizer_preset", None)
+    grad_clip = (getattr(preset(), "grad_clip_norm", 0.0) or 0.0) if preset else 0.0
+    opt = (optimizer, scheduler, grad_clip)
+    losses = _steps(cfg, accelerator, trainee, opt, data.processors()[0], loader, step=step)
+    elapsed = time.perf_counter() - t_start
+    policy.record.trained_on = [
+        *(policy.record.trained_on or []),
+        {"dataset": data.identity(), "episodes": sorted(int(e) for e in episodes)},
+    ]
+    summary = _summary(cfg, cfg.steps - start_step, elapsed, losses, accelerator.num_processes)
+    if accelerator.is_main_process:  # one process writes the log, checkpoints and the final policy
+        _finish(cfg, policy, accelerator.unwrap_model(trainee), out, summary, data)
+        logging.info("recover finished: %s", summary)
+        loss = (
+            f"final loss {summary['last_loss']:.4f}" if summary["last_loss"] is not None else "no steps run"
+        )
+        print(
+            f"recover: {cfg.steps} steps ({summary['steps_this_run']} in this run), {loss}; wrote "
+            f"{out / 'final'}"
+        )
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _loader(cfg: RecoverConfig, dataset, episodes, step: int, accelerator) -> torch.utils.data.DataLoader:
+    """lerobot-train's loader: EpisodeAwareSampler over `episodes` (a pure function of seed and epoch),
+    advanced past the `step` steps already run; lerobot's collate function for language columns."""
+    from lerobot.datasets.sampler import EpisodeAwareSampler, compute_sampler_state
+    from lerobot.utils.collate import lerobot_collate_fn
+
     sampler = EpisodeAwareSampler(
         dataset.meta.episodes["dataset_from_index"],
         dataset.meta.episodes["dataset_to_index"],
@@ -251,9 +276,7 @@ def _train(cfg, accelerator, policy: Loaded, trainee, data: Data, episodes, ckpt
         sampler.load_state_dict(
             compute_sampler_state(step, len(sampler), cfg.batch_size, accelerator.num_processes)
         )
-    from lerobot.utils.collate import lerobot_collate_fn
-
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.batch_size,
         sampler=sampler,
@@ -262,20 +285,21 @@ def _train(cfg, accelerator, policy: Loaded, trainee, data: Data, episodes, ckpt
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched by the loader
         pin_memory=accelerator.device.type == "cuda",
     )
-    trainee, optimizer, loader, scheduler = accelerator.prepare(trainee, optimizer, loader, scheduler)
-    preset = getattr(getattr(policy.module, "config", None), "get_optimizer_preset", None)
-    grad_clip = (getattr(preset(), "grad_clip_norm", 0.0) or 0.0) if preset else 0.0
-    main = accelerator.is_main_process  # one process writes the log, checkpoints and the final policy
-    log = (out / "train.log").open("a") if main else None
-    wandb = _wandb(cfg) if cfg.wandb and accelerator.is_main_process else None
-    stats, batches = _StepStats(), cycle(loader)
-    bar = tqdm(total=cfg.steps, initial=step, desc="recover", disable=not accelerator.is_main_process)
-    t_start, start_step, losses, window = (
-        time.perf_counter(),
-        step,
-        [],
-        {"update_s": 0.0, "data_s": 0.0, "n": 0},
-    )
+
+
+def _steps(cfg: RecoverConfig, accelerator, trainee, opt: tuple, pre, loader, *, step: int) -> list[float]:
+    """lerobot's `update_policy` from `step` to cfg.steps (opt: optimizer, scheduler, gradient clip norm);
+    logs and checkpoints; the losses of this run."""
+    from lerobot.scripts.lerobot_train import update_policy
+    from lerobot.utils.utils import cycle
+    from tqdm.auto import tqdm
+
+    optimizer, scheduler, grad_clip = opt
+    main = accelerator.is_main_process
+    log = (Path(cfg.output_dir) / "train.log").open("a") if main else None
+    wandb = _wandb(cfg) if cfg.wandb and main else None
+    stats, batches, losses = _StepStats(), cycle(loader), []
+    bar = tqdm(total=cfg.steps, initial=step, desc="recover", disable=not main)
     while step < cfg.steps:
         t0 = time.perf_counter()
         batch = pre(next(batches))
@@ -283,34 +307,25 @@ def _train(cfg, accelerator, policy: Loaded, trainee, data: Data, episodes, ckpt
         stats, _ = update_policy(stats, trainee, batch, optimizer, grad_clip, accelerator, scheduler)
         step += 1
         losses.append(stats.loss)
-        window["update_s"] += stats.update_s
-        window["data_s"] += data_s
-        window["n"] += 1
         if not math.isfinite(stats.loss):
             raise VlapruneError(f"the training loss became {stats.loss} at step {step}; lower --lr")
         bar.update(1)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}", refresh=False)
         if log is not None and (step % cfg.log_every == 0 or step == cfg.steps):
-            row = {
-                **stats.extra,
-                "step": step,
-                "loss": stats.loss,
-                "lr": stats.lr,
-                "grad_norm": stats.grad_norm,
-                "update_s": stats.update_s,
-                "data_s": data_s,
-            }
+            row = {**stats.extra, "step": step, "loss": stats.loss, "lr": stats.lr}
+            row |= {"grad_norm": stats.grad_norm, "update_s": stats.update_s, "data_s": data_s}
             log.write(json.dumps(row) + "\n")
             log.flush()
             if wandb:
                 wandb.log(row, step=step)
         if main and (step % cfg.save_every == 0 or step == cfg.steps):
+            module = accelerator.unwrap_model(trainee)
             checkpoints.save(
-                ckpt_root,
+                Path(cfg.output_dir) / "checkpoints",
                 step,
                 cfg.steps,
-                accelerator.unwrap_model(trainee),
+                module,
                 optimizer,
                 scheduler,
                 cfg.batch_size,
@@ -318,23 +333,7 @@ def _train(cfg, accelerator, policy: Loaded, trainee, data: Data, episodes, ckpt
     bar.close()
     if log is not None:
         log.close()
-    elapsed = time.perf_counter() - t_start
-    policy.record.trained_on = [
-        *(policy.record.trained_on or []),
-        {"dataset": data.identity(), "episodes": sorted(int(e) for e in episodes)},
-    ]
-    summary = _summary(cfg, step - start_step, elapsed, losses, accelerator.num_processes)
-    if main:
-        _finish(cfg, policy, accelerator.unwrap_model(trainee), out, summary, data)
-        logging.info("recover finished: %s", summary)
-        loss = (
-            f"final loss {summary['last_loss']:.4f}" if summary["last_loss"] is not None else "no steps run"
-        )
-        print(
-            f"recover: {step} steps ({summary['steps_this_run']} in this run), {loss}; wrote {out / 'final'}"
-        )
-    accelerator.wait_for_everyone()
-    return summary
+    return losses
 
 
 def _finished_steps(out: Path) -> int:

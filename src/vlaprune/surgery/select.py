@@ -44,11 +44,14 @@ def _expand(lay: Layout, request: Drops, mode: str) -> Drops:
 
 
 def _valid(lay: Layout, drops: Drops, mode: str = "pair", asked: tuple[str, ...] = ()) -> bool:
-    """Every stack keeps a full block; whole-block drops also obey the coupling rules (kv-only layers and
+    """Every stack keeps a full block and its read-out block; whole-block drops also obey the coupling
+    rules (kv-only layers and
     skipped expert blocks stay at their index, so the in-place drops of the stacks `asked` for change no
     coupling)."""
     if any(len(v) >= len(lay.stacks[s]) for s, v in drops.items()):
         return False
+    if any((r := lay.stacks[s].readout) is not None and r.index in v for s, v in drops.items()):
+        return False  # the block the model reads stays (surgery refuses to drop it)
     rest = {s: v for s, v in drops.items() if not (s in asked and in_place(lay, s, mode))}
     return not rest or not coupling_errors(lay, rest)
 
@@ -118,11 +121,34 @@ def select_blocks(
     return near[0] if near else None
 
 
+def stacks_of(lay: Layout, component: str) -> list[str]:
+    """The stacks a sweep component names: one stack by its name ("language", "vision.dino"), or every stack
+    of a component that has several ("vision" on OpenVLA-OFT: both towers, cut together as `--drop.vision`
+    cuts them, the paper's "drop half vision"); [] when it names none."""
+    if component in lay.stacks:
+        return [component]
+    return [n for n, s in lay.stacks.items() if s.component == component]
+
+
+def n_blocks(lay: Layout, component: str) -> int:
+    """Blocks of a sweep component (summed over its stacks)."""
+    return sum(len(lay.stacks[s]) for s in stacks_of(lay, component))
+
+
+def check_component(lay: Layout, component: str) -> None:
+    if not stacks_of(lay, component):
+        groups = sorted({s.component for n, s in lay.stacks.items() if n != s.component})
+        also = f" (or {', '.join(groups)}: all its stacks)" if groups else ""
+        raise VlapruneError(f"unknown component {component!r}; this policy has {', '.join(lay.stacks)}{also}")
+
+
 def partners(lay: Layout, component: str, mode: str = "auto") -> list[str]:
-    """`component` and every stack a drop of one of its blocks takes along (coupling rules)."""
-    found = [component]
-    for i in range(len(lay.stacks[component])):
-        found += _expand(lay, {component: [i]}, mode)
+    """The stacks of `component` and every stack a drop of one of their blocks takes along (coupling
+    rules)."""
+    found = stacks_of(lay, component)
+    for name in list(found):
+        for i in range(len(lay.stacks[name])):
+            found += _expand(lay, {name: [i]}, mode)
     return list(dict.fromkeys(found))
 
 
@@ -145,15 +171,20 @@ def protocol_plan(lay: Layout, component: str, level: str, mode: str = "auto") -
 def choices(
     lay: Layout, c: str, level: str, part: str, mode: str, *, scores: dict, sub_scores: dict
 ) -> tuple[int, list[tuple[str, Drops | None]]]:
-    """(blocks the level removes, [(method or "protocol", plan)]) for one stack, level and part: the DTR
-    sweep's options, each by `select_blocks`."""
-    n = len(lay.stacks[c])
+    """(blocks the level removes, [(method or "protocol", plan)]) for one component, level and part: the DTR
+    sweep's options, each by `select_blocks`. A component of several stacks (`stacks_of`: OFT's "vision")
+    cuts each of them by a protocol level (each tower by its own read-out rule, as `--drop.vision`), and
+    ranks their blocks together for a ranked level (a fraction of all their blocks)."""
+    names, n = stacks_of(lay, c), n_blocks(lay, c)
     if level in PROTOCOL_LEVELS:  # metric-free: one plan, whatever the scores
-        drops = select_blocks(lay, c, {}, level, mode, part)
-        return len(drops[c]), [("protocol", drops)]
+        drops: Drops = {}
+        for name in names:
+            for s, idx in select_blocks(lay, name, {}, level, mode, part).items():
+                drops[s] = sorted(set(drops.get(s, [])) | set(idx))
+        return sum(len(drops.get(s, [])) for s in names), [("protocol", drops)]
     k = level_count(level, n)
     if part == "block":
         if not 0 < k < n:
             return k, []
-        return k, [(m, select_blocks(lay, c, sc, k, mode)) for m, sc in scores.items()]
-    return k, [(m, select_blocks(lay, c, sc[part], k, mode, part)) for m, sc in sub_scores.items()]
+        return k, [(m, select_blocks(lay, names, sc, k, mode)) for m, sc in scores.items()]
+    return k, [(m, select_blocks(lay, names, sc[part], k, mode, part)) for m, sc in sub_scores.items()]

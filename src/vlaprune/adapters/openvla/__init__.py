@@ -1,7 +1,7 @@
 """OpenVLA / OpenVLA-OFT: the VLA and the modules OFT keeps beside it as one policy (`policy.py`), OFT's
-action head and projectors (`head.py`), its folders (`load.py`), its batch format (`batch.py`) and its LIBERO
-closed loop (`closed_loop.py`); plain OpenVLA's action tokens (loss and decoding, `tokens.py`) and its LIBERO
-closed loop (`token_loop.py`)."""
+action head and projectors (`head.py`), its folders (`load.py`), its batch format (`batch.py`), its LIBERO
+closed loop (`closed_loop.py`) and its fine-tuning recipe (`recipe.py`); plain OpenVLA's action tokens (loss
+and decoding, `tokens.py`) and its LIBERO closed loop (`token_loop.py`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 from torch import nn
 
-from vlaprune.adapters.family import DataFormat, Family, Folder
-from vlaprune.adapters.openvla import batch, load, tokens
+from vlaprune.adapters.family import DataFormat, Family, Folder, Recipe
+from vlaprune.adapters.openvla import batch, load, recipe, tokens
 from vlaprune.adapters.openvla.policy import OpenVLAPolicy, predict_actions
 from vlaprune.adapters.openvla.policy import layout as oft_layout
 from vlaprune.adapters.source import Source
@@ -106,6 +106,7 @@ FOLDER = Folder(
     rebuild=rebuild,
     load_weights=load.load_weights,
     write=load.save,
+    load_with_head=load.load_with_head,
 )
 DATA = DataFormat(
     takes=lambda m: owns(m) and (m.action_head is not None or tokens.is_token_policy(m)),
@@ -122,6 +123,7 @@ FAMILY = Family(
     folder=FOLDER,
     data=DATA,
     closed_loop=closed_loop,
+    recipe=Recipe(lora=recipe.lora, optimizer=recipe.optimizer),
     vlm_maps={
         "openvla": VLM_MAP_OPENVLA,
         # an OpenVLA-OFT folder loaded as one policy (vla + action head) against the Prismatic VLM it started

@@ -127,13 +127,41 @@ def load(folder: Path, cfg: dict[str, Any], trust_remote_code: bool) -> OpenVLAP
     from vlaprune.adapters.openvla.tokens import check_folder
 
     check_folder(folder, cfg, component_file(folder, "action_head") is not None)  # plain OpenVLA's statistics
+    return attach(load_vla(folder, cls), folder)
+
+
+def load_vla(folder: Path, cls: type) -> nn.Module:
+    """The VLA alone (no component files), every tensor copied strictly from the folder's safetensors."""
     try:
         vla = cls.from_pretrained(str(folder), trust_remote_code=True)
     except Exception as e:  # noqa: BLE001
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise VlapruneError(f"transformers could not load {folder}: {type(e).__name__}: {first}") from None
     copy_weights(vla, weight_files(folder))
-    return attach(vla.eval(), folder)
+    return vla.eval()
+
+
+def load_with_head(folder: Path, cfg: dict[str, Any], trust_remote_code: bool, kind: str) -> OpenVLAPolicy:
+    """The VLA of a base OpenVLA folder with a freshly initialised OFT head of `kind` ("l1" / "diffusion")
+    and proprio projector (`recipe.fresh_policy`). The folder must run OFT's modeling code, as finetune.py
+    makes it (it copies OFT's modeling_prismatic.py into the base checkpoint before training)."""
+    from vlaprune.adapters.openvla.recipe import HEADS, fresh_policy
+
+    if kind not in HEADS:
+        raise VlapruneError(f"--policy.oft_head={kind!r}; choose l1 or diffusion")
+    cls = remote_class(folder, cfg, trust_remote_code)
+    if not is_oft_code(folder):
+        raise VlapruneError(
+            f"--policy.oft_head needs OFT's model code in {folder} (its forward takes the head's inputs); "
+            "copy OFT's prismatic/extern/hf/modeling_prismatic.py there, as OFT's finetune.py does"
+        )
+    if component_file(folder, "action_head") is not None:
+        raise VlapruneError(
+            f"{folder} already holds an OFT action head; drop --policy.oft_head to use it, or point "
+            "--policy.path at the base OpenVLA"
+        )
+    vla = load_vla(folder, cls)
+    return fresh_policy(vla, folder, kind, getattr(vla.config, "norm_stats", None) or _read_stats(folder))
 
 
 def attach(vla: nn.Module, folder: Path) -> OpenVLAPolicy:

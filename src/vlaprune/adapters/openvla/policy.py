@@ -46,6 +46,8 @@ from vlaprune.errors import VlapruneError
 LANGUAGE = "language_model.model.layers"
 VISION = {"vision.dino": "vision_backbone.featurizer", "vision.siglip": "vision_backbone.fused_featurizer"}
 HEAD_BLOCKS = {"l1": "model.mlp_resnet_blocks", "diffusion": "noise_predictor.mlp_resnet.mlp_resnet_blocks"}
+# the head's MLP-ResNet: normalized actions (B, chunk, A) for the L1 head, the predicted noise for diffusion
+HEAD_RESNET = {"l1": "model", "diffusion": "noise_predictor.mlp_resnet"}
 # OFT's prismatic/vla/constants.py picks these by searching sys.argv; vlaprune picks by the dataset key of the
 # checkpoint's norm_stats instead (same table, LIBERO when unclear, as OFT)
 CHUNKS = {"aloha": 25, "bridge": 5, "libero": 8}
@@ -67,6 +69,8 @@ def readout_index(featurizer: nn.Module) -> int:
     """The block whose output the tower returns: the `n` Prismatic bound into its forward
     (`unpack_tuple(partial(get_intermediate_layers, n={k}))`), else the last block."""
     fwd = featurizer.__dict__.get("forward")
+    if isinstance(fwd, _ReadOutForward):
+        return fwd.index
     for cell in getattr(fwd, "__closure__", None) or ():
         bound = cell.cell_contents
         n = bound.keywords.get("n") if isinstance(bound, partial) else None
@@ -92,17 +96,22 @@ def bidirectional(llm: nn.Module) -> None:
             module.is_causal = False
 
 
-def _first(fn: Callable) -> Callable:
-    def read(*args: Any, **kwargs: Any) -> Any:
-        out = fn(*args, **kwargs)
-        return out[0] if isinstance(out, tuple) else out
-
-    return read
-
-
 def set_readout(featurizer: nn.Module, index: int) -> None:
-    """Bind the tower's forward to return block `index`'s features, as Prismatic binds it at build time."""
-    featurizer.forward = _first(partial(featurizer.get_intermediate_layers, n={index}))
+    """Bind the tower's forward to return block `index`'s features, as Prismatic binds it at build time. The
+    binding is an object (`_ReadOutForward`), not a closure, so a deep copy of the policy reads its own
+    tower (a copied closure would keep calling the original's blocks, e.g. after the original is cut)."""
+    featurizer.forward = _ReadOutForward(featurizer, index)
+
+
+class _ReadOutForward:
+    """A tower's forward bound to block `index` (`set_readout`): get_intermediate_layers(x, n={index})[0]."""
+
+    def __init__(self, featurizer: nn.Module, index: int) -> None:
+        self.featurizer, self.index = featurizer, index
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.featurizer.get_intermediate_layers(*args, n={self.index}, **kwargs)
+        return out[0] if isinstance(out, tuple) else out  # as Prismatic's unpack_tuple
 
 
 class OpenVLAPolicy(nn.Module):
@@ -129,6 +138,10 @@ class OpenVLAPolicy(nn.Module):
         self.folder: Path | None = None  # the checkpoint folder it was read from (tokenizer, statistics)
         if is_oft_model(vla):
             bidirectional(vla.language_model)
+        for path in VISION.values():  # Prismatic's closure binding -> one a deep copy keeps apart
+            feat = _submodule(vla, path)
+            if feat is not None and hasattr(feat, "get_intermediate_layers"):
+                set_readout(feat, readout_index(feat))
 
     @property
     def action_dim(self) -> int:
@@ -254,6 +267,13 @@ def example_pass(policy: OpenVLAPolicy) -> Callable[[], Any]:
     return run
 
 
+def _submodule(module: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        return None
+
+
 def _readout(featurizer: nn.Module) -> ReadOut:
     return ReadOut(readout_index(featurizer), lambda k: set_readout(featurizer, k))
 
@@ -305,7 +325,7 @@ def layout(policy: OpenVLAPolicy) -> Layout:
         forward_desc=desc,
         training_forward=forward if kind else None,
         config_expresses={"language"},
-        action_out="action_head",
+        action_out=f"action_head.{HEAD_RESNET[kind]}" if kind else None,  # the MLP-ResNet's output
         example_weights=lambda batch: torch.full(
             (batch["input_ids"].shape[0],), 1.0 / batch["input_ids"].shape[0]
         ),
