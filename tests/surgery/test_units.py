@@ -140,8 +140,8 @@ def test_prune_units_cli(smolvla, tiny_dataset, tmp_path, cli_error):
         "prune-units",
         f"--policy.path={tmp_path / 'vla'}",
         f"--dataset.root={tiny_dataset}",
-        "--batches=1",
-        "--batch_size=4",
+        "--calibration.batches=1",
+        "--calibration.batch_size=4",
         "--ratios=language.mlp=0.25,vision.attn=0.5",
         "--criterion=dw_prune_high",
         f"--base={tmp_path / 'vla_copy.safetensors'}",
@@ -194,8 +194,8 @@ def test_prune_units_cli(smolvla, tiny_dataset, tmp_path, cli_error):
                 f"--dataset.root={six}",
                 "--holdout=0.34",
                 "--validation=0.34",
-                "--batches=1",
-                "--batch_size=4",
+                "--calibration.batches=1",
+                "--calibration.batch_size=4",
                 "--budget=0.1",
                 "--criterion=magnitude",
                 f"--output_dir={budget}",
@@ -227,7 +227,11 @@ def test_prune_units_spec_cli(smolvla, tiny_dataset, tmp_path, cli_error):
     baselines on the same modules; masked removal with FLAP's bias compensation; bad specs."""
     smolvla.save_pretrained(tmp_path / "vla")
     save_file({k: v.detach().clone() for k, v in smolvla.state_dict().items()}, tmp_path / "vlm.safetensors")
-    common = [f"--policy.path={tmp_path / 'vla'}", f"--dataset.root={tiny_dataset}", "--batches=1"]
+    common = [
+        f"--policy.path={tmp_path / 'vla'}",
+        f"--dataset.root={tiny_dataset}",
+        "--calibration.batches=1",
+    ]
     spec = (
         "language.mlp=dw_openvla:high:0.25:global:protect=0 vision.mlp=dw_pi05:low:0.25 action.mlp=flap:0.25"
     )
