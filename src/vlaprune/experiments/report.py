@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vlaprune.atomic import write_text_atomic
+from vlaprune.evaluate.envs.libero import SUITE_NAMES
 from vlaprune.evaluate.paired import KEEPS, LOSES, UNDECIDED
 from vlaprune.experiments.figures import figures, pooled_ci
 from vlaprune.experiments.results import (
@@ -169,6 +170,8 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
     if data["anatomy"]:
         sections.append(("Anatomy", *_anatomy(data["anatomy"])))
     sections.append(("Measurements (same recovery budget for every row)", *_measurements(data)))
+    if libero := _libero(data):
+        sections.append(("LIBERO success per suite (before -> after recovery)", *libero))
     probes = data["baseline"]["before"].get("probes")
     if probes:
         rows = [[c, f"{r['mean_success']:.0%}", f"{r['change_vs_normal']:+.0%}"] for c, r in probes.items()]
@@ -280,6 +283,43 @@ def _measurement(base: dict[str, Any], m: dict[str, Any]) -> list[Any]:
         f"{_x(task_before)} / {_x(task_after)}",
         "-" if mem is None else f"{mem / 2**20:.0f}",
     ]
+
+
+def _libero(data: dict[str, Any]) -> tuple[str, str] | None:
+    """Per-suite success of every measurement, before -> after recovery (the DTR paper's Table 1: Spatial,
+    Object, Goal, Long and their average), when the baseline's tasks are LIBERO tasks (SUITE/ID). A suite's
+    success is the mean over its tasks; a suite with no episodes says so (it is not a 0), and the average
+    is over the suites that ran."""
+    tasks = data["baseline"]["after"].get("tasks") or {}
+    if not tasks or not all(t.partition("/")[0].startswith("libero_") for t in tasks):
+        return None
+    extra = sorted({t.partition("/")[0] for t in tasks} - set(SUITE_NAMES))  # e.g. libero_90
+    suites = [*SUITE_NAMES, *extra]
+    rows = []
+    for m in sorted(data["measures"].values(), key=lambda m: sum(m["blocks_removed"].values())):
+        before, after = (_suite_rates(m[phase].get("tasks") or {}, suites) for phase in ("before", "after"))
+        cells = [_arrow(before[s], after[s]) for s in [*suites, "average"]]
+        rows.append([_cut(m, m["spec"].get("part", "block")), *cells])
+    names = [SUITE_NAMES.get(s, s) for s in suites]
+    return _table(["cut", *names, "average (suites run)"], rows)
+
+
+def _suite_rates(tasks: dict[str, Any], suites: list[str]) -> dict[str, float | None]:
+    """{suite: mean success over its tasks, or None without episodes} and their unweighted "average"."""
+    by: dict[str, list[float]] = {}
+    for t, v in tasks.items():
+        if v.get("episodes"):
+            by.setdefault(t.partition("/")[0], []).append(v["success_rate"])
+    out: dict[str, float | None] = {s: sum(by[s]) / len(by[s]) if s in by else None for s in suites}
+    ran = [v for v in out.values() if v is not None]
+    return out | {"average": sum(ran) / len(ran) if ran else None}
+
+
+def _arrow(before: float | None, after: float | None) -> str:
+    if before is None and after is None:
+        return "no episodes"
+    show = lambda v: "no episodes" if v is None else f"{v:.0%}"  # noqa: E731
+    return f"{show(before)} -> {show(after)}"
 
 
 def _figures(run_dir: Path, figs: dict[str, bytes]) -> list[tuple[str, str, str]]:
