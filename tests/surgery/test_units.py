@@ -257,6 +257,16 @@ def test_prune_units_spec_cli(smolvla, tiny_dataset, tmp_path, cli_error):
     down = layout(pruned).stacks["action"].blocks[0].mlp.down_proj
     assert down.bias is not None and down.bias.abs().sum() > 0  # FLAP's compensation on the flap module
     assert (down.weight.abs().sum(0) == 0).sum() == round(0.25 * down.in_features)
+    # masked: the fraction of each module's units and of the parameters that were zeroed (the real count)
+    lay, n_params = layout(pruned), sum(p.numel() for p in pruned.parameters())
+    for r in rows.values():
+        for mod, a in r["modules"].items():
+            stack = mod.split(".")[0]
+            total = sum(b.mlp.down_proj.in_features for b in lay.stacks[stack].blocks)
+            assert r["units_zeroed_pct"][mod] == pytest.approx(100 * a["removed"] / total)
+            assert 0 < r["units_zeroed_pct"][mod] < 100
+        assert 0 < r["params_zeroed"] < n_params and r["params_zeroed_pct"] > 0
+    assert rows["spec"]["params_zeroed"] <= sum(int((p == 0).sum()) for p in pruned.parameters())  # saved arm
     for bad, msg in [
         (f"--spec={spec}", "need the base VLM's weights"),
         ("--spec=language.mlp=dw:0.2:protect=9", "out of range"),

@@ -58,6 +58,7 @@ def arm(s: Setup, name: str, mods: list[Module], original: dict, progress, *, fi
         "modules": acc,
         "params": plan.params_after,
         "params_removed_pct": 100 * (1 - plan.params_after / original["params"]),
+        **(_zeroed(s.policy, m, scores, acc) if cfg.removal == "masked" else {}),
         **s.judge(m, progress),
     }
     _compare(s, original, m, row)
@@ -111,13 +112,38 @@ def _compare(s: Setup, original: dict, pruned: Loaded, row: dict) -> None:
 
 def _line(cfg: Any, name: str, original: dict, row: dict, acc: dict) -> str:
     cut = f"{row['params_removed_pct']:.1f}% of the parameters removed"
-    cut = "masked: units zeroed in place, no parameters removed" if cfg.removal == "masked" else cut
+    if cfg.removal == "masked":
+        units = ", ".join(f"{k} {v:.1f}%" for k, v in row["units_zeroed_pct"].items())
+        cut = (
+            f"masked: units zeroed in place ({units} of its units; {row['params_zeroed_pct']:.1f}% of the "
+            "parameters zeroed), no parameters removed"
+        )
     return (
         f"{name}: {cut} ("
         + ", ".join(f"{k}: {a['removed']} of {a['asked']:g} asked" for k, a in acc.items())
         + f"), loss {original['loss']:.4f} -> {row['loss']:.4f}"
         + (f", success {row['success']:.2f}" if "success" in row else "")
     )
+
+
+def _zeroed(original: Loaded, masked: Loaded, scores: dict, acc: dict) -> dict[str, Any]:
+    """What masking zeroed: per module the fraction of its units (FFN channels / query heads, of every block,
+    protected ones included), and the parameters that are zero in `masked` but not in `original` (shapes are
+    kept, so names align), as a count and a fraction of all parameters."""
+    units = {}
+    for name, a in acc.items():
+        stack, kind = name.rsplit(".", 1)
+        total = sum(len(b.get("ffn" if kind == "mlp" else "q", ())) for b in scores[stack])
+        units[name] = 100 * a["removed"] / total if total else 0.0
+    before = dict(original.module.named_parameters())
+    with torch.no_grad():
+        n = sum(
+            int(((p == 0) & (before[k] != 0)).sum())
+            for k, p in masked.module.named_parameters()
+            if k in before
+        )
+    total = unique_params(original.module)
+    return {"units_zeroed_pct": units, "params_zeroed": n, "params_zeroed_pct": 100 * n / total}
 
 
 def _skip_dead(m: Module, dead: dict[str, list[int]]) -> Module:
