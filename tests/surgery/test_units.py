@@ -262,7 +262,8 @@ def test_prune_units_spec_cli(smolvla, tiny_dataset, tmp_path, cli_error):
     for r in rows.values():
         for mod, a in r["modules"].items():
             stack = mod.split(".")[0]
-            total = sum(b.mlp.down_proj.in_features for b in lay.stacks[stack].blocks)
+            outs = [getattr(b.mlp, "down_proj", None) or b.mlp.fc2 for b in lay.stacks[stack].blocks]
+            total = sum(o.in_features for o in outs)  # FFN channels: the output projection's inputs
             assert r["units_zeroed_pct"][mod] == pytest.approx(100 * a["removed"] / total)
             assert 0 < r["units_zeroed_pct"][mod] < 100
         assert 0 < r["params_zeroed"] < n_params and r["params_zeroed_pct"] > 0
