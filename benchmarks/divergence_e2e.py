@@ -112,7 +112,8 @@ def main() -> None:
             )
             vlaprune(
                 "prune-units", f"--policy.path={work / 'vla/final'}", f"--dataset.root={DATASET}",
-                f"--base={work / 'vlm'}", f"--spec={spec}", "--batches=4", "--batch_size=8",
+                f"--base={work / 'vlm'}", f"--spec={spec}",
+                "--calibration.batches=4", "--calibration.batch_size=8",
                 f"--compare={','.join(BASELINES) if i == 0 else ''}", f"--output_dir={out}",
             )  # fmt: skip
         report = json.loads((out / "prune.json").read_text())

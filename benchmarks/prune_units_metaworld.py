@@ -25,6 +25,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from vlaprune.configs import (  # noqa: E402
+    CalibrationConfig,
     DatasetConfig,
     EnvConfig,
     EpisodesConfig,
@@ -46,13 +47,12 @@ def main() -> None:
         cfg = PruneUnitsConfig(
             policy=PolicyConfig(path=str(assets.relocated(assets.ASSETS / "policy"))),
             dataset=DatasetConfig(root=str(assets.ASSETS / "dataset")),
-            env=EnvConfig(type="metaworld", task=",".join(assets.TASKS)),
+            env=EnvConfig(type="metaworld", task=list(assets.TASKS)),
             eval=EpisodesConfig(n_episodes=args.episodes, n_envs=args.n_envs),
             criterion=first,
-            compare=",".join(rest),
+            compare=rest,
             ratios=args.ratios,
-            batches=4,
-            batch_size=16,
+            calibration=CalibrationConfig(batches=4, batch_size=16),
             output_dir=str(Path(tmp) / "out"),
         )
         t0 = time.perf_counter()

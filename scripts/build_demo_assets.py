@@ -200,7 +200,7 @@ def evaluate(policy_dir: Path, n: int) -> None:
     from vlaprune.experiments.assets import load_demo_policy
 
     policy, pre, post = load_demo_policy(policy_dir)
-    env = EnvConfig(type="metaworld", task=",".join(TASKS))
+    env = EnvConfig(type="metaworld", task=list(TASKS))
     t0 = time.time()
     res = closed_loop(policy, pre, post, env, EpisodesConfig(n_episodes=n, n_envs=2), vision_probe=True)
     for cond, r in res.items():

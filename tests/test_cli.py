@@ -202,8 +202,13 @@ def test_help_is_the_stage_docstring(capsys):
 
 
 def test_third_party_output_only_with_verbose(tiny_dataset, tmp_path, capsys):
-    args = ["score", "--policy.path=tiny:smolvla", f"--dataset.root={tiny_dataset}", "--batches=1"]
-    args += ["--batch_size=2", "--method=magnitude", f"--output={tmp_path / 's.json'}"]
+    args = [
+        "score",
+        "--policy.path=tiny:smolvla",
+        f"--dataset.root={tiny_dataset}",
+        "--calibration.batches=1",
+    ]
+    args += ["--calibration.batch_size=2", "--method=magnitude", f"--output={tmp_path / 's.json'}"]
     outputs = {}
     for flags in ([], ["--verbose"]):
         capsys.readouterr()
@@ -234,6 +239,13 @@ def test_quiet_silences_datasets_map_bars_and_restores_them(tmp_path, capsys):
 
 
 def test_an_error_after_loading_is_one_line(tiny_dataset, tmp_path, cli_error):
-    args = ["prune-units", "--policy.path=tiny:smolvla", f"--dataset.root={tiny_dataset}", "--batches=1"]
-    err = cli_error([*args, "--batch_size=2", "--ratios=vision.attn=0.1", f"--output_dir={tmp_path}/o"])
+    args = [
+        "prune-units",
+        "--policy.path=tiny:smolvla",
+        f"--dataset.root={tiny_dataset}",
+        "--calibration.batches=1",
+    ]
+    err = cli_error(
+        [*args, "--calibration.batch_size=2", "--ratios=vision.attn=0.1", f"--output_dir={tmp_path}/o"]
+    )
     assert "removes no query heads" in err

@@ -22,7 +22,7 @@ def oft_dataset(tmp_path_factory):
 
 def test_oft_chain(oft_dir, oft_dataset, tmp_path):
     policy = [f"--policy.path={oft_dir}", "--policy.trust_remote_code=true"]
-    data = [f"--dataset.root={oft_dataset}", "--batches=2", "--batch_size=2"]
+    data = [f"--dataset.root={oft_dataset}", "--calibration.batches=2", "--calibration.batch_size=2"]
     assert main(["inspect", *policy, f"--output={tmp_path / 'anatomy.json'}"]) == 0
     anat = json.loads((tmp_path / "anatomy.json").read_text())
     stacks = {s["name"]: s for s in anat["stacks"]}
@@ -118,7 +118,7 @@ def test_prune_units_runs_the_openvla_recipe_on_oft(oft_dir, oft_dataset, tmp_pa
         out = tmp_path / removal
         argv = [
             "prune-units", f"--policy.path={moved}", "--policy.trust_remote_code=true",
-            f"--dataset.root={oft_dataset}", "--batches=1", "--batch_size=2",
+            f"--dataset.root={oft_dataset}", "--calibration.batches=1", "--calibration.batch_size=2",
             f"--base={tmp_path / 'vlm.safetensors'}", f"--spec={spec}", f"--removal={removal}",
             "--compare=magnitude", f"--output_dir={out}",
         ]  # fmt: skip

@@ -52,8 +52,8 @@ def test_prune_units_opens_the_dataset_once(tiny_dataset, tmp_path, construction
         f"--dataset.root={tiny_dataset}",
         "--ratios=language.mlp=0.25",
         "--compare=magnitude",
-        "--batches=1",
-        "--batch_size=4",
+        "--calibration.batches=1",
+        "--calibration.batch_size=4",
         f"--output_dir={tmp_path / 'pruned'}",
     ]
     assert main(args) == 0

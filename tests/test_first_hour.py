@@ -62,10 +62,40 @@ def test_written_files_follow_the_umask(smolvla, tmp_path, mask, file_mode, dir_
 def test_dataset_episodes_takes_the_comma_form_and_says_so_when_wrong(tmp_path, cli_error):
     from vlaprune.cli import _list_flags
 
-    assert _list_flags("--dataset.episodes=0,1,2") == "--dataset.episodes=[0,1,2]"
-    assert _list_flags("--dataset.episodes=[0, 1]") == "--dataset.episodes=[0,1]"
+    ints = {"--dataset.episodes": int}
+    assert _list_flags("--dataset.episodes=0,1,2", ints) == "--dataset.episodes=[0,1,2]"
+    assert _list_flags("--dataset.episodes=[0, 1]", ints) == "--dataset.episodes=[0,1]"
     err = cli_error(["score", "--policy.path=tiny:smolvla", "--dataset.episodes=a,b"])
     assert "--dataset.episodes=0,1,2" in err
+
+
+def test_every_list_flag_takes_the_comma_form_and_draccus_form():
+    """List-typed fields are parsed by draccus; the comma form is rewritten to its list, values as typed."""
+    from vlaprune.cli import commands, list_flags, parse
+
+    cmds = commands()
+    assert {"--sweep.levels", "--sweep.seeds", "--env.task", "--sweep.components"} <= set(
+        list_flags(cmds["dtr"].config)
+    )
+    comma = parse(
+        "dtr", cmds["dtr"], ["--sweep.levels=drop_half,0.50", "--sweep.seeds=0,3", "--env.task=a, b"]
+    )
+    assert comma.sweep.levels == ["drop_half", "0.50"] and comma.sweep.seeds == [0, 3]
+    assert comma.env.task == ["a", "b"]
+    brackets = parse("dtr", cmds["dtr"], ["--sweep.levels=[drop_half,keep_2]", "--sweep.seeds=[1]"])
+    assert brackets.sweep.levels == ["drop_half", "keep_2"] and brackets.sweep.seeds == [1]
+    score = parse("score", cmds["score"], ["--compare=magnitude,loo", "--components="])
+    assert score.compare == ["magnitude", "loo"] and score.components == []
+    drop = parse("drop", cmds["drop"], ["--drop.components=vision,language", "--output_dir=o"])
+    assert drop.drop.components == ["vision", "language"]
+
+
+def test_a_bad_list_value_is_one_line(cli_error):
+    assert cli_error(["dtr", "--sweep.seeds=0,x"]) == (
+        "vlaprune: error: --sweep.seeds=0,x: give integers comma-separated, e.g. --sweep.seeds=0,1,2"
+    )
+    assert "unknown method 'nope'" in cli_error(["dtr", "--sweep.methods=gateprobe,nope"])
+    assert "unknown part 'ffn'" in cli_error(["dtr", "--sweep.parts=[block,ffn]"])
 
 
 # 5. a misspelled flag: one line, the nearest valid flag
@@ -79,6 +109,23 @@ def test_misspelled_flag_names_the_nearest_one(cli_error):
     assert "did you mean --drop.language?" in cli_error(["drop", "--drop.langauge=1"])
 
 
+@pytest.mark.parametrize(
+    "cmd,old,new",
+    [
+        ("score", "--batches", "--calibration.batches"),
+        ("score", "--batch_size", "--calibration.batch_size"),
+        ("prune-units", "--batches", "--calibration.batches"),
+        ("dtr", "--calib_batches", "--calibration.batches"),
+        ("dtr", "--calib_batch_size", "--calibration.batch_size"),
+    ],
+)
+def test_an_old_calibration_flag_names_the_new_one(cli_error, cmd, old, new):
+    """score, prune-units and dtr share one CalibrationConfig: --calibration.batches / .batch_size."""
+    assert cli_error([cmd, "--policy.path=tiny:smolvla", f"{old}=2"]) == (
+        f"vlaprune: error: unknown flag {old}; did you mean {new}? (--help lists every flag)"
+    )
+
+
 def test_all_block_drop_names_the_stack_asked(cli_error, tmp_path):
     err = cli_error(
         ["drop", "--policy.path=tiny:smolvla", "--drop.action=0,1,2,3", f"--output_dir={tmp_path}/o"]
@@ -90,8 +137,13 @@ def test_all_block_drop_names_the_stack_asked(cli_error, tmp_path):
 
 
 def test_score_shows_progress(tiny_dataset, tmp_path, capsys):
-    args = ["score", "--policy.path=tiny:smolvla", f"--dataset.root={tiny_dataset}", "--batches=2"]
-    assert main([*args, "--batch_size=2", "--method=loo", f"--output={tmp_path / 's.json'}"]) == 0
+    args = [
+        "score",
+        "--policy.path=tiny:smolvla",
+        f"--dataset.root={tiny_dataset}",
+        "--calibration.batches=2",
+    ]
+    assert main([*args, "--calibration.batch_size=2", "--method=loo", f"--output={tmp_path / 's.json'}"]) == 0
     assert "loo: loss passes over 2 batches" in capsys.readouterr().err
 
 
@@ -176,8 +228,8 @@ def test_a_module_that_loses_no_unit_is_refused_or_reported(first_steps, cli_err
         f"--policy.path={work}/mw4/policy",
         f"--dataset.root={work}/mw4/dataset",
         "--ratios=language.mlp=0.3,vision.attn=0.1",
-        "--batches=1",
-        "--batch_size=2",
+        "--calibration.batches=1",
+        "--calibration.batch_size=2",
     ]
     err = cli_error(["prune-units", *common, f"--output_dir={work}/pu-a"], only=False)
     assert "vision.attn=0.1 removes no query heads" in err and "--allow_empty=true" in err

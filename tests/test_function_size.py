@@ -15,11 +15,6 @@ MAX_LINES, MAX_POSITIONAL = 60, 6
 
 KNOWN = {
     # too long
-    "experiments/prune_units.py:run",
-    "experiments/dtr.py:run",
-    "experiments/report.py:build",
-    "experiments/report.py:verdict",
-    "scoring/score.py:run",
     "scoring/diverge.py:run",
     "scoring/units.py:unit_scores",
     "adapters/anatomy.py:anatomy",
@@ -32,14 +27,11 @@ KNOWN = {
     # too many positional parameters
     "adapters/smolvla/keep_kv.py:_kv_only_cross",
     "adapters/smolvla/keep_kv.py:_cross_denoise",  # lerobot's layer-method signature, as _kv_only_cross
-    "cli.py:commands",
-    "experiments/measure.py:measure_one",
     "adapters/smolvla/keep_kv.py:_kv_only_joint",
     "adapters/pi/keep_kv.py:language_only_layer",
     "adapters/openvla/policy.py:__init__",
     "tiny/vit.py:__init__",
     "recover/checkpoints.py:save",
-    "experiments/rounds.py:continue_after",
 }
 
 

@@ -12,11 +12,15 @@ function's docstring or by the `value: description` clauses of the field's comme
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import re
 import sys
 import textwrap
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,13 +59,32 @@ class Command:
 
 def commands() -> dict[str, Command]:
     """Every subcommand. Imports the stages, and with them torch: call it after `wait_policy` is applied."""
-    from vlaprune.configs import ENV_TYPES
     from vlaprune.evaluate import run as evaluate
     from vlaprune.experiments import demo, drop, dtr, inspect, prune_units, report
     from vlaprune.recover import train
+    from vlaprune.scoring import diverge, score
+
+    values = _values()
+    return {
+        "inspect": Command(inspect.run, inspect.InspectConfig),
+        "score": Command(score.run, score.ScoreConfig, values["score"]),
+        "drop": Command(drop.run, drop.DropConfig, values["drop"], rewrite=_from_flag),
+        "recover": Command(train.run, train.RecoverConfig, values["recover"]),
+        "eval": Command(evaluate.run, evaluate.EvalConfig, values["eval"]),
+        "diverge": Command(diverge.run, diverge.DivergeConfig, values["diverge"]),
+        "prune-units": Command(prune_units.run, prune_units.PruneUnitsConfig, values["prune-units"]),
+        "dtr": Command(dtr.run, dtr.DTRConfig, values["dtr"]),
+        "report": Command(report.build),
+        "demo": Command(demo.run, demo.DemoConfig, values["demo"]),
+    }
+
+
+def _values() -> dict[str, dict[str, Iterable[str]]]:
+    """Per command, its fixed-value flags and the registry each is checked against (their --help lists)."""
+    from vlaprune.configs import ENV_TYPES
     from vlaprune.recover.budget import BUDGETS
     from vlaprune.recover.modes import MODES as RECOVER_MODES
-    from vlaprune.scoring import METHODS, diverge, score
+    from vlaprune.scoring import METHODS
     from vlaprune.scoring.divergence import PRESETS
     from vlaprune.scoring.gates import GRANULARITIES
     from vlaprune.scoring.units import CRITERIA
@@ -74,56 +97,33 @@ def commands() -> dict[str, Command]:
     maps = ("auto", *PRESETS)
     env = {"--env.type": ENV_TYPES}
     return {
-        "inspect": Command(inspect.run, inspect.InspectConfig),
-        "score": Command(score.run, score.ScoreConfig, {"--method": METHODS, "--granularity": GRANULARITIES}),
-        "drop": Command(
-            drop.run,
-            drop.DropConfig,
-            {
-                "--drop.language": ("INDICES", *PROTOCOL_LEVELS),
-                "--drop.mode": DROP_MODES,
-                "--drop.part": PARTS,
-                "--drop.head_criterion": WIDTH_CRITERIA,
-            },
-            rewrite=_from_flag,
-        ),
-        "recover": Command(
-            train.run,
-            train.RecoverConfig,
-            {
-                "--mode": RECOVER_MODES,
-                "--trainable": TRAINABLE,
-                "--mixed_precision": PRECISIONS,
-            },
-        ),
-        "eval": Command(evaluate.run, evaluate.EvalConfig, env),
-        "diverge": Command(diverge.run, diverge.DivergeConfig, {"--map": maps}),
-        "prune-units": Command(
-            prune_units.run,
-            prune_units.PruneUnitsConfig,
-            {
-                "--criterion": CRITERIA,
-                "--removal": REMOVALS,
-                "--heads": HEADS,
-                "--map": maps,
-                **env,
-            },
-        ),
-        "dtr": Command(
-            dtr.run,
-            dtr.DTRConfig,
-            {
-                "--sweep.levels": levels,
-                "--sweep.methods": METHODS,
-                "--sweep.mode": DROP_MODES,
-                "--sweep.parts": PARTS,
-                "--recover.kind": BUDGETS,
-                "--recover.trainable": TRAINABLE,
-                **env,
-            },
-        ),
-        "report": Command(report.build),
-        "demo": Command(demo.run, demo.DemoConfig, {"--levels": levels, "--methods": METHODS}),
+        "score": {"--method": METHODS, "--granularity": GRANULARITIES},
+        "drop": {
+            "--drop.language": ("INDICES", *PROTOCOL_LEVELS),
+            "--drop.mode": DROP_MODES,
+            "--drop.part": PARTS,
+            "--drop.head_criterion": WIDTH_CRITERIA,
+        },
+        "recover": {"--mode": RECOVER_MODES, "--trainable": TRAINABLE, "--mixed_precision": PRECISIONS},
+        "eval": env,
+        "diverge": {"--map": maps},
+        "prune-units": {
+            "--criterion": CRITERIA,
+            "--removal": REMOVALS,
+            "--heads": HEADS,
+            "--map": maps,
+            **env,
+        },
+        "dtr": {
+            "--sweep.levels": levels,
+            "--sweep.methods": METHODS,
+            "--sweep.mode": DROP_MODES,
+            "--sweep.parts": PARTS,
+            "--recover.kind": BUDGETS,
+            "--recover.trainable": TRAINABLE,
+            **env,
+        },
+        "demo": {"--levels": levels, "--methods": METHODS},
     }
 
 
@@ -222,6 +222,15 @@ def usage(cmds: Mapping[str, Command]) -> str:
 # --- flags ------------------------------------------------------------------------------------------------
 
 
+# Old spellings of renamed flags: the error names the new one (difflib might pick another near name)
+RENAMED = {
+    "--batches": "--calibration.batches",
+    "--batch_size": "--calibration.batch_size",
+    "--calib_batches": "--calibration.batches",
+    "--calib_batch_size": "--calibration.batch_size",
+}
+
+
 def _check_flags(p, args: list[str]) -> None:
     """Refuse a flag the command does not have in one line that names the nearest valid one (argparse would
     print the whole usage). Values are left to draccus."""
@@ -232,23 +241,48 @@ def _check_flags(p, args: list[str]) -> None:
         flag = arg.split("=", 1)[0]
         if not flag.startswith("--") or flag in known:
             continue
-        near = difflib.get_close_matches(flag, sorted(known - {"--help", "--config_path"}), n=1, cutoff=0.5)
+        near = [RENAMED[flag]] if RENAMED.get(flag) in known else []
+        near = near or difflib.get_close_matches(
+            flag, sorted(known - {"--help", "--config_path"}), n=1, cutoff=0.5
+        )
         hint = f"; did you mean {near[0]}?" if near else ""
         raise VlapruneError(f"unknown flag {flag}{hint} (--help lists every flag)")
 
 
-def _list_flags(arg: str) -> str:
-    """Every list flag takes comma-separated values (--drop.language=1,3): --dataset.episodes=0,1,2 too
-    (draccus's own form, [0,1,2], still works)."""
+def list_flags(config: type, prefix: str = "--") -> dict[str, type]:
+    """{flag: item type} of every list-typed field (`list[str]`, `list[int]`, optionally None) of `config`
+    and of the configs nested in it."""
+    out: dict[str, type] = {}
+    hints = typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
+        kind = hints[f.name]
+        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+            kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        if dataclasses.is_dataclass(kind):
+            out |= list_flags(kind, f"{prefix}{f.name}.")
+        elif typing.get_origin(kind) is list:
+            out[f"{prefix}{f.name}"] = (typing.get_args(kind) or (str,))[0]
+    return out
+
+
+def _list_flags(arg: str, items: Mapping[str, type]) -> str:
+    """A list flag (`items`: flag -> item type) takes comma-separated values, --sweep.levels=drop_half,0.5,
+    or draccus's own form, --sweep.levels='[drop_half,0.5]'; an empty value is the empty list. Comma values
+    go to draccus as a JSON list of the strings as typed (a level "0.50" stays "0.50"); integers are checked
+    here, so a bad one is a one-line error that shows the form."""
     flag, eq, value = arg.partition("=")
-    if flag != "--dataset.episodes" or not eq:
+    kind = items.get(flag)
+    if kind is None or not eq:
         return arg
-    items = [v.strip() for v in value.strip().removeprefix("[").removesuffix("]").split(",") if v.strip()]
-    if not items or not all(v.isdigit() for v in items):
-        raise VlapruneError(
-            f"--dataset.episodes={value}: give episode indices comma-separated, e.g. --dataset.episodes=0,1,2"
-        )
-    return f"{flag}=[{','.join(items)}]"
+    text = value.strip()
+    if text.startswith("[") and kind is not int:
+        return arg  # draccus's own form: draccus parses it (quoted items may hold commas)
+    parts = [v.strip() for v in text.removeprefix("[").removesuffix("]").split(",") if v.strip()]
+    if kind is int:
+        if not all(re.fullmatch(r"-?\d+", v) for v in parts):
+            raise VlapruneError(f"{flag}={value}: give integers comma-separated, e.g. {flag}=0,1,2")
+        return f"{flag}=[{','.join(parts)}]"
+    return f"{flag}={json.dumps(parts)}"
 
 
 def _cause(e: BaseException) -> VlapruneError:
@@ -268,7 +302,8 @@ def parse(name: str, cmd: Command, args: list[str]) -> Any:
     """The command's config from its flags (draccus); --help prints the help and exits (SystemExit 0)."""
     import draccus
 
-    args = [_list_flags(cmd.rewrite(a) if cmd.rewrite else a) for a in args]
+    items = list_flags(cmd.config)
+    args = [_list_flags(cmd.rewrite(a) if cmd.rewrite else a, items) for a in args]
     p = parser(name, cmd)
     _check_flags(p, args)
     try:

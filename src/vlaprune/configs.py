@@ -6,7 +6,7 @@ have in common: which policy, which dataset, which simulator, and how closed-loo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vlaprune.errors import VlapruneError
 
@@ -52,25 +52,46 @@ class EnvConfig:
     # libero_object, libero_goal, libero_10, libero_90, each meaning all its tasks, or single tasks SUITE/ID
     # such as libero_spatial/3, ids from 0).
     type: str = ""
-    # Tasks, comma-separated (names as --env.type says).
-    task: str = ""
+    # Tasks (names as --env.type says), a list: --env.task=reach-v3,door-open-v3 (or draccus's [a,b]).
+    task: list[str] = field(default_factory=list)
     # Episode cap (default: the env's own: MetaWorld 150, PushT 300, LIBERO lerobot's per suite, e.g. 280).
     max_steps: int = 0
     # Camera image side in pixels (default: the env's own: MetaWorld 64, PushT 96, LIBERO 256).
     image_size: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.task, str):  # Python callers of older versions: EnvConfig(task="a,b")
+            self.task = [t.strip() for t in self.task.split(",")]
+        self.task = [t for t in self.task if t]
         if self.type and self.type not in ENV_TYPES:
             raise VlapruneError(f"unknown --env.type={self.type!r}; choose one of {', '.join(ENV_TYPES)}")
-        if self.type and not self.task.strip():
-            raise VlapruneError("--env.task is required with --env.type (comma-separated task names)")
+        if self.type and not self.task:
+            raise VlapruneError("--env.task is required with --env.type (task names, e.g. --env.task=a,b)")
 
     def task_names(self) -> list[str]:
-        return [t.strip() for t in self.task.split(",") if t.strip()]
+        return list(self.task)
 
     def kwargs(self) -> dict[str, int]:
         """The env's keyword arguments that the flags set (unset flags keep each env's defaults)."""
         return {k: v for k, v in (("max_steps", self.max_steps), ("image_size", self.image_size)) if v}
+
+
+@dataclass
+class CalibrationConfig:
+    """The calibration batches a command scores on (`--calibration.*`: score, prune-units, dtr), drawn from
+    the training episodes with the command's seed."""
+
+    # Number of batches, and frames per batch.
+    batches: int = 4
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.batches < 1:
+            raise VlapruneError(f"--calibration.batches={self.batches}: need at least one calibration batch")
+        if self.batch_size < 1:
+            raise VlapruneError(
+                f"--calibration.batch_size={self.batch_size}: need at least one frame per batch"
+            )
 
 
 @dataclass

@@ -54,7 +54,7 @@ def test_pipeline_on_cuda(smolvla, tiny_dataset, tmp_path):
     data, dev, small = (
         f"--dataset.root={tiny_dataset}",
         "--policy.device=cuda",
-        ("--batches=1", "--batch_size=4"),
+        ("--calibration.batches=1", "--calibration.batch_size=4"),
     )
     ok("score", f"--policy.path={ckpt}", data, dev, *small, "--compare=loo", f"--output={t / 's.json'}")
     scores = json.loads((t / "s.json").read_text())

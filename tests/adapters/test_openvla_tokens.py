@@ -164,7 +164,7 @@ def test_score_and_prune_units_run_on_it(ov_dir, ov_dataset, tmp_path):
     from safetensors.torch import load_file, save_file
 
     policy = [f"--policy.path={ov_dir}", "--policy.trust_remote_code=true"]
-    data = [f"--dataset.root={ov_dataset}", "--batches=1", "--batch_size=2"]
+    data = [f"--dataset.root={ov_dataset}", "--calibration.batches=1", "--calibration.batch_size=2"]
     assert main(["score", *policy, *data, "--method=gateprobe", f"--output={tmp_path / 's.json'}"]) == 0
     scores = json.loads((tmp_path / "s.json").read_text())["results"]["gateprobe"]["scores"]
     assert all(v > 0 for v in scores["language"]) and len(scores["language"]) == 4

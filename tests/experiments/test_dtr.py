@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
+from vlaprune.configs import CalibrationConfig, DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
 from vlaprune.errors import VlapruneError
 from vlaprune.experiments import dtr, report
 from vlaprune.experiments.measure import measure_one
@@ -20,13 +20,14 @@ def config(out, data, **kw):
         policy=PolicyConfig(path="tiny:smolvla"),
         dataset=DatasetConfig(root=str(data)),
         env=EnvConfig(type="metaworld", task="reach-v3", max_steps=3),
-        sweep=dtr.SweepConfig(components="vision,language", levels="0.5", methods="gateprobe,position_last"),
+        sweep=dtr.SweepConfig(
+            components=["vision", "language"], levels=["0.5"], methods=["gateprobe", "position_last"]
+        ),
         recover=dtr.BudgetConfig(steps=2, batch_size=2, trainable="all"),
         eval=EpisodesConfig(n_episodes=1),
         probe_episodes=1,
         holdout=0.34,
-        calib_batches=1,
-        calib_batch_size=2,
+        calibration=CalibrationConfig(batches=1, batch_size=2),
         output_dir=str(out),
     )
     return dtr.DTRConfig(**{**base, **kw})
@@ -221,11 +222,11 @@ def test_bad_config(tiny_dataset, tmp_path):
     from vlaprune.errors import VlapruneError
 
     with pytest.raises(VlapruneError, match="unknown method"):
-        config(tmp_path, tiny_dataset, sweep=dtr.SweepConfig(methods="oracle"))
+        config(tmp_path, tiny_dataset, sweep=dtr.SweepConfig(methods=["oracle"]))
     with pytest.raises(VlapruneError, match="i/n"):
         config(tmp_path, tiny_dataset, shard="3/2")
     with pytest.raises(VlapruneError, match="unknown component"):
-        dtr.run(config(tmp_path / "x", tiny_dataset, sweep=dtr.SweepConfig(components="brain")))
+        dtr.run(config(tmp_path / "x", tiny_dataset, sweep=dtr.SweepConfig(components=["brain"])))
 
 
 def _episodes(successes: list[bool]) -> dict:
@@ -298,7 +299,9 @@ def test_plan_cost_counts_coupled_partners():
 
 def test_protocol_levels_in_the_sweep(tiny_dataset, tmp_path):
     out = tmp_path / "protocol"
-    sweep = dtr.SweepConfig(components="vision,language", levels="drop_half,keep_2", methods="position_last")
+    sweep = dtr.SweepConfig(
+        components=["vision", "language"], levels=["drop_half", "keep_2"], methods=["position_last"]
+    )
     dtr.run(config(out, tiny_dataset, sweep=sweep), measure=lambda *a, **k: fake_result())
     rows = {(p["spec"]["component"], p["spec"]["level"]): p for p in Store(out).rows("plan")}
     # vision has 2 blocks (no keep_2); keep-K/V language drops leave SmolVLA's self / cross pattern intact
@@ -308,7 +311,7 @@ def test_protocol_levels_in_the_sweep(tiny_dataset, tmp_path):
     assert rows["language", "drop_half"]["drops"] == {"language": [1, 3]}
     assert {p["spec"]["method"] for p in rows.values()} == {"protocol"}
     with pytest.raises(VlapruneError, match="expected a fraction"):
-        config(out, tiny_dataset, sweep=dtr.SweepConfig(levels="half"))
+        config(out, tiny_dataset, sweep=dtr.SweepConfig(levels=["half"]))
 
 
 def test_task_speedup_corrects_per_action_speedup_by_episode_length():
@@ -331,7 +334,7 @@ def test_flops_matched_budget_gives_smaller_models_more_steps(tiny_dataset, tmp_
         out,
         tiny_dataset,
         env=EnvConfig(),  # offline only: this test is about the budget
-        sweep=dtr.SweepConfig(components="language", levels="0.5", methods="position_last"),
+        sweep=dtr.SweepConfig(components=["language"], levels=["0.5"], methods=["position_last"]),
         recover=dtr.BudgetConfig(steps=6, batch_size=2, trainable="all", kind="flops_matched"),
     )
     dtr.run(cfg)
@@ -353,10 +356,10 @@ def test_sublayer_parts_in_the_sweep(tiny_dataset, tmp_path):
     methods with per-sublayer scores, the k lowest of that sublayer's own scores."""
     out = tmp_path / "parts"
     sweep = dtr.SweepConfig(
-        components="language",
-        levels="drop_half,0.5",
-        methods="gateprobe_branch_abs,position_last",
-        parts="block,attn,mlp",
+        components=["language"],
+        levels=["drop_half", "0.5"],
+        methods=["gateprobe_branch_abs", "position_last"],
+        parts=["block", "attn", "mlp"],
     )
     dtr.run(config(out, tiny_dataset, sweep=sweep), measure=lambda *a, **k: fake_result())
     store = Store(out)
@@ -378,7 +381,7 @@ def test_sublayer_parts_in_the_sweep(tiny_dataset, tmp_path):
     specs = [m["spec"] for m in store.rows("measure")]
     assert {s.get("part") for s in specs} == {None, "attn", "mlp"}  # whole-block rows keep their old ids
     with pytest.raises(VlapruneError, match="unknown part 'ffn'"):
-        config(out, tiny_dataset, sweep=dtr.SweepConfig(parts="block,ffn"))
+        config(out, tiny_dataset, sweep=dtr.SweepConfig(parts=["block", "ffn"]))
 
 
 def test_a_sublayer_row_is_measured_and_reported(tiny_dataset, tmp_path):
@@ -387,7 +390,9 @@ def test_a_sublayer_row_is_measured_and_reported(tiny_dataset, tmp_path):
         out,
         tiny_dataset,
         env=EnvConfig(),  # offline only
-        sweep=dtr.SweepConfig(components="action", levels="drop_half", methods="position_last", parts="mlp"),
+        sweep=dtr.SweepConfig(
+            components=["action"], levels=["drop_half"], methods=["position_last"], parts=["mlp"]
+        ),
     )
     dtr.run(cfg)
     rows = Store(out).rows("measure")

@@ -20,8 +20,8 @@ def dtr_args(oft_dir, data, out):
         "--recover.steps=1",
         "--recover.batch_size=2",
         "--holdout=0.34",
-        "--calib_batches=1",
-        "--calib_batch_size=2",
+        "--calibration.batches=1",
+        "--calibration.batch_size=2",
         f"--output_dir={out}",
     ]
 

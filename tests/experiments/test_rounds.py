@@ -5,7 +5,7 @@ prune-units continues its pruned models the same way."""
 import json
 
 from vlaprune.cli import main
-from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
+from vlaprune.configs import CalibrationConfig, DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
 from vlaprune.evaluate.paired import UNDECIDED
 from vlaprune.experiments import dtr, report
 from vlaprune.experiments.store import Store
@@ -18,13 +18,14 @@ def config(out, data):
         policy=PolicyConfig(path="tiny:smolvla"),
         dataset=DatasetConfig(root=str(data)),
         env=EnvConfig(type="metaworld", task="reach-v3", max_steps=3),
-        sweep=dtr.SweepConfig(components="language", levels="drop_half,keep_2", methods="position_last"),
+        sweep=dtr.SweepConfig(
+            components=["language"], levels=["drop_half", "keep_2"], methods=["position_last"]
+        ),
         recover=dtr.BudgetConfig(steps=1, batch_size=2, trainable="all"),
         eval=SEQ,
         probe_episodes=1,
         holdout=0.34,
-        calib_batches=1,
-        calib_batch_size=2,
+        calibration=CalibrationConfig(batches=1, batch_size=2),
         output_dir=str(out),
     )
 
@@ -62,8 +63,8 @@ def test_prune_units_continues_pruned_models_in_rounds(smolvla, tiny_dataset, tm
         "prune-units",
         f"--policy.path={tmp_path / 'vla'}",
         f"--dataset.root={tiny_dataset}",
-        "--batches=1",
-        "--batch_size=4",
+        "--calibration.batches=1",
+        "--calibration.batch_size=4",
         "--ratios=language.mlp=0.25",
         "--criterion=magnitude",
         "--env.type=metaworld",

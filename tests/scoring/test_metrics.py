@@ -144,8 +144,8 @@ def test_score_cli_runs_the_metric_set_and_reports_agreement(tiny_dataset, tmp_p
         "score",
         "--policy.path=tiny:pi0",
         f"--dataset.root={tiny_dataset}",
-        "--batches=1",
-        "--batch_size=2",
+        "--calibration.batches=1",
+        "--calibration.batch_size=2",
     ]
     compare = "--compare=taylor,fisher,integrated_gradients,contiguous_cossim"
     assert main([*args, "--method=gateprobe", compare, "--ig_steps=2", f"--output={out}"]) == 0
@@ -166,7 +166,7 @@ def test_score_cli_runs_the_metric_set_and_reports_agreement(tiny_dataset, tmp_p
         ("--probes=0", "--probes=0: must be at least 1"),
         ("--ig_steps=0", "--ig_steps=0: must be at least 1"),
         ("--span=0", "--span=0: must be at least 1"),
-        ("--batches=0", "need at least one calibration batch"),
+        ("--calibration.batches=0", "need at least one calibration batch"),
         ("--method=oracle", "unknown method 'oracle'"),
     ]:
         bad = tmp_path / "bad.json"

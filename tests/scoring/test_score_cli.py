@@ -23,8 +23,8 @@ def test_score_with_compare(smolvla_ckpt, tiny_dataset, tmp_path, capsys):
         "score",
         f"--policy.path={smolvla_ckpt}",
         f"--dataset.root={tiny_dataset}",
-        "--batches=2",
-        "--batch_size=4",
+        "--calibration.batches=2",
+        "--calibration.batch_size=4",
         "--compare=block_influence,magnitude",
         f"--output={out}",
     ]
@@ -51,8 +51,8 @@ def test_score_components_and_sublayers(tiny_dataset, tmp_path):
         "score",
         "--policy.path=tiny:pi0",
         f"--dataset.root={tiny_dataset}",
-        "--batches=1",
-        "--batch_size=2",
+        "--calibration.batches=1",
+        "--calibration.batch_size=2",
         "--components=language",
         "--method=gateprobe_branch",
         "--granularity=sublayer",
@@ -92,18 +92,18 @@ def nan_ckpt(smolvlm_dir, tmp_path_factory):
 
 def test_bad_input(smolvla_ckpt, nan_ckpt, tiny_dataset, mismatched_datasets, tmp_path, cli_error):
     state6, front = mismatched_datasets
-    base = [f"--policy.path={smolvla_ckpt}", f"--dataset.root={tiny_dataset}", "--batch_size=2"]
+    base = [f"--policy.path={smolvla_ckpt}", f"--dataset.root={tiny_dataset}", "--calibration.batch_size=2"]
     cases = [
         (base + ["--method=oracle"], "unknown method 'oracle'"),
         (base + ["--compare=gateprobe,nope"], "unknown method 'nope'"),
         (base + ["--components=brain"], "unknown component 'brain'"),
-        (base + ["--batches=0"], "need at least one calibration batch"),
+        (base + ["--calibration.batches=0"], "need at least one calibration batch"),
         (base + ["--granularity=sublayer"], "--granularity=sublayer does not apply to gateprobe"),
         ([f"--policy.path={smolvla_ckpt}", f"--dataset.root={state6}"], "shape (6,) in the dataset but (4,)"),
         ([f"--policy.path={smolvla_ckpt}", f"--dataset.root={front}"], "no feature 'observation.images.top'"),
         ([f"--policy.path={smolvla_ckpt}", f"--dataset.root={tmp_path}"], "not a LeRobotDataset"),
         (
-            [f"--policy.path={nan_ckpt}", f"--dataset.root={tiny_dataset}", "--batch_size=2"],
+            [f"--policy.path={nan_ckpt}", f"--dataset.root={tiny_dataset}", "--calibration.batch_size=2"],
             "the loss is nan",
         ),
     ]

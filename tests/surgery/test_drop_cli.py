@@ -65,8 +65,8 @@ def test_drop_from_scores(smolvla_ckpt, tiny_dataset, tmp_path):
                 "score",
                 f"--policy.path={smolvla_ckpt}",
                 f"--dataset.root={tiny_dataset}",
-                "--batches=1",
-                "--batch_size=2",
+                "--calibration.batches=1",
+                "--calibration.batch_size=2",
                 "--method=position_last",
                 f"--output={scores}",
             ]
@@ -138,8 +138,13 @@ def test_drop_protocol_levels(smolvla_ckpt, tmp_path):
 def test_drop_sublayers_from_sublayer_scores(smolvla_ckpt, tiny_dataset, tmp_path, cli_error):
     """--drop.part=mlp ranks by the MLP gates' own scores and removes only the MLPs; block scores refused."""
     scores = tmp_path / "scores.json"
-    score = ["score", f"--policy.path={smolvla_ckpt}", f"--dataset.root={tiny_dataset}", "--batches=1"]
-    args = [*score, "--batch_size=2", "--method=gateprobe_branch_abs", "--granularity=sublayer"]
+    score = [
+        "score",
+        f"--policy.path={smolvla_ckpt}",
+        f"--dataset.root={tiny_dataset}",
+        "--calibration.batches=1",
+    ]
+    args = [*score, "--calibration.batch_size=2", "--method=gateprobe_branch_abs", "--granularity=sublayer"]
     assert main([*args, f"--output={scores}"]) == 0
     mlp = json.loads(scores.read_text())["results"]["gateprobe_branch_abs"]["detail"]["parts"]["mlp"]
     want = sorted(sorted(range(4), key=lambda i: (mlp["action"][i], i))[:2])
@@ -153,7 +158,10 @@ def test_drop_sublayers_from_sublayer_scores(smolvla_ckpt, tiny_dataset, tmp_pat
     assert report["cost_pruned"]["blocks"] == report["cost_original"]["blocks"]  # every block stays
     assert report["cost_pruned"]["params"] < report["cost_original"]["params"]
     block_scores = tmp_path / "block.json"
-    assert main([*score, "--batch_size=2", "--method=position_last", f"--output={block_scores}"]) == 0
+    assert (
+        main([*score, "--calibration.batch_size=2", "--method=position_last", f"--output={block_scores}"])
+        == 0
+    )
     bad = ["drop", f"--policy.path={smolvla_ckpt}", f"--drop.from={block_scores}", "--drop.k=1"]
     msg = cli_error([*bad, "--drop.part=attn", f"--output_dir={tmp_path / 'o'}"])
     assert "no per-sublayer scores" in msg and "--granularity=sublayer" in msg

@@ -140,8 +140,8 @@ def test_prune_units_cli(smolvla, tiny_dataset, tmp_path, cli_error):
         "prune-units",
         f"--policy.path={tmp_path / 'vla'}",
         f"--dataset.root={tiny_dataset}",
-        "--batches=1",
-        "--batch_size=4",
+        "--calibration.batches=1",
+        "--calibration.batch_size=4",
         "--ratios=language.mlp=0.25,vision.attn=0.5",
         "--criterion=dw_prune_high",
         f"--base={tmp_path / 'vla_copy.safetensors'}",
@@ -194,8 +194,8 @@ def test_prune_units_cli(smolvla, tiny_dataset, tmp_path, cli_error):
                 f"--dataset.root={six}",
                 "--holdout=0.34",
                 "--validation=0.34",
-                "--batches=1",
-                "--batch_size=4",
+                "--calibration.batches=1",
+                "--calibration.batch_size=4",
                 "--budget=0.1",
                 "--criterion=magnitude",
                 f"--output_dir={budget}",
@@ -227,7 +227,11 @@ def test_prune_units_spec_cli(smolvla, tiny_dataset, tmp_path, cli_error):
     baselines on the same modules; masked removal with FLAP's bias compensation; bad specs."""
     smolvla.save_pretrained(tmp_path / "vla")
     save_file({k: v.detach().clone() for k, v in smolvla.state_dict().items()}, tmp_path / "vlm.safetensors")
-    common = [f"--policy.path={tmp_path / 'vla'}", f"--dataset.root={tiny_dataset}", "--batches=1"]
+    common = [
+        f"--policy.path={tmp_path / 'vla'}",
+        f"--dataset.root={tiny_dataset}",
+        "--calibration.batches=1",
+    ]
     spec = (
         "language.mlp=dw_openvla:high:0.25:global:protect=0 vision.mlp=dw_pi05:low:0.25 action.mlp=flap:0.25"
     )
@@ -253,6 +257,17 @@ def test_prune_units_spec_cli(smolvla, tiny_dataset, tmp_path, cli_error):
     down = layout(pruned).stacks["action"].blocks[0].mlp.down_proj
     assert down.bias is not None and down.bias.abs().sum() > 0  # FLAP's compensation on the flap module
     assert (down.weight.abs().sum(0) == 0).sum() == round(0.25 * down.in_features)
+    # masked: the fraction of each module's units and of the parameters that were zeroed (the real count)
+    lay, n_params = layout(pruned), sum(p.numel() for p in pruned.parameters())
+    for r in rows.values():
+        for mod, a in r["modules"].items():
+            stack = mod.split(".")[0]
+            outs = [getattr(b.mlp, "down_proj", None) or b.mlp.fc2 for b in lay.stacks[stack].blocks]
+            total = sum(o.in_features for o in outs)  # FFN channels: the output projection's inputs
+            assert r["units_zeroed_pct"][mod] == pytest.approx(100 * a["removed"] / total)
+            assert 0 < r["units_zeroed_pct"][mod] < 100
+        assert 0 < r["params_zeroed"] < n_params and r["params_zeroed_pct"] > 0
+    assert rows["spec"]["params_zeroed"] <= sum(int((p == 0).sum()) for p in pruned.parameters())  # saved arm
     for bad, msg in [
         (f"--spec={spec}", "need the base VLM's weights"),
         ("--spec=language.mlp=dw:0.2:protect=9", "out of range"),

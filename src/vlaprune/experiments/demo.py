@@ -16,10 +16,10 @@ output folder to measure again.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
+from vlaprune.configs import CalibrationConfig, DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.closed_loop import close_envs
 from vlaprune.experiments import assets, report
@@ -43,12 +43,12 @@ class DemoConfig:
     max_episodes: int = 5
     # Recovery budget (optimizer steps at batch 16), the same for every variant and the baseline.
     recover_steps: int = 60
-    # Ranking methods for the ranked levels, comma-separated.
-    methods: str = "gateprobe"
-    # Cut levels, comma-separated (as `vlaprune dtr --sweep.levels`). FRACTION: that fraction of the stack's
+    # Ranking methods for the ranked levels (a list: --methods=gateprobe,block_influence).
+    methods: list[str] = field(default_factory=lambda: ["gateprobe"])
+    # Cut levels (a list, as `vlaprune dtr --sweep.levels`). FRACTION: that fraction of the stack's
     # blocks, the lowest-scoring; N: a count; all-but-N: every block but N; drop_half: the odd-indexed
     # blocks; keep_2: all but the first and the last.
-    levels: str = "drop_half,0.5"
+    levels: list[str] = field(default_factory=lambda: ["drop_half", "0.5"])
     n_envs: int = 2
     # Offline loss on this many held-out batches of 16 (a seeded subset; 0 = every frame: 9 s more per
     # evaluation on the shipped data, 2 evaluations per measurement).
@@ -80,9 +80,9 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     dcfg = DTRConfig(
         policy=PolicyConfig(path=str(policy_path)),
         dataset=DatasetConfig(root=str(assets.ASSETS / "dataset")),
-        env=EnvConfig(type="metaworld", task=",".join(assets.TASKS)),
+        env=EnvConfig(type="metaworld", task=list(assets.TASKS)),
         sweep=SweepConfig(
-            components="vision,language,action", levels=cfg.levels, methods=cfg.methods, seeds="0"
+            components=["vision", "language", "action"], levels=cfg.levels, methods=cfg.methods, seeds=[0]
         ),
         recover=BudgetConfig(steps=cfg.recover_steps, batch_size=16, trainable="all", image_shift=3),
         eval=EpisodesConfig(
@@ -94,8 +94,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         ),
         probe_episodes=cfg.probe_episodes,
         holdout=0.34,
-        calib_batches=2,
-        calib_batch_size=16,
+        calibration=CalibrationConfig(batches=2, batch_size=16),
         offline_batches=cfg.offline_batches,
         output_dir=cfg.output_dir,
     )

@@ -45,7 +45,9 @@ class DropSpec:
     # blocks whenever they need no partners.
     scores: str = ""
     k: int = 0
-    components: str = ""
+    # The components (or stack names) they come from, a list: --drop.components=vision,language (empty:
+    # every stack the file scores).
+    components: list[str] = field(default_factory=list)
     # Which method's scores in that file (default: the file's main method).
     method: str = ""
     # auto: each component is cut alone (the DTR paper): language blocks of joint-attention policies
@@ -185,7 +187,7 @@ def _from_scores(spec: DropSpec, lay: Layout) -> dict[str, list[int]]:
                 f"{path} has no per-sublayer scores for {method!r}, so it cannot rank --drop.part="
                 f"{spec.part}; score with --granularity=sublayer --method=gateprobe_branch_abs"
             )
-    wanted = [c.strip() for c in spec.components.split(",") if c.strip()] or list(scores)
+    wanted = spec.components or list(scores)
     names = [n for n in scores if n in wanted or n.split(".")[0] in wanted]
     if not names:
         raise VlapruneError(f"{path} has no scores for components {wanted} (has {', '.join(scores)})")

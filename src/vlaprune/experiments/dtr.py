@@ -9,10 +9,14 @@ are measured once. Every measurement is one row of the store (see `store.py`): a
 skips finished rows; `--shard=i/n` runs every n-th measurement so that n processes or cluster jobs can
 share one store. Once every measurement is in the store, the variant the verdict picks goes to
 `<output_dir>/selected/` (`select.py`), a checkpoint lerobot's tools load.
+
+The `--sweep.*` lists take comma-separated values (`--sweep.levels=drop_half,0.5`) or draccus's own form
+(`--sweep.levels='[drop_half,0.5]'`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
@@ -23,7 +27,7 @@ from typing import Any
 
 from vlaprune import __version__
 from vlaprune.adapters.anatomy import anatomy
-from vlaprune.configs import DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
+from vlaprune.configs import CalibrationConfig, DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
 from vlaprune.data import Data, Splits, policy_loss
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.run import task_instructions
@@ -42,25 +46,25 @@ from vlaprune.surgery.sublayers import PARTS
 
 @dataclass
 class SweepConfig:
-    # Components to cut (stack names or components), comma-separated.
-    components: str = "vision,language,action"
-    # Cut levels, comma-separated. FRACTION: that fraction of the stack's blocks, the lowest-scoring (0.5);
+    # Components to cut (stack names or components).
+    components: list[str] = field(default_factory=lambda: ["vision", "language", "action"])
+    # Cut levels. FRACTION: that fraction of the stack's blocks, the lowest-scoring (0.5);
     # N: a count (12: the paper's Drop-12); all-but-N: every block but N; drop_half: the odd-indexed blocks
     # (the paper's metric-free protocol: one plan whatever the method); keep_2: all but the first and the
     # last (likewise).
-    levels: str = "0.25,0.5,0.75,all-but-2"
+    levels: list[str] = field(default_factory=lambda: ["0.25", "0.5", "0.75", "all-but-2"])
     # Ranking methods (vlaprune.scoring.METHODS keys).
-    methods: str = "gateprobe,block_influence"
-    seeds: str = "0"
+    methods: list[str] = field(default_factory=lambda: ["gateprobe", "block_influence"])
+    seeds: list[int] = field(default_factory=lambda: [0])
     # Drop mode, as `vlaprune drop --drop.mode`. auto: each component cut alone, as the paper does (language
     # blocks of SmolVLA / pi0 / pi0.5 keep their keys / values for the action expert, action-expert blocks go
     # while every language block stays); keep_kv: the same, refused for stacks nothing reads K/V from;
     # pair: whole coupled pairs.
     mode: str = "auto"
-    # What goes of each chosen block, comma-separated for the paper's granularity ablation (ranked sublayer
+    # What goes of each chosen block, several for the paper's granularity ablation (ranked sublayer
     # levels use the sublayer gates' own scores, so only gateprobe_branch / gateprobe_branch_abs rank them;
     # protocol levels need no scores). block: the whole block; attn: its attention only; mlp: its MLP only.
-    parts: str = "block"
+    parts: list[str] = field(default_factory=lambda: ["block"])
 
 
 @dataclass
@@ -98,8 +102,9 @@ class DTRConfig:
     probe_episodes: int = 5
     # Held-out fraction of the dataset's episodes for the offline loss.
     holdout: float = 0.2
-    calib_batches: int = 4
-    calib_batch_size: int = 8
+    # Calibration batches for scoring (--calibration.batches, --calibration.batch_size; the offline loss uses
+    # batches of the same size).
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     # Offline loss on at most this many held-out batches (a seeded random subset; 0 = every frame).
     offline_batches: int = 0
     output_dir: str = "runs/dtr"
@@ -107,19 +112,19 @@ class DTRConfig:
     shard: str = ""
 
     def __post_init__(self) -> None:
-        for m in _split(self.sweep.methods):
+        for m in self.sweep.methods:
             if m not in METHODS:
                 raise VlapruneError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
         if self.sweep.mode not in MODES:
             raise VlapruneError(f"--sweep.mode={self.sweep.mode!r}; choose one of {', '.join(MODES)}")
-        for part in _split(self.sweep.parts):
+        for part in self.sweep.parts:
             if part not in PARTS:
                 raise VlapruneError(f"--sweep.parts: unknown part {part!r}; choose from {', '.join(PARTS)}")
         if self.recover.kind not in BUDGETS:
             raise VlapruneError(f"--recover.kind={self.recover.kind!r}; choose one of {', '.join(BUDGETS)}")
         if self.recover.steps < 1:
             raise VlapruneError("--recover.steps must be >= 1 (the same budget for every variant)")
-        for level in _split(self.sweep.levels):
+        for level in self.sweep.levels:
             if level not in PROTOCOL_LEVELS:
                 level_count(level, 2)  # raises on a level that is neither a fraction, a count nor all-but-K
         if self.shard and not _parse_shard(self.shard):
@@ -131,10 +136,6 @@ class DTRConfig:
             )
         if self.env.type:
             task_instructions(self.env)  # unknown task names fail now, before anything is written
-
-
-def _split(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def _parse_shard(text: str) -> tuple[int, int] | None:
@@ -154,7 +155,7 @@ def settings(cfg: DTRConfig, data: Data, parts: Splits) -> dict[str, Any]:
         "policy": cfg.policy.path,
         "dataset": {"id": data.identity(), "root": root, "episodes": cfg.dataset.episodes},
         "splits": {"train": parts.train, "test": parts.test},
-        "calibration": {"batches": cfg.calib_batches, "batch_size": cfg.calib_batch_size},
+        "calibration": {"batches": cfg.calibration.batches, "batch_size": cfg.calibration.batch_size},
         "offline_batches": cfg.offline_batches,
         "env": asdict(cfg.env) if cfg.env.type else None,
         "episodes": _episodes(cfg.eval) if cfg.env.type else None,
@@ -170,13 +171,40 @@ def _episodes(e: EpisodesConfig) -> dict[str, Any]:
 
 def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
     """Run (or resume) the sweep; returns counts. `measure` is injectable for tests."""
+    sw = _start(cfg)
+    todo = _plan(sw)
+    shard = _parse_shard(cfg.shard) if cfg.shard else (0, 1)
+    mine = [t for i, t in enumerate(todo) if i % shard[1] == shard[0]]
+    done = sum(sw.store.has(t[0], t[1]) for t in mine)
+    sw.say(f"DTR: {len(todo)} measurements ({len(mine)} in this shard, {done} already in the store)")
+    for i, (mid, mspec, _) in enumerate(mine):
+        if not sw.store.has(mid, mspec):
+            what = mspec["drops"] or "none (baseline)"
+            sw.say(f"({i + 1}/{len(mine)}) measuring drops={what} seed={mspec['seed']}")
+            _measure(sw, todo, mid, mspec, measure or measure_one)
+    selected = None
+    if cfg.env.type and all(sw.store.has(t[0], t[1]) for t in todo):  # the whole sweep is in the store
+        selected = export(cfg.output_dir)
+        sw.say(
+            f"selected variant (fewest parameters that keeps success): {selected}"
+            if selected
+            else none_selected(cfg.output_dir)
+        )
+    sw.say(f"report: vlaprune report {cfg.output_dir}")
+    return {
+        "measurements": len(todo),
+        "this_shard": len(mine),
+        "rows": len(sw.store.rows()),
+        "selected": str(selected) if selected else None,
+    }
+
+
+def _start(cfg: DTRConfig) -> Sweep:
+    """Open the store, write the config, load the policy and its data, and store its anatomy row once."""
     from rich.console import Console
 
-    console = Console(width=max(Console().width, 100))
-    store = Store(cfg.output_dir)
     spec = asdict(cfg)
     spec.pop("output_dir"), spec.pop("shard")
-    chash = row_id(spec)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.output_dir) / "dtr_config.json").write_text(
         json.dumps(asdict(cfg), indent=2, default=str) + "\n"
@@ -185,130 +213,126 @@ def run(cfg: DTRConfig, measure: Callable | None = None) -> dict[str, Any]:
     lay = policy.layout()
     data = Data(policy, cfg.dataset)  # opened once for scoring, recovery and every evaluation
     parts = data.splits(test=cfg.holdout)  # recovery and scoring: train; offline loss: test
-    train, held = parts.train, parts.test
-    setting = settings(cfg, data, parts)
-    sid = row_id(setting)
-    comps = [c for c in _split(cfg.sweep.components)]
-    for c in comps:
+    for c in cfg.sweep.components:
         check_component(lay, c)  # a stack, or a component of several (OFT's "vision": both towers)
+    setting = settings(cfg, data, parts)
+    sw = Sweep(cfg, Store(cfg.output_dir), row_id(spec), policy, data, parts, setting, row_id(setting))
+    sw.console = Console(width=max(Console().width, 100))
     rid = row_id({"kind": "anatomy", "policy": cfg.policy.path})
-    if not store.has(rid):
-        store.put(
-            rid,
-            {
-                "kind": "anatomy",
-                "spec": {"policy": cfg.policy.path},
-                "anatomy": {**anatomy(lay), "random_weights": policy.random_weights},
-            },
-            chash,
+    if not sw.store.has(rid):
+        row = {"kind": "anatomy", "spec": {"policy": cfg.policy.path}}
+        sw.store.put(
+            rid, row | {"anatomy": {**anatomy(lay), "random_weights": policy.random_weights}}, sw.chash
         )
-    mode = cfg.sweep.mode
+    return sw
+
+
+def _plan(sw: Sweep) -> list[tuple[str, dict, dict]]:
+    """Score every method on every seed, then list the measurements: (row id, measurement spec, the plan row
+    pointing at it), the baseline of each seed first; identical plans are measured once. Stores the plan
+    rows (rewritten when they point at another measurement)."""
+    cfg, lay, mode = sw.cfg, sw.policy.layout(), sw.cfg.sweep.mode
+    comps = cfg.sweep.components
     scored = list(
         dict.fromkeys(s for c in comps for s in partners(lay, c, mode))
     )  # plan costs count partners
-    measure = measure or measure_one
-    scorer = Scorer(store, cfg, chash, policy, data, train, setting)
-    todo: list[tuple[str, dict, dict]] = []  # (row id, measurement spec, plan rows pointing at it)
+    scorer = Scorer(sw.store, cfg, sw.chash, sw.policy, sw.data, sw.parts.train, sw.setting)
+    sublayers = set(cfg.sweep.parts) - {"block"}
+    todo: list[tuple[str, dict, dict]] = []
     plans: list[tuple[str, dict]] = []
-    for seed in (int(s) for s in _split(cfg.sweep.seeds)):
-        scores = {m: scorer.scores(scored, m, seed) for m in _split(cfg.sweep.methods)}
-        base_spec = {
-            "drops": {},
-            "seed": seed,
-            "budget": asdict(cfg.recover),
-            "settings": setting,
-            "settings_id": sid,
-            "probe_episodes": cfg.probe_episodes if cfg.env.type else None,
-        }
-        todo.append((row_id(base_spec), base_spec, {}))
+    for seed in cfg.sweep.seeds:
+        scores = {m: scorer.scores(scored, m, seed) for m in cfg.sweep.methods}
+        base = {"drops": {}, "seed": seed, "budget": asdict(cfg.recover)}
+        base |= {"settings": sw.setting, "settings_id": sw.sid}
+        base["probe_episodes"] = cfg.probe_episodes if cfg.env.type else None
+        todo.append((row_id(base), base, {}))
         sub_scores = {
             m: scorer.scores([s for c in comps for s in stacks_of(lay, c)], m, seed, "sublayer")
-            for m in _split(cfg.sweep.methods)
-            if m in SUBLAYER_METHODS and set(_split(cfg.sweep.parts)) - {"block"}
+            for m in cfg.sweep.methods
+            if m in SUBLAYER_METHODS and sublayers
         }
-        for part in _split(cfg.sweep.parts):
-            for c in comps:
-                n = n_blocks(lay, c)
-                for level in _split(cfg.sweep.levels):
-                    try:
-                        k, options = choices(lay, c, level, part, mode, scores=scores, sub_scores=sub_scores)
-                    except VlapruneError as e:
-                        console.print(f"skipping {c} {level} ({part}): {e}", markup=False)
-                        continue
-                    if not 0 < k < n + (part != "block"):
-                        continue
-                    for m, drops in options:
-                        if drops is None:
-                            continue
-                        mspec = {
-                            "drops": drops,
-                            "mode": mode,
-                            "seed": seed,
-                            "budget": asdict(cfg.recover),
-                            "settings": setting,
-                            "settings_id": sid,
-                        }
-                        pspec = {
-                            "component": c,
-                            "level": level,
-                            "method": m,
-                            "seed": seed,
-                            "settings_id": sid,
-                        }
-                        if part != "block":  # whole-block rows keep the ids they had before sublayer drops
-                            mspec["part"] = pspec["part"] = part
-                        prow = {
-                            "kind": "plan",
-                            "spec": pspec,
-                            "requested_blocks": k,
-                            "drops": drops,
-                            "measurement": row_id(mspec),
-                        }
-                        plans.append((row_id(prow["spec"]), prow))
-                        if all(t[0] != prow["measurement"] for t in todo):
-                            todo.append((prow["measurement"], mspec, prow))
+        for part, c, level in itertools.product(cfg.sweep.parts, comps, cfg.sweep.levels):
+            for mspec, prow in _level_rows(sw, Cut(seed, part, c, level), scores, sub_scores):
+                plans.append((row_id(prow["spec"]), prow))
+                if all(t[0] != prow["measurement"] for t in todo):
+                    todo.append((prow["measurement"], mspec, prow))
     for pid, prow in plans:
-        if not store.has(pid, prow["spec"]) or store.get(pid).get("measurement") != prow["measurement"]:
-            store.put(pid, prow, chash, prow["spec"]["seed"])
-    shard = _parse_shard(cfg.shard) if cfg.shard else (0, 1)
-    mine = [t for i, t in enumerate(todo) if i % shard[1] == shard[0]]
-    done = sum(store.has(t[0], t[1]) for t in mine)
-    console.print(f"DTR: {len(todo)} measurements ({len(mine)} in this shard, {done} already in the store)")
-    for i, (mid, mspec, _) in enumerate(mine):
-        if store.has(mid, mspec):
+        if not sw.store.has(pid, prow["spec"]) or sw.store.get(pid).get("measurement") != prow["measurement"]:
+            sw.store.put(pid, prow, sw.chash, prow["spec"]["seed"])
+    return todo
+
+
+def _level_rows(sw: Sweep, cut: Cut, scores: dict, sub_scores: dict) -> list[tuple[dict, dict]]:
+    """(measurement spec, plan row) of each method's blocks for one cut (none when the level cannot be
+    cut from this stack: said on the console)."""
+    lay, mode = sw.policy.layout(), sw.cfg.sweep.mode
+    try:
+        k, options = choices(
+            lay, cut.component, cut.level, cut.part, mode, scores=scores, sub_scores=sub_scores
+        )
+    except VlapruneError as e:
+        sw.say(f"skipping {cut.component} {cut.level} ({cut.part}): {e}")
+        return []
+    if not 0 < k < n_blocks(lay, cut.component) + (cut.part != "block"):
+        return []
+    out = []
+    for m, drops in options:
+        if drops is None:
             continue
-        t0 = time.perf_counter()
-        what = mspec["drops"] or "none (baseline)"
-        console.print(f"({i + 1}/{len(mine)}) measuring drops={what} seed={mspec['seed']}", markup=False)
-        work = Path(cfg.output_dir) / "work" / mid
-        if store.has(mid) and work.exists():
-            shutil.rmtree(work)  # a row measured under another spec: its checkpoints are stale too
-        result = measure(cfg, mspec, work, baseline=not mspec["drops"], data=data, splits=(train, held))
-        if cfg.eval.sequential and cfg.env.type and mspec["drops"]:  # rounds until decided (rounds.py)
-            base_id = next(t[0] for t in todo if not t[1]["drops"] and t[1]["seed"] == mspec["seed"])
-            result = continue_after(cfg, store, base_id, work, result, data, chash)
-        store.put(
-            mid,
-            {"kind": "measure", "spec": mspec, **result, "seconds": time.perf_counter() - t0},
-            chash,
-            mspec["seed"],
-        )
-    selected = None
-    if cfg.env.type and all(store.has(t[0], t[1]) for t in todo):  # the whole sweep is in the store
-        selected = export(cfg.output_dir)
-        console.print(
-            f"selected variant (fewest parameters that keeps success): {selected}"
-            if selected
-            else none_selected(cfg.output_dir),
-            markup=False,
-        )
-    console.print(f"report: vlaprune report {cfg.output_dir}", markup=False)
-    return {
-        "measurements": len(todo),
-        "this_shard": len(mine),
-        "rows": len(store.rows()),
-        "selected": str(selected) if selected else None,
-    }
+        mspec = {"drops": drops, "mode": mode, "seed": cut.seed, "budget": asdict(sw.cfg.recover)}
+        mspec |= {"settings": sw.setting, "settings_id": sw.sid}
+        pspec = {"component": cut.component, "level": cut.level, "method": m, "seed": cut.seed}
+        pspec["settings_id"] = sw.sid
+        if cut.part != "block":  # whole-block rows keep the ids they had before sublayer drops
+            mspec["part"] = pspec["part"] = cut.part
+        prow = {"kind": "plan", "spec": pspec, "requested_blocks": k, "drops": drops}
+        out.append((mspec, prow | {"measurement": row_id(mspec)}))
+    return out
+
+
+def _measure(sw: Sweep, todo: list, mid: str, mspec: dict, measure: Callable) -> None:
+    """Measure one row (continued in rounds under --eval.sequential: rounds.py) and store it."""
+    cfg = sw.cfg
+    t0 = time.perf_counter()
+    work = Path(cfg.output_dir) / "work" / mid
+    if sw.store.has(mid) and work.exists():
+        shutil.rmtree(work)  # a row measured under another spec: its checkpoints are stale too
+    splits = (sw.parts.train, sw.parts.test)
+    result = measure(cfg, mspec, work, baseline=not mspec["drops"], data=sw.data, splits=splits)
+    if cfg.eval.sequential and cfg.env.type and mspec["drops"]:  # rounds until decided (rounds.py)
+        base_id = next(t[0] for t in todo if not t[1]["drops"] and t[1]["seed"] == mspec["seed"])
+        result = continue_after(cfg, sw.store, base_id, work, result, data=sw.data, chash=sw.chash)
+    row = {"kind": "measure", "spec": mspec, **result, "seconds": time.perf_counter() - t0}
+    sw.store.put(mid, row, sw.chash, mspec["seed"])
+
+
+@dataclass
+class Cut:
+    """One cell of the sweep: a seed, what goes of each block, a component and a level."""
+
+    seed: int
+    part: str
+    component: str
+    level: str
+
+
+@dataclass
+class Sweep:
+    """What a sweep's steps share: its config, store and config hash, the policy and its data (train / test
+    splits), the settings every row records and their id, and the console it reports on."""
+
+    cfg: DTRConfig
+    store: Store
+    chash: str
+    policy: Loaded
+    data: Data
+    parts: Splits
+    setting: dict
+    sid: str
+    console: Any = None
+
+    def say(self, text: str) -> None:
+        self.console.print(text, markup=False)
 
 
 @dataclass
@@ -341,7 +365,8 @@ class Scorer:
         field_ = "scores" if granularity == "block" else "parts"
         if self.store.has(rid, spec):
             return self.store.get(rid)[field_]
-        batches = self.data.batches(self.cfg.calib_batches, self.cfg.calib_batch_size, seed, self.train)
+        c = self.cfg.calibration
+        batches = self.data.batches(c.batches, c.batch_size, seed, self.train)
         probe = Probe(
             self.policy.layout(), comps, batches, policy_loss(self.policy.module, seed), seed, granularity
         )

@@ -29,16 +29,11 @@ class Judge:
         self.held_out = bool(parts.test)
         if policy is not None and parts.test:
             data.check_held_out(policy.record.trained_on, parts.test, "the held-out")
-        self.calibration = data.batches(cfg.batches, cfg.batch_size, cfg.seed, parts.train)
-        self.batches = (
-            data.batches(cfg.batches, cfg.batch_size, cfg.seed, parts.test)
-            if parts.test
-            else self.calibration
-        )
+        n, size = cfg.calibration.batches, cfg.calibration.batch_size
+        self.calibration = data.batches(n, size, cfg.seed, parts.train)
+        self.batches = data.batches(n, size, cfg.seed, parts.test) if parts.test else self.calibration
         self.selection = (
-            data.batches(cfg.batches, cfg.batch_size, cfg.seed, parts.validation)
-            if parts.validation
-            else self.calibration
+            data.batches(n, size, cfg.seed, parts.validation) if parts.validation else self.calibration
         )
         self.episodes = parts.test or parts.train
         self.pre_post = data.processors() if cfg.env.type else None

@@ -35,7 +35,7 @@ def evaluate_policy(
     data.check_held_out(policy.record.trained_on, held or [], "the held-out")
     out: dict[str, Any] = {}
     out["offline"] = offline_eval(
-        policy.module, data, held, batch_size=cfg.calib_batch_size, max_batches=cfg.offline_batches
+        policy.module, data, held, batch_size=cfg.calibration.batch_size, max_batches=cfg.offline_batches
     )
     if cfg.env.type:
         pre, post = data.processors()
@@ -61,10 +61,10 @@ def evaluate_policy(
 
 
 def measure_one(
-    cfg: Any, mspec: dict, work: Path, baseline: bool, data: Data, splits: tuple
+    cfg: Any, mspec: dict, work: Path, *, baseline: bool, data: Data, splits: tuple
 ) -> dict[str, Any]:
     """Cut -> evaluate -> recover (the budget: same steps, or the baseline's training FLOPs; training
-    episodes) -> evaluate; cost of the cut model."""
+    episodes) -> evaluate; cost of the cut model. `splits`: (training, held-out) episodes."""
     train, held = splits
     b = cfg.recover
     work.mkdir(parents=True, exist_ok=True)
@@ -84,29 +84,7 @@ def measure_one(
     del original
     before = evaluate_policy(str(cut), cfg, data, held, probes=baseline)
     rec_dir = work / "recover"
-    if (rec_dir / "final").exists():
-        shutil.rmtree(rec_dir)  # a finished-but-unrecorded recovery: redo it cleanly
-    summary = recover(
-        RecoverConfig(
-            policy=PolicyConfig(
-                path=str(cut), device=cfg.policy.device, trust_remote_code=cfg.policy.trust_remote_code
-            ),
-            dataset=cfg.dataset,
-            output_dir=str(rec_dir),
-            mode=b.mode,
-            steps=steps,
-            batch_size=b.batch_size,
-            lr=b.lr,
-            trainable=b.trainable,
-            image_shift=b.image_shift,
-            seed=mspec["seed"],
-            resume=rec_dir.exists(),
-            save_every=max(1, steps // 4),
-            log_every=max(1, steps // 10),
-        ),
-        data=data,
-        episodes=train,
-    )
+    summary = _recover(cfg, cut, rec_dir, steps=steps, seed=mspec["seed"], data=data, episodes=train)
     after = evaluate_policy(str(rec_dir / "final"), cfg, data, held)
     removed = {s if part == "block" else f"{s}.{part}": len(v) for s, v in mspec["drops"].items()}
     return {
@@ -125,6 +103,33 @@ def measure_one(
         "recovery": summary,
         "budget": budget_record(b.kind, steps, b.batch_size, flops),
     }
+
+
+def _recover(cfg: Any, cut: Path, rec_dir: Path, *, steps: int, seed: int, data: Data, episodes: list[int]):
+    """Fine-tune the cut checkpoint with the sweep's budget (`--recover.*`) on the training episodes into
+    `rec_dir` (resumed when a killed run left it; redone when it finished unrecorded)."""
+    if (rec_dir / "final").exists():
+        shutil.rmtree(rec_dir)  # a finished-but-unrecorded recovery: redo it cleanly
+    b = cfg.recover
+    policy = PolicyConfig(
+        path=str(cut), device=cfg.policy.device, trust_remote_code=cfg.policy.trust_remote_code
+    )
+    rcfg = RecoverConfig(
+        policy=policy,
+        dataset=cfg.dataset,
+        output_dir=str(rec_dir),
+        mode=b.mode,
+        steps=steps,
+        batch_size=b.batch_size,
+        lr=b.lr,
+        trainable=b.trainable,
+        image_shift=b.image_shift,
+        seed=seed,
+        resume=rec_dir.exists(),
+        save_every=max(1, steps // 4),
+        log_every=max(1, steps // 10),
+    )
+    return recover(rcfg, data=data, episodes=episodes)
 
 
 def _latency_ratio(original: Loaded | None, cut: Loaded) -> float | None:

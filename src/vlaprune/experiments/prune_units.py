@@ -22,6 +22,8 @@ met (the cheap offline proxy; the closed-loop success is the final check). No fi
 baseline criterion on the same modules, ratios, scopes and protected blocks (direction low). `--removal`:
 `real` shrinks the layers, `masked` zeroes the same units in place (no parameter / FLOP saving, reported as
 such). `--flap_bias` adds FLAP's bias compensation to the modules scored by `flap`.
+
+List flags (`--compare`, `--env.task`) take comma-separated values or draccus's own form (`'[a,b]'`).
 """
 
 from __future__ import annotations
@@ -32,24 +34,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from vlaprune.adapters import closed_loop_policy
 from vlaprune.adapters.counting import unique_params
-from vlaprune.configs import HOLDOUT, DatasetConfig, EnvConfig, EpisodesConfig, PolicyConfig
-from vlaprune.data import Data, policy_loss
+from vlaprune.configs import (
+    HOLDOUT,
+    CalibrationConfig,
+    DatasetConfig,
+    EnvConfig,
+    EpisodesConfig,
+    PolicyConfig,
+)
+from vlaprune.data import Data
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate.cost import cost
 from vlaprune.evaluate.run import task_instructions
-from vlaprune.experiments.judge import Judge, paired, table
-from vlaprune.experiments.rounds import units_in_rounds
+from vlaprune.experiments.judge import Judge, table
+from vlaprune.experiments.unit_arms import Setup, arm
 from vlaprune.policy import Loaded, load_policy
-from vlaprune.scoring.probe import Probe
-from vlaprune.scoring.units import CRITERIA, LEGACY, bias_compensation, input_stats, unit_scores
+from vlaprune.scoring.units import CRITERIA, LEGACY
 from vlaprune.surgery.dead import dead_blocks
-from vlaprune.surgery.ratios import KINDS, Module, accounting, parse_ratios, select, shortfall
-from vlaprune.surgery.spec import label, parse_spec
+from vlaprune.surgery.ratios import KINDS, Module, parse_ratios
+from vlaprune.surgery.spec import parse_spec
 from vlaprune.surgery.units import coupled_stacks
 
 DW = ("dw", "dw_openvla", "dw_pi05", *LEGACY)
@@ -72,8 +79,8 @@ class PruneUnitsConfig:
     # absolute row norms ||dW_row|| (needs --base); dw_prune_high: dw, the most-moved units go (older
     # name); dw_prune_low: dw, the least-moved units go (older name).
     criterion: str = "wanda"
-    # More criteria to run on the same modules, comma-separated, each judged the same way.
-    compare: str = ""
+    # More criteria to run on the same modules (a list), each judged the same way.
+    compare: list[str] = field(default_factory=list)
     # Ratio per stack and unit kind, comma-separated: STACK.mlp=R (FFN channels), STACK.attn=R (heads).
     ratios: str = ""
     # Or a fraction of the parameters to remove: per-module ratios searched greedily in steps of 0.1.
@@ -102,8 +109,9 @@ class PruneUnitsConfig:
     # fraction before the test episodes (0: on the calibration batches), never on the test episodes.
     holdout: float = HOLDOUT
     validation: float = 0.2
-    batches: int = 4
-    batch_size: int = 8
+    # Calibration batches (--calibration.batches, --calibration.batch_size), drawn from the training
+    # episodes; the held-out and validation batches are as many, as large.
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     seed: int = 0
     output_dir: str = ""
 
@@ -139,7 +147,7 @@ class PruneUnitsConfig:
     def criteria(self) -> list[str]:
         """The criteria of the arms: --criterion (unless --spec names them per module), then --compare."""
         main = [] if self.spec else [self.criterion]
-        return list(dict.fromkeys([*main, *(c.strip() for c in self.compare.split(",") if c.strip())]))
+        return list(dict.fromkeys([*main, *self.compare]))
 
 
 def _dw_lookup(cfg: PruneUnitsConfig, model: nn.Module):
@@ -166,12 +174,49 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
     """Score units with every criterion, prune (same ratios, or each searched under --budget), and judge
     each pruned model without recovery against the original: held-out loss / action error, closed-loop
     success (with --env.type), parameters and latency."""
-    from rich.console import Console
     from tqdm.auto import tqdm
 
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()):
         raise VlapruneError(f"{out} already exists and is not empty; choose a new --output_dir")
+    s = _setup(cfg)
+    arms = _arms(cfg, s.modules, s.ratios)
+    n_tasks = len(task_instructions(cfg.env)) if cfg.env.type else 0
+    episodes = n_tasks * cfg.eval.n_episodes * (1 + len(arms))
+    bar = tqdm(total=episodes, desc="closed-loop episodes", disable=not episodes)
+    original = {
+        "criterion": "unpruned",
+        "params": unique_params(s.policy.module),
+        **s.judge(s.policy, bar.update),
+    }
+    s.base_episodes = {t: v["episodes_detail"] for t, v in original.get("success_tasks", {}).items()}
+    rows, pruned_main = [], None
+    for name, mods in arms:
+        row, pruned = arm(s, name, mods, original, bar.update, first=not rows)
+        rows.append(row)
+        if pruned_main is None:
+            pruned_main = pruned
+    bar.close()
+    s.console.print(table(original, rows, s.judge.held_out))
+    report = _report(s, original, rows, pruned_main)
+    with s.data.processors_folder() as procs:  # the source's, or built from the dataset
+        pruned_main.save(out, extra_json={"prune.json": report}, processors_from=procs)
+    lat0, lat1 = (report[k]["latency"]["median_ms"] for k in ("cost_original", "cost_pruned"))
+    note = MASKED_LATENCY if cfg.removal == "masked" else ""
+    main = rows[0]["criterion"]
+    s.console.print(
+        f"{main}: select_action {lat0:.1f} -> {lat1:.1f} ms{note}; wrote the pruned policy to {out}"
+    )
+    return report
+
+
+MASKED_LATENCY = " (masked: units zeroed in place; parameters, FLOPs and latency unchanged)"
+
+
+def _setup(cfg: PruneUnitsConfig) -> Setup:
+    """Load the policy and its data, check what the run needs, and fix what every arm shares."""
+    from rich.console import Console
+
     policy = load_policy(cfg.policy, cfg.stacks or None)
     lay = policy.layout()
     ratios = parse_ratios(cfg.ratios, lay.stacks) if cfg.ratios else {}
@@ -184,9 +229,7 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
         closed_loop_policy(policy.module, cfg.env.type, t)
     depths = {s: len(st.blocks) for s, st in lay.stacks.items()}
     modules = parse_spec(cfg.spec, depths, CRITERIA, LEGACY) if cfg.spec else []
-    n_tasks = len(task_instructions(cfg.env)) if cfg.env.type else 0
     data = Data(policy, cfg.dataset)
-    judge = Judge(cfg, data, policy)
     coupled = coupled_stacks(lay)
     candidates = (
         [m.key for m in modules]
@@ -196,94 +239,38 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
     kinds: dict[str, set[str]] = {}
     for s, k in candidates:
         kinds.setdefault(s, set()).update(KINDS[k])
-    lookup = _dw_lookup(cfg, policy.module)
-    console = Console(width=max(Console().width, 100))
-    arms = _arms(cfg, modules, ratios)
-    dead = {s: d["update"] + d["whole"] for s, d in dead_blocks(lay).items()}
-    for s, idx in dead.items():
-        if any(k[0] == s for k in candidates):
-            console.print(
-                f"{s}: block(s) {idx} are dead compute (nothing reads their attention output / MLP, so every "
-                "criterion scores them as free): not ranked; `vlaprune drop --drop.dead=true` removes them",
+    setup = Setup(
+        cfg=cfg,
+        policy=policy,
+        data=data,
+        judge=Judge(cfg, data, policy),
+        modules=modules,
+        ratios=ratios,
+        candidates=candidates,
+        kinds=kinds,
+        lookup=_dw_lookup(cfg, policy.module),
+        dead={s: d["update"] + d["whole"] for s, d in dead_blocks(lay).items()},
+        console=Console(width=max(Console().width, 100)),
+    )
+    _say_dead(setup)
+    return setup
+
+
+def _say_dead(s: Setup) -> None:
+    for stack, idx in s.dead.items():
+        if any(k[0] == stack for k in s.candidates):
+            s.console.print(
+                f"{stack}: block(s) {idx} are dead compute (nothing reads their attention output / MLP, so "
+                "every criterion scores them as free): not ranked; `vlaprune drop --drop.dead=true` removes "
+                "them",
                 markup=False,
             )
-    episodes = n_tasks * cfg.eval.n_episodes * (1 + len(arms))
-    bar = tqdm(total=episodes, desc="closed-loop episodes", disable=not episodes)
-    original = {"criterion": "unpruned", "params": unique_params(policy.module), **judge(policy, bar.update)}
-    total = original["params"]
-    base_eps = {t: v["episodes_detail"] for t, v in original.get("success_tasks", {}).items()}
-    rows, pruned_main = [], None
-    for name, mods in arms:
-        m = policy.copy()
-        probe = Probe(m.layout(), sorted(kinds), judge.calibration, policy_loss(m.module, cfg.seed), cfg.seed)
-        crits = {x.criterion for x in mods} or {LEGACY.get(name, (name,))[0]}
-        stats = input_stats(probe, kinds) if crits & {"wanda", "flap"} else None
-        if not mods:  # --budget: search the ratios on this criterion's scores
-            crit, direction = LEGACY.get(name, (name, "low"))
-            scores = unit_scores(probe, crit, kinds, dw_lookup=lookup, direction=direction, stats=stats)
-            used = search(m, scores, candidates, cfg.budget, judge.selection_loss, cfg.heads, dead=dead)
-            mods = [Module(s, k, r, crit, direction) for (s, k), r in used.items()]
-        else:
-            scores = score_modules(probe, mods, lookup, stats)
-        labels = [label(x) for x in mods]  # as asked; dead blocks are protected on top (said above)
-        mods = [_skip_dead(x, dead) for x in mods]
-        try:
-            units = select(scores, mods, cfg.heads)
-            acc = accounting(scores, mods, units)
-            empty = [n for n, a in acc.items() if a["ratio"] > 0 and a["removed"] == 0]
-            if empty and not cfg.allow_empty:
-                a = acc[empty[0]]
-                raise VlapruneError(
-                    f"{empty[0]}={a['ratio']:g} removes no {a['unit']} (asked {a['asked']:g} of "
-                    f"{a['possible']} possible; each block rounds its share to 0): raise the ratio, use "
-                    "the global scope, or pass --allow_empty=true"
-                )
-        except VlapruneError as e:
-            if not rows:  # the main criterion's own plan is bad input
-                raise
-            # a compared criterion that cannot meet the same modules (e.g. zero scores empty a block)
-            rows.append({"criterion": name, "spec": [label(x) for x in mods], "error": str(e)})
-            console.print(f"{name}: not run: {e}")
-            continue
-        flap = [x.key for x in mods if x.criterion == "flap"] if cfg.flap_bias else []
-        deltas = bias_compensation(m.layout(), units, stats, flap) if flap else {}
-        plan = m.prune_units(units, cfg.removal, labels)
-        plan.asked = acc
-        for line in shortfall(acc):
-            console.print(f"{name}: fewer units than asked: {line}")
-        _add_biases(m, deltas)
-        row = {
-            "criterion": name,
-            "spec": plan.spec,
-            "removal": cfg.removal,
-            "ratios": {f"{x.stack}.{x.kind}": x.ratio for x in mods},
-            "units_removed": removed_units(units, scores),
-            "modules": acc,
-            "params": plan.params_after,
-            "params_removed_pct": 100 * (1 - plan.params_after / total),
-            **judge(m, bar.update),
-        }
-        row |= {"loss_before": original["loss"], "loss_change": row["loss"] - original["loss"]}
-        if "success" in row and cfg.eval.sequential:  # rounds until decided (experiments/rounds.py)
-            base_eps = units_in_rounds(judge, policy, m, row, base_eps)
-        elif "success" in row:
-            row["success_paired"] = paired(original, row)
-        if "success" in row:
-            row["success_change"] = row["success"] - original["success"]
-        rows.append(row)
-        cut = f"{row['params_removed_pct']:.1f}% of the parameters removed"
-        cut = "masked: units zeroed in place, no parameters removed" if cfg.removal == "masked" else cut
-        console.print(
-            f"{name}: {cut} ("
-            + ", ".join(f"{k}: {a['removed']} of {a['asked']:g} asked" for k, a in acc.items())
-            + f"), loss {original['loss']:.4f} -> {row['loss']:.4f}"
-            + (f", success {row['success']:.2f}" if "success" in row else "")
-        )
-        if pruned_main is None:
-            pruned_main = m
-    bar.close()
-    console.print(table(original, rows, judge.held_out))
-    report = {
+
+
+def _report(s: Setup, original: dict, rows: list[dict], pruned_main: Loaded) -> dict[str, Any]:
+    """prune.json: the original, every arm's row, what they were judged on, and the main arm's cost."""
+    cfg, judge = s.cfg, s.judge
+    return {
         "original": original,
         "rows": rows,
         "judged_on": {
@@ -291,42 +278,20 @@ def run(cfg: PruneUnitsConfig) -> dict[str, Any]:
             "held_out": judge.held_out,
             "splits": dataclasses.asdict(judge.parts),
             "budget_search_on": "validation" if judge.parts.validation else "calibration (train)",
-            "batches": cfg.batches,
-            "batch_size": cfg.batch_size,
+            "batches": cfg.calibration.batches,
+            "batch_size": cfg.calibration.batch_size,
             "closed_loop": dataclasses.asdict(cfg.env) | dataclasses.asdict(cfg.eval)
             if cfg.env.type
             else None,
         },
-        "cost_original": cost(lay, 5, 1),
+        "cost_original": cost(s.policy.layout(), 5, 1),
         "cost_pruned": cost(pruned_main.layout(), 5, 1),
         "removal": cfg.removal,
-        "random_weights": policy.random_weights,
+        "random_weights": s.policy.random_weights,
         "removal_note": "units zeroed in place: shapes, parameters and FLOPs unchanged (no saving)"
         if cfg.removal == "masked"
         else "units removed: the layers shrank",
     }
-    with data.processors_folder() as procs:  # the source's, or built from the dataset
-        pruned_main.save(out, extra_json={"prune.json": report}, processors_from=procs)
-    lat0, lat1 = (
-        report["cost_original"]["latency"]["median_ms"],
-        report["cost_pruned"]["latency"]["median_ms"],
-    )
-    main = rows[0]["criterion"]
-    note = (
-        " (masked: units zeroed in place; parameters, FLOPs and latency unchanged)"
-        if cfg.removal == "masked"
-        else ""
-    )
-    console.print(
-        f"{main}: select_action {lat0:.1f} -> {lat1:.1f} ms{note}; wrote the pruned policy to {out}"
-    )
-    return report
-
-
-def _skip_dead(m: Module, dead: dict[str, list[int]]) -> Module:
-    """`m` with the dead blocks of its stack protected, so no criterion ranks dead units as free to cut."""
-    extra = set(dead.get(m.stack, [])) - set(m.protect)
-    return dataclasses.replace(m, protect=tuple(sorted(set(m.protect) | extra))) if extra else m
 
 
 def _arms(cfg: PruneUnitsConfig, modules: list[Module], ratios: dict) -> list[tuple[str, list[Module]]]:
@@ -342,81 +307,3 @@ def _arms(cfg: PruneUnitsConfig, modules: list[Module], ratios: dict) -> list[tu
         crit, direction = LEGACY.get(c, (c, "low"))
         out.append((c, [Module(s, k, r, crit, direction) for (s, k), r in ratios.items()]))
     return out
-
-
-def score_modules(probe: Probe, modules: list[Module], lookup, stats) -> dict[str, list[dict]]:
-    """Unit scores per stack and block, each module scored by its own criterion and direction."""
-    out: dict[str, list[dict]] = {}
-    groups: dict[tuple[str, str], list[Module]] = {}
-    for x in modules:
-        groups.setdefault((x.criterion, x.direction), []).append(x)
-    for (crit, direction), mods in groups.items():
-        kinds: dict[str, set[str]] = {}
-        for x in mods:
-            kinds.setdefault(x.stack, set()).update(KINDS[x.kind])
-        sc = unit_scores(probe, crit, kinds, dw_lookup=lookup, direction=direction, stats=stats)
-        for x in mods:
-            blocks = out.setdefault(x.stack, [{} for _ in sc[x.stack]])
-            for mine, theirs in zip(blocks, sc[x.stack]):
-                mine |= {k: v for k, v in theirs.items() if k in KINDS[x.kind]}
-    return out
-
-
-def removed_units(units: dict, scores: dict) -> dict[str, int]:
-    """How many FFN channels / query heads each stack loses under `units`."""
-    out: dict[str, int] = {}
-    for stack, blocks in units.items():
-        for i, spec in blocks.items():
-            for kind, what in (("ffn", "mlp"), ("q", "attn")):
-                if kind in spec:
-                    n = len(scores[stack][int(i)][kind])
-                    out[f"{stack}.{what}"] = out.get(f"{stack}.{what}", 0) + n - len(spec[kind])
-    return out
-
-
-def _add_biases(policy: Loaded, deltas: dict) -> None:
-    """Add FLAP's compensation (computed before the cut) to the biases the plan created."""
-    lay = policy.layout()
-    with torch.no_grad():
-        for (stack, i, path), delta in deltas.items():
-            lin = lay.stacks[stack].blocks[i].get_submodule(path)
-            lin.bias += delta.to(lin.bias.dtype)
-
-
-def search(
-    policy: Loaded, scores, candidates, budget: float, loss_of, heads: str, *, dead: dict | None = None
-) -> dict[tuple[str, str], float]:
-    """Greedy per-module ratios (steps of 0.1) until `budget` of the parameters are removed: each step raises
-    the ratio of the module whose step costs the least `loss_of` per parameter removed (dead blocks, by
-    stack, are never ranked)."""
-    dead = dead or {}
-    total = unique_params(policy.module)
-    ratios = {c: 0.0 for c in candidates}
-
-    def trial(rs):
-        m = policy.copy()
-        mods = [_skip_dead(Module(s, k, r), dead) for (s, k), r in rs.items() if r > 0]
-        m.prune_units(select(scores, mods, heads))
-        return loss_of(m.module), total - unique_params(m.module)
-
-    current_loss, removed = loss_of(policy.module), 0
-    while removed < budget * total:
-        best = None
-        for c in candidates:
-            if ratios[c] + 0.1 >= 0.95:
-                continue
-            rs = {**ratios, c: round(ratios[c] + 0.1, 2)}
-            try:
-                loss, rem = trial(rs)
-            except VlapruneError:
-                continue
-            gain = rem - removed
-            if gain <= 0:
-                continue
-            cost = (loss - current_loss) / gain
-            if best is None or cost < best[0]:
-                best = (cost, rs, loss, rem)
-        if best is None:
-            raise VlapruneError(f"cannot reach --budget={budget}: every module is at its largest ratio")
-        _, ratios, current_loss, removed = best
-    return {k: v for k, v in ratios.items() if v > 0}

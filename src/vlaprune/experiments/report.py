@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vlaprune.atomic import write_text_atomic
+from vlaprune.evaluate.envs.libero import SUITE_NAMES
 from vlaprune.evaluate.paired import KEEPS, LOSES, UNDECIDED
 from vlaprune.experiments.figures import figures, pooled_ci
 from vlaprune.experiments.results import (
@@ -52,36 +53,12 @@ def verdict(data: dict[str, Any]) -> list[str]:
         keeps = [(p, r) for p, r in judged if r["verdict"] == KEEPS.format(points=f"{TOLERANCE * 100:g}")]
         if keeps:
             p, r = max(keeps, key=lambda x: x[0]["removed"])
-            m = p["m"]
-            flops = 1 - m["cost"]["flops_chunk"] / base["cost"]["flops_chunk"]
-            task = speedups(base, m, "after")[1]
             n = n_blocks.get(p["stack"])
             if n and p["part"] == "block":
                 frac[c] = p["removed"] / n
-            lines.append(
-                f"{c}: {p['removed']} of {n or '?'} {_what(p)} can go: {_paired_text(r)} after "
-                f"recovery ({r['verdict']}; before recovery {m['before'].get('success', float('nan')):.0%}); "
-                f"{flops:.0%} fewer FLOPs per action chunk, "
-                f"{1 - m['cost']['params'] / base['cost']['params']:.0%} fewer parameters, select_action "
-                f"{m['cost']['latency_ms']:.1f} ms vs {base['cost']['latency_ms']:.1f} ms, task speed-up "
-                f"{_x(task)} after recovery."
-            )
-        elif judged and all(r["verdict"] == LOSES for _, r in judged):
-            p, r = min(judged, key=lambda x: x[0]["removed"])
-            lines.append(
-                f"{c}: every tested cut loses success after recovery (smallest, {p['removed']} {_what(p)}: "
-                f"{_paired_text(r)}) — this component is needed at this budget."
-            )
+            lines.append(_keeps(c, p, r, base, n))
         elif judged:
-            p, r = max(
-                ((p, r) for p, r in judged if r["verdict"] == UNDECIDED), key=lambda x: x[0]["removed"]
-            )
-            lines.append(
-                f"{c}: {UNDECIDED} — the largest such cut ({p['removed']} {_what(p)}) gives "
-                f"{_paired_text(r)}; "
-                f"the interval includes both no change and a loss of more than {TOLERANCE:.0%}: "
-                + (_more(r) if r.get("sequential") else "run more episodes (--eval.n_episodes) to decide.")
-            )
+            lines.append(_no_keep(c, judged))
     if frac:
         most = max(frac, key=frac.get)
         lines.insert(
@@ -98,6 +75,38 @@ def verdict(data: dict[str, Any]) -> list[str]:
             "not shown.)"
         )
     return lines
+
+
+def _keeps(c: str, p: dict[str, Any], r: dict[str, Any], base: dict[str, Any], n: int | None) -> str:
+    """The verdict line of a component whose largest harmless cut is `p` (paired result `r`)."""
+    m = p["m"]
+    flops = 1 - m["cost"]["flops_chunk"] / base["cost"]["flops_chunk"]
+    task = speedups(base, m, "after")[1]
+    return (
+        f"{c}: {p['removed']} of {n or '?'} {_what(p)} can go: {_paired_text(r)} after "
+        f"recovery ({r['verdict']}; before recovery {m['before'].get('success', float('nan')):.0%}); "
+        f"{flops:.0%} fewer FLOPs per action chunk, "
+        f"{1 - m['cost']['params'] / base['cost']['params']:.0%} fewer parameters, select_action "
+        f"{m['cost']['latency_ms']:.1f} ms vs {base['cost']['latency_ms']:.1f} ms, task speed-up "
+        f"{_x(task)} after recovery."
+    )
+
+
+def _no_keep(c: str, judged: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
+    """The verdict line of a component no cut of which was shown harmless: every cut loses, or undecided."""
+    if all(r["verdict"] == LOSES for _, r in judged):
+        p, r = min(judged, key=lambda x: x[0]["removed"])
+        return (
+            f"{c}: every tested cut loses success after recovery (smallest, {p['removed']} {_what(p)}: "
+            f"{_paired_text(r)}) — this component is needed at this budget."
+        )
+    p, r = max(((p, r) for p, r in judged if r["verdict"] == UNDECIDED), key=lambda x: x[0]["removed"])
+    return (
+        f"{c}: {UNDECIDED} — the largest such cut ({p['removed']} {_what(p)}) gives "
+        f"{_paired_text(r)}; "
+        f"the interval includes both no change and a loss of more than {TOLERANCE:.0%}: "
+        + (_more(r) if r.get("sequential") else "run more episodes (--eval.n_episodes) to decide.")
+    )
 
 
 def _what(p: dict[str, Any]) -> str:
@@ -148,133 +157,186 @@ def build(run_dir: str | Path) -> tuple[Path, Path]:
     """Write report.html (self-contained) and report.md (+ PNGs) into `run_dir`."""
     run_dir = Path(run_dir)
     data = load(Store(run_dir))
-    figs = figures(data)
-    sections: list[tuple[str, str, str]] = []  # (title, html, markdown)
     v = verdict(data)
     if (data["anatomy"] or {}).get("random_weights"):
         v = [RANDOM_WEIGHTS, *v]
-    sections.append(
+    sections: list[tuple[str, str, str]] = [  # (title, html, markdown)
         (
             "Verdict",
             "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in v) + "</ul>",
             "\n".join(f"- {x}" for x in v),
         )
-    )
+    ]
     if data["anatomy"]:
-        a = data["anatomy"]
-        rows = [
-            [
-                s["name"],
-                s["blocks"],
-                f"{s['params']:,}",
-                f"{s['params_pct']:.1f}",
-                "-" if s["flops_pct"] is None else f"{s['flops_pct']:.1f}",
-                s["coupling"],
-            ]
-            for s in a["stacks"]
-        ]
-        h, md = _table(["stack", "blocks", "params", "% params", "% FLOPs", "coupling"], rows)
-        sections.append(("Anatomy", h, md))
-    base = data["baseline"]
-    rows = []
-    for m in sorted(data["measures"].values(), key=lambda m: sum(m["blocks_removed"].values())):
-        part = m["spec"].get("part", "block")
-        cut = _cut(m, part)
-        r = paired(base["after"], m["after"]) if m["spec"]["drops"] else None
-        action, task_before = speedups(base, m, "before")
-        task_after = speedups(base, m, "after")[1]
-        mem = m["cost"].get("peak_memory_bytes")
-        rows.append(
-            [
-                cut,
-                _pct(m["before"]),
-                _pct(m["after"]),
-                f"{r['difference']:+.0%} [{r['ci_low']:+.0%}, {r['ci_high']:+.0%}]" if r else "-",
-                r["verdict"] if r else "-",
-                _took(r) + (f"; {_more(r)}" if r.get("sequential") and r["verdict"] == UNDECIDED else "")
-                if r
-                else "-",
-                f"{m['before']['offline']['loss']:.4f}",
-                f"{m['after']['offline']['loss']:.4f}",
-                f"{m['cost']['latency_ms']:.1f}",
-                f"{m['cost']['params']:,}",
-                f"{m['cost']['flops_chunk'] / 1e6:.1f} M",
-                _x(action),
-                f"{_x(task_before)} / {_x(task_after)}",
-                "-" if mem is None else f"{mem / 2**20:.0f}",
-            ]
-        )
-    h, md = _table(
-        [
-            "cut (blocks removed, or whose attention / MLP was removed)",
-            "success before recovery",
-            "success after recovery",
-            "paired change vs recovered baseline [95% CI]",
-            "verdict",
-            "episodes the verdict took",
-            "loss before",
-            "loss after",
-            "latency ms",
-            "params",
-            "FLOPs / chunk",
-            "per-action speed-up",
-            "task speed-up before / after recovery",
-            "peak inference memory MB",
-        ],
-        rows,
-    )
-    sections.append(("Measurements (same recovery budget for every row)", h, md))
-    probes = base["before"].get("probes")
+        sections.append(("Anatomy", *_anatomy(data["anatomy"])))
+    sections.append(("Measurements (same recovery budget for every row)", *_measurements(data)))
+    if libero := _libero(data):
+        sections.append(("LIBERO success per suite (before -> after recovery)", *libero))
+    probes = data["baseline"]["before"].get("probes")
     if probes:
         rows = [[c, f"{r['mean_success']:.0%}", f"{r['change_vs_normal']:+.0%}"] for c, r in probes.items()]
         h, md = _table(["condition (baseline policy)", "mean success", "change vs normal"], rows)
         sections.append(("Language and vision sensitivity", h, md))
-    order = ["gateprobe", "asymmetry_success", "asymmetry_loss", "pareto"]
-    titles = {
-        "gateprobe": "GateProbe scores per block",
-        "asymmetry_success": "Success vs blocks removed",
-        "asymmetry_loss": "Offline loss vs blocks removed",
-        "pareto": "Success vs latency and parameters",
-    }
-    for name in order:
-        if name in figs:
-            (run_dir / f"report_{name}.png").write_bytes(figs[name])
-            b64 = base64.b64encode(figs[name]).decode()
-            sections.append(
-                (
-                    titles[name],
-                    f'<img alt="{name}" src="data:image/png;base64,{b64}">',
-                    f"![{name}](report_{name}.png)",
-                )
-            )
-    how = (
-        "How to read it: each row is one cut, fine-tuned afterwards with the same budget as the baseline. "
-        "Success is the mean over tasks of closed-loop episodes (error bars: Wilson 95% interval over all "
-        "episodes). Every model runs the same episodes (same task, same seed: same scene and same policy "
-        "noise), so each cut is compared with the recovered baseline episode by episode: the paired "
-        "difference with its Newcombe 95% interval; a cut keeps success when that interval stays above "
-        f"-{TOLERANCE:.0%}, loses it when the interval is below 0, and is not distinguishable otherwise."
-        " With --eval.sequential the cuts ran in rounds until that verdict was decided, and the interval is"
-        " an anytime-valid 95% confidence sequence (CS, evaluate/sequential.py), valid at every round it was"
-        " looked at."
-    )
+    sections += _figures(run_dir, figures(data))
     body = "".join(f"<h2>{html.escape(t)}</h2>{h}" for t, h, _ in sections)
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>vlaprune DTR report</title><style>"
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}"
         "th{background:#f3f3f3}img{max-width:100%}</style></head><body>"
-        f"<h1>Drop-Then-Recovery report</h1><p>{html.escape(how)}</p>{body}</body></html>"
+        f"<h1>Drop-Then-Recovery report</h1><p>{html.escape(HOW)}</p>{body}</body></html>"
     )
     md = (
         "# Drop-Then-Recovery report\n\n"
-        + how
+        + HOW
         + "\n\n"
         + "\n\n".join(f"## {t}\n\n{m}" for t, _, m in sections)
     )
     return write_text_atomic(run_dir / "report.html", page), write_text_atomic(
         run_dir / "report.md", md + "\n"
     )
+
+
+HOW = (
+    "How to read it: each row is one cut, fine-tuned afterwards with the same budget as the baseline. "
+    "Success is the mean over tasks of closed-loop episodes (error bars: Wilson 95% interval over all "
+    "episodes). Every model runs the same episodes (same task, same seed: same scene and same policy "
+    "noise), so each cut is compared with the recovered baseline episode by episode: the paired "
+    "difference with its Newcombe 95% interval; a cut keeps success when that interval stays above "
+    f"-{TOLERANCE:.0%}, loses it when the interval is below 0, and is not distinguishable otherwise."
+    " With --eval.sequential the cuts ran in rounds until that verdict was decided, and the interval is"
+    " an anytime-valid 95% confidence sequence (CS, evaluate/sequential.py), valid at every round it was"
+    " looked at."
+)
+MEASUREMENT_COLUMNS = [
+    "cut (blocks removed, or whose attention / MLP was removed)",
+    "success before recovery",
+    "success after recovery",
+    "paired change vs recovered baseline [95% CI]",
+    "verdict",
+    "episodes the verdict took",
+    "loss before",
+    "loss after",
+    "latency ms",
+    "params",
+    "FLOPs / chunk",
+    "per-action speed-up",
+    "task speed-up before / after recovery",
+    "peak inference memory MB",
+]
+FIGURES = {
+    "gateprobe": "GateProbe scores per block",
+    "asymmetry_success": "Success vs blocks removed",
+    "asymmetry_loss": "Offline loss vs blocks removed",
+    "pareto": "Success vs latency and parameters",
+}
+
+
+def _anatomy(a: dict[str, Any]) -> tuple[str, str]:
+    rows = [
+        [
+            s["name"],
+            s["blocks"],
+            f"{s['params']:,}",
+            f"{s['params_pct']:.1f}",
+            "-" if s["flops_pct"] is None else f"{s['flops_pct']:.1f}",
+            s["coupling"],
+        ]
+        for s in a["stacks"]
+    ]
+    return _table(["stack", "blocks", "params", "% params", "% FLOPs", "coupling"], rows)
+
+
+def _measurements(data: dict[str, Any]) -> tuple[str, str]:
+    """One row per measurement, fewest blocks removed first, compared with the recovered baseline."""
+    base = data["baseline"]
+    rows = [
+        _measurement(base, m)
+        for m in sorted(data["measures"].values(), key=lambda m: sum(m["blocks_removed"].values()))
+    ]
+    return _table(MEASUREMENT_COLUMNS, rows)
+
+
+def _measurement(base: dict[str, Any], m: dict[str, Any]) -> list[Any]:
+    r = paired(base["after"], m["after"]) if m["spec"]["drops"] else None
+    action, task_before = speedups(base, m, "before")
+    task_after = speedups(base, m, "after")[1]
+    mem = m["cost"].get("peak_memory_bytes")
+    took = (
+        _took(r) + (f"; {_more(r)}" if r.get("sequential") and r["verdict"] == UNDECIDED else "")
+        if r
+        else "-"
+    )
+    return [
+        _cut(m, m["spec"].get("part", "block")),
+        _pct(m["before"]),
+        _pct(m["after"]),
+        f"{r['difference']:+.0%} [{r['ci_low']:+.0%}, {r['ci_high']:+.0%}]" if r else "-",
+        r["verdict"] if r else "-",
+        took,
+        f"{m['before']['offline']['loss']:.4f}",
+        f"{m['after']['offline']['loss']:.4f}",
+        f"{m['cost']['latency_ms']:.1f}",
+        f"{m['cost']['params']:,}",
+        f"{m['cost']['flops_chunk'] / 1e6:.1f} M",
+        _x(action),
+        f"{_x(task_before)} / {_x(task_after)}",
+        "-" if mem is None else f"{mem / 2**20:.0f}",
+    ]
+
+
+def _libero(data: dict[str, Any]) -> tuple[str, str] | None:
+    """Per-suite success of every measurement, before -> after recovery (the DTR paper's Table 1: Spatial,
+    Object, Goal, Long and their average), when the baseline's tasks are LIBERO tasks (SUITE/ID). A suite's
+    success is the mean over its tasks; a suite with no episodes says so (it is not a 0), and the average
+    is over the suites that ran."""
+    tasks = data["baseline"]["after"].get("tasks") or {}
+    if not tasks or not all(t.partition("/")[0].startswith("libero_") for t in tasks):
+        return None
+    extra = sorted({t.partition("/")[0] for t in tasks} - set(SUITE_NAMES))  # e.g. libero_90
+    suites = [*SUITE_NAMES, *extra]
+    rows = []
+    for m in sorted(data["measures"].values(), key=lambda m: sum(m["blocks_removed"].values())):
+        before, after = (_suite_rates(m[phase].get("tasks") or {}, suites) for phase in ("before", "after"))
+        cells = [_arrow(before[s], after[s]) for s in [*suites, "average"]]
+        rows.append([_cut(m, m["spec"].get("part", "block")), *cells])
+    names = [SUITE_NAMES.get(s, s) for s in suites]
+    return _table(["cut", *names, "average (suites run)"], rows)
+
+
+def _suite_rates(tasks: dict[str, Any], suites: list[str]) -> dict[str, float | None]:
+    """{suite: mean success over its tasks, or None without episodes} and their unweighted "average"."""
+    by: dict[str, list[float]] = {}
+    for t, v in tasks.items():
+        if v.get("episodes"):
+            by.setdefault(t.partition("/")[0], []).append(v["success_rate"])
+    out: dict[str, float | None] = {s: sum(by[s]) / len(by[s]) if s in by else None for s in suites}
+    ran = [v for v in out.values() if v is not None]
+    return out | {"average": sum(ran) / len(ran) if ran else None}
+
+
+def _arrow(before: float | None, after: float | None) -> str:
+    if before is None and after is None:
+        return "no episodes"
+    show = lambda v: "no episodes" if v is None else f"{v:.0%}"  # noqa: E731
+    return f"{show(before)} -> {show(after)}"
+
+
+def _figures(run_dir: Path, figs: dict[str, bytes]) -> list[tuple[str, str, str]]:
+    """A section per figure: written next to the Markdown, embedded (base64) in the HTML."""
+    out = []
+    for name, title in FIGURES.items():
+        if name in figs:
+            (run_dir / f"report_{name}.png").write_bytes(figs[name])
+            b64 = base64.b64encode(figs[name]).decode()
+            out.append(
+                (
+                    title,
+                    f'<img alt="{name}" src="data:image/png;base64,{b64}">',
+                    f"![{name}](report_{name}.png)",
+                )
+            )
+    return out
 
 
 def _x(v: float | None) -> str:

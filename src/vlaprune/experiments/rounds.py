@@ -53,7 +53,7 @@ def episodes_of(path: Path, cfg: Any, data: Data):
 
 
 def continue_after(
-    cfg: Any, store: Store, base_id: str, work: Path, result: dict[str, Any], data: Data, chash: str
+    cfg: Any, store: Store, base_id: str, work: Path, result: dict[str, Any], *, data: Data, chash: str
 ) -> dict[str, Any]:
     """`result` (measure_one's) with the after-recovery evaluation continued in rounds until decided."""
     run_base = episodes_of(Path(cfg.output_dir) / "work" / base_id / "recover" / "final", cfg, data)

@@ -1,21 +1,25 @@
 r"""`vlaprune score`: rank blocks by importance with one or more methods, and compare them with leave-one-out.
 
     vlaprune score --policy.path=lerobot/smolvla_base --dataset.repo_id=lerobot/libero_spatial \
-        --method=gateprobe --components=vision,language,action --batches=8 --compare=block_influence,magnitude
+        --method=gateprobe --components=vision,language,action --calibration.batches=8 \
+        --compare=block_influence,magnitude
+
+List flags take comma-separated values (`--compare=a,b`) or draccus's own form (`--compare='[a,b]'`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from vlaprune import __version__
 from vlaprune.atomic import write_json_atomic
-from vlaprune.configs import DatasetConfig, PolicyConfig
+from vlaprune.configs import CalibrationConfig, DatasetConfig, PolicyConfig
 from vlaprune.data import Data, policy_loss
 from vlaprune.errors import VlapruneError
-from vlaprune.policy import load_policy
+from vlaprune.policy import Loaded, load_policy
 from vlaprune.scoring import BLOCK_ONLY, METHODS, NEEDS_DATA
 from vlaprune.scoring.gates import GRANULARITIES
 from vlaprune.scoring.probe import Probe, Scores
@@ -28,15 +32,15 @@ class ScoreConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     # Scoring method (a key of vlaprune.scoring.METHODS).
     method: str = "gateprobe"
-    # Extra methods to run; all are then compared with leave-one-out (Spearman, Kendall).
-    compare: str = ""
-    # Stacks to score, by component or stack name, comma-separated (empty: all).
-    components: str = ""
+    # Extra methods to run (a list); all are then compared with leave-one-out (Spearman, Kendall).
+    compare: list[str] = field(default_factory=list)
+    # Stacks to score, by component or stack name (a list; empty: all).
+    components: list[str] = field(default_factory=list)
     # Name the stacks yourself (see `vlaprune inspect --help`).
     stacks: str = ""
-    # Calibration: number of batches, frames per batch, seed (batches, noise and time samples).
-    batches: int = 4
-    batch_size: int = 8
+    # Calibration batches (--calibration.batches, --calibration.batch_size).
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    # Seed of the calibration batches, noise and time samples.
     seed: int = 0
     # Gates: block: one per block; sublayer: one per residual branch (attention, MLP), for
     # gateprobe_branch(_abs) only.
@@ -52,10 +56,6 @@ class ScoreConfig:
         for m in self.methods():
             if m not in METHODS:
                 raise VlapruneError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
-        if self.batches < 1:
-            raise VlapruneError(f"--batches={self.batches}: need at least one calibration batch")
-        if self.batch_size < 1:
-            raise VlapruneError(f"--batch_size={self.batch_size}: need at least one frame per batch")
         for name in ("probes", "ig_steps", "span"):
             if getattr(self, name) < 1:
                 raise VlapruneError(f"--{name}={getattr(self, name)}: must be at least 1")
@@ -69,16 +69,15 @@ class ScoreConfig:
             )
 
     def methods(self) -> list[str]:
-        extra = [m.strip() for m in self.compare.split(",") if m.strip()]
-        return list(dict.fromkeys([self.method, *extra, *(["loo"] if extra else [])]))
+        return list(dict.fromkeys([self.method, *self.compare, *(["loo"] if self.compare else [])]))
 
 
-def select_stacks(available: dict, components: str) -> list[str]:
-    """Stack names for a comma list of components or names; all stacks when empty."""
-    if not components.strip():
+def select_stacks(available: dict, components: list[str]) -> list[str]:
+    """Stack names for a list of components or names; all stacks when empty."""
+    if not components:
         return list(available)
     chosen: list[str] = []
-    for c in (x.strip() for x in components.split(",") if x.strip()):
+    for c in components:
         match = [n for n, s in available.items() if n == c or s.component == c]
         if not match:
             raise VlapruneError(f"unknown component {c!r}; this model has {', '.join(available)}")
@@ -129,54 +128,72 @@ def counted(loss, bars: list):
 def run(cfg: ScoreConfig) -> dict[str, Any]:
     """Load, calibrate, score with every requested method, print ranked tables, write scores.json."""
     from rich.console import Console
-    from tqdm.auto import tqdm
 
     policy = load_policy(cfg.policy, cfg.stacks)
     lay = policy.layout()
     stacks = select_stacks(lay.stacks, cfg.components)
-    batches, loss, bars = [], None, []  # bars: the progress bar of the method running (stderr)
+    bars: list = []  # the progress bar of the method running (stderr)
+    probe = _probe(cfg, policy, stacks, bars)
+    base = probe.mean_loss() if probe.batches else None  # before any method runs
+    console = Console(width=max(Console().width, 100))
+    results = {m: _scored(probe, m, bars, console) for m in cfg.methods()}
+    out = _record(cfg, policy, stacks, base, results)
+    _dead(out, lay, stacks, console)
+    if cfg.compare:
+        out["agreement_with_loo"] = {
+            m: agreement(results[m]["scores"], results["loo"]["scores"]) for m in results if m != "loo"
+        }
+        console.print(agreement_table(out["agreement_with_loo"]))
+    write_json_atomic(cfg.output, out)
+    console.print(f"wrote {cfg.output}")
+    return out
+
+
+def _probe(cfg: ScoreConfig, policy: Loaded, stacks: list[str], bars: list) -> Probe:
+    """The probe every method scores through: the calibration batches (none when no method needs data) and
+    the policy's loss, ticking `bars` once per batch."""
+    batches: list = []
+    loss: Callable | None = None
     if "perplexity" in cfg.methods():  # refuse before calibrating: no language-model head, other stacks
         from vlaprune.scoring.perplexity import check
 
-        check(lay, stacks)
+        check(policy.layout(), stacks)
     if any(m in NEEDS_DATA for m in cfg.methods()):
         if not policy.takes_datasets:
             raise VlapruneError(
                 "data-driven scoring needs a lerobot policy or an OpenVLA-OFT checkpoint with its action "
                 "head; use --method=magnitude for others"
             )
-        batches = Data(policy, cfg.dataset).batches(cfg.batches, cfg.batch_size, cfg.seed)
+        c = cfg.calibration
+        batches = Data(policy, cfg.dataset).batches(c.batches, c.batch_size, cfg.seed)
         loss = counted(policy_loss(policy.module, cfg.seed), bars)
-    probe = Probe(
-        lay,
-        stacks,
-        batches,
-        loss,
-        cfg.seed,
-        cfg.granularity,
-        probes=cfg.probes,
-        ig_steps=cfg.ig_steps,
-        span=cfg.span,
-    )
-    base = probe.mean_loss() if batches else None
-    results: dict[str, Any] = {}
-    console = Console(width=max(Console().width, 100))
-    for m in cfg.methods():
-        console.print(f"[bold]{m}[/]: scoring {sum(len(lay.stacks[s]) for s in stacks)} blocks ...")
-        with tqdm(
-            desc=f"{m}: loss passes over {len(batches)} batches", unit="pass", disable=not batches
-        ) as bar:
-            bars[:] = [bar]
-            sc, secs = score(probe, m)
-        bars.clear()
-        results[m] = {
-            "scores": sc.blocks,
-            "rank": [f"{s}/{i}" for s, i in ranking(sc.blocks)],
-            "seconds": round(secs, 4),
-            "detail": sc.detail,
-        }
-        console.print(table(m, sc.blocks))
-    out: dict[str, Any] = {
+    settings = {"probes": cfg.probes, "ig_steps": cfg.ig_steps, "span": cfg.span}
+    return Probe(policy.layout(), stacks, batches, loss, cfg.seed, cfg.granularity, **settings)
+
+
+def _scored(probe: Probe, method: str, bars: list, console) -> dict[str, Any]:
+    """One method's scores (with a progress bar over its loss passes), printed as a ranked table."""
+    from tqdm.auto import tqdm
+
+    lay, n = probe.layout, len(probe.batches)
+    console.print(f"[bold]{method}[/]: scoring {sum(len(lay.stacks[s]) for s in probe.stacks)} blocks ...")
+    with tqdm(desc=f"{method}: loss passes over {n} batches", unit="pass", disable=not n) as bar:
+        bars[:] = [bar]
+        sc, secs = score(probe, method)
+    bars.clear()
+    console.print(table(method, sc.blocks))
+    return {
+        "scores": sc.blocks,
+        "rank": [f"{s}/{i}" for s, i in ranking(sc.blocks)],
+        "seconds": round(secs, 4),
+        "detail": sc.detail,
+    }
+
+
+def _record(cfg: ScoreConfig, policy: Loaded, stacks: list[str], loss: float | None, results: dict) -> dict:
+    """What scores.json holds: the settings, the baseline loss and every method's results."""
+    lay = policy.layout()
+    return {
         "method": cfg.method,
         "policy": cfg.policy.path,
         "random_weights": policy.random_weights,
@@ -188,17 +205,20 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
             "root": cfg.dataset.root,
             "episodes": cfg.dataset.episodes,
         },
-        "batches": cfg.batches,
-        "batch_size": cfg.batch_size,
+        "batches": cfg.calibration.batches,
+        "batch_size": cfg.calibration.batch_size,
         "seed": cfg.seed,
         "granularity": cfg.granularity,
-        "loss": base,
+        "loss": loss,
         "direction": "higher score = more important (keep)",
         "vlaprune_version": __version__,
         "results": results,
     }
-    # blocks whose residual update nothing reads (`surgery.dead`): every score of that update is ~0 by
-    # construction, so it says nothing about importance; the block is named dead instead
+
+
+def _dead(out: dict, lay, stacks: list[str], console) -> None:
+    """Name the dead blocks in `out` and on the console: blocks whose residual update nothing reads
+    (`surgery.dead`) score ~0 by construction, which says nothing about importance."""
     dead = {s: d["update"] + d["whole"] for s, d in dead_blocks(lay).items() if s in stacks}
     out["dead"] = dead
     for s, idx in dead.items():
@@ -208,14 +228,6 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
             "removes them with identical actions",
             markup=False,
         )
-    if cfg.compare:
-        out["agreement_with_loo"] = {
-            m: agreement(results[m]["scores"], results["loo"]["scores"]) for m in results if m != "loo"
-        }
-        console.print(agreement_table(out["agreement_with_loo"]))
-    write_json_atomic(cfg.output, out)
-    console.print(f"wrote {cfg.output}")
-    return out
 
 
 def table(method: str, scores: dict[str, list[float]]):
