@@ -91,6 +91,8 @@ class Family:
     example_weights: batch -> w (B,) with batch loss = sum_b w[b] * example b's loss (GateProbe), or None.
     vlm_maps: VLA -> base VLM tensor-name prefix rules (`vlaprune diverge --vlm_map`), by preset name.
     plugin_type: the lerobot_policy_vlaprune type its cuts are saved as when its config cannot say them.
+    chunked: its select_action queues the first n_action_steps actions of `predict_action_chunk`, so closed
+        loop may compute whole chunks and run them open loop per env (evaluate/schedule.py).
     """
 
     name: str
@@ -103,3 +105,4 @@ class Family:
     example_weights: Callable[[Any], torch.Tensor] | None = None
     vlm_maps: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     plugin_type: str | None = None
+    chunked: bool = False

@@ -313,7 +313,7 @@ def _train(cfg, accelerator, policy: Loaded, trainee, data: Data, episodes, ckpt
                 accelerator.unwrap_model(trainee),
                 optimizer,
                 scheduler,
-                cfg.batch_size,
+                batch_size=cfg.batch_size,
             )
     bar.close()
     if log is not None:
