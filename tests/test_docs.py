@@ -3,13 +3,14 @@ renders in headless Chromium, and the README stays a short front door whose link
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.chromium import assert_shows_text, screenshot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,37 +54,9 @@ def test_architecture_lists_the_modules_of_the_source(site):
 
 
 def test_home_page_renders_in_headless_chromium(site, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (scripts/setup.sh installs it: apt package chromium)")
-    shot = tmp_path / "home.png"
-    subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}",
-            "--window-size=1280,1000",
-            f"file://{site / 'index.html'}",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    from PIL import Image
-
-    img = Image.open(shot).convert("L")
-    lo, hi = img.getextrema()
-    assert img.size == (1280, 1000) and hi - lo > 100  # text on a page, not a blank one
-    dark = float((np.asarray(img) < 128).mean())
-    assert 0.005 < dark < 0.5
-    header = np.asarray(Image.open(shot).convert("RGB"))[:40].reshape(-1, 3).mean(0)
+    img = screenshot(site / "index.html", tmp_path, (1280, 1000))
+    assert_shows_text(img, (1280, 1000))
+    header = np.asarray(img)[:40].reshape(-1, 3).mean(0)
     assert header[2] > header[0] + 40  # material's blue header bar: the theme's CSS loaded
 
 

@@ -4,7 +4,8 @@ src/vlaprune/adapters/ the checks refuse
 
 - `isinstance(x, C)` with C a class of a family (defined in a family folder, or lerobot's policy classes),
 - imports of a family module (`vlaprune.adapters.<family>...`, `lerobot.policies.<family>...`),
-- comparisons with a family name (`== "smolvla"`, `in ("pi0", "pi05")`, `match` cases).
+- comparisons with a family name (`== "smolvla"`, `in ("pi0", "pi05")`, `match` cases),
+- tuple / list / set constants holding a family name (`CHUNKED = ("smolvla", "pi0")`: a branch to come).
 
 `vlaprune.tiny` is exempt: it builds tiny instances of each family's real classes (the test fixtures).
 """
@@ -63,7 +64,9 @@ def branches(path: Path, text: str | None = None, classes: set[str] | None = Non
     classes = family_classes() if classes is None else classes
     where = path.relative_to(SRC.parent)
     out = []
-    for node in ast.walk(ast.parse(path.read_text() if text is None else text)):
+    tree = ast.parse(path.read_text() if text is None else text)
+    compared = {id(c) for n in ast.walk(tree) if isinstance(n, ast.Compare) for c in [n.left, *n.comparators]}
+    for node in ast.walk(tree):
         what = None
         if (
             isinstance(node, ast.Call)
@@ -82,6 +85,9 @@ def branches(path: Path, text: str | None = None, classes: set[str] | None = Non
         elif isinstance(node, ast.Compare):
             hit = [s for c in [node.left, *node.comparators] for s in _strings(c) if s in FAMILY_NAMES]
             what = f"compares with {', '.join(map(repr, hit))}" if hit else None
+        elif isinstance(node, ast.Tuple | ast.List | ast.Set) and id(node) not in compared:
+            hit = [s for s in _strings(node) if s in FAMILY_NAMES]
+            what = f"constant {', '.join(map(repr, hit))}" if hit else None
         elif isinstance(node, ast.match_case):
             hit = [s for s in _strings(getattr(node.pattern, "value", None) or ast.Constant(None))]
             hit = [s for s in hit if s in FAMILY_NAMES]
@@ -120,6 +126,9 @@ def test_the_family_classes_are_found():
         "def f(kind):\n    return kind in ('pi0', 'pi05')",
         "def f(cfg):\n    return 'openvla' != cfg.type",
         "def f(kind):\n    match kind:\n        case 'hf':\n            return 1",
+        "CHUNKED = ('smolvla', 'pi0', 'pi05')",
+        "def f(kind, chunked=frozenset({'pi0'})):\n    return kind in chunked",
+        "NAMES = ['openvla', 'other']",
     ],
 )
 def test_the_check_catches_a_family_branch(line):
@@ -133,3 +142,11 @@ def test_the_family_table_has_every_family():
     assert FAMILY_NAMES - {"oft"} <= set(FAMILIES)
     for name in FAMILY_NAMES - {"oft"}:
         assert FAMILIES[name].layout is not None and FAMILIES[name].folder.kind
+
+
+def test_chunk_queues_come_from_the_family_table():
+    """Closed loop runs whole chunks per env (evaluate/schedule.py) for exactly the families whose lerobot
+    select_action queues predict_action_chunk."""
+    from vlaprune.adapters import FAMILIES
+
+    assert {n for n, f in FAMILIES.items() if f.chunked} == {"smolvla", "pi0", "pi05"}

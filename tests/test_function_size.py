@@ -15,14 +15,6 @@ MAX_LINES, MAX_POSITIONAL = 60, 6
 
 KNOWN = {
     # too long
-    "scoring/diverge.py:run",
-    "scoring/units.py:unit_scores",
-    "adapters/anatomy.py:anatomy",
-    "adapters/smolvla/layout.py:layout",
-    "adapters/pi/layout.py:layout",
-    "surgery/checkpoint.py:save_pruned",
-    "surgery/checkpoint.py:load_pruned",
-    "tiny/smolvla.py:write_tiny_smolvlm",
     "tiny/oft.py:write_tiny_oft",
     # too many positional parameters
     "adapters/smolvla/keep_kv.py:_kv_only_cross",
@@ -30,8 +22,6 @@ KNOWN = {
     "adapters/smolvla/keep_kv.py:_kv_only_joint",
     "adapters/pi/keep_kv.py:language_only_layer",
     "adapters/openvla/policy.py:__init__",
-    "tiny/vit.py:__init__",
-    "recover/checkpoints.py:save",
 }
 
 

@@ -4,6 +4,7 @@ the coupling rules between stacks (`vlaprune inspect` prints it: `vlaprune.exper
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -27,6 +28,88 @@ def _parts(layout: Layout) -> dict[str, list[tuple[str, nn.Module]]]:
     return out
 
 
+def _pct(x: float | None, of: float | None) -> float | None:
+    return None if x is None or not of else round(100.0 * x / of, 3)
+
+
+def _count_flops(layout: Layout, parts: dict[str, list[tuple[str, nn.Module]]]) -> dict[Any, int]:
+    """FLOPs of one `layout.forward` in eval mode, keyed (stack, block index), ("part", component) or None."""
+    model = layout.model
+    regions: dict[nn.Module, Any] = {}
+    for c, mods in parts.items():
+        regions.update({m: ("part", c) for _, m in mods})
+    for n, s in layout.stacks.items():
+        regions.update({b: (n, i) for i, b in enumerate(s.blocks)})
+    was_training = model.training
+    model.eval()
+    try:
+        return count_flops(model, layout.forward, regions)
+    finally:
+        model.train(was_training)
+
+
+@dataclass
+class _Counts:
+    """Parameter counts (each tensor once) and FLOPs (None when not counted) of one layout."""
+
+    total: int
+    block_params: dict[str, list[int]]
+    part_params: dict[str, int]
+    fl: dict[Any, int] | None
+
+    @property
+    def total_flops(self) -> int | None:
+        return sum(self.fl.values()) if self.fl else None
+
+    def flops(self, key: Any) -> int | None:
+        return self.fl.get(key, 0) if self.fl is not None else None
+
+
+def _stack_rows(layout: Layout, n: _Counts) -> list[dict[str, Any]]:
+    """One row per stack: its place, block count, parameters and FLOPs (total and per block), coupling."""
+    couplings: dict[str, list[str]] = {}
+    for c in layout.couplings:
+        couplings.setdefault(c.a, []).append(f"{c.kind} with {c.b}")
+        couplings.setdefault(c.b, []).append(f"{c.kind} with {c.a}")
+    rows = []
+    for name, s in layout.stacks.items():
+        bf = [n.flops((name, i)) for i in range(len(s))] if n.fl is not None else None
+        params = sum(n.block_params[name])
+        rows.append(
+            {
+                "name": name,
+                "component": s.component,
+                "path": s.path,
+                "blocks": len(s),
+                "params": params,
+                "params_pct": _pct(params, n.total),
+                "flops": sum(bf) if bf is not None else None,
+                "flops_pct": _pct(sum(bf), n.total_flops) if bf is not None else None,
+                "block_params": n.block_params[name],
+                "block_flops": bf,
+                "block_notes": s.notes,
+                "counters": [c.where + "." + c.attr for c in s.counters],
+                "coupling": "; ".join(couplings.get(name, [])),
+            }
+        )
+    return rows
+
+
+def _part_rows(parts: dict[str, list[tuple[str, nn.Module]]], n: _Counts) -> list[dict[str, Any]]:
+    """One row per non-block part (embeddings, projectors, heads): its modules, parameters and FLOPs."""
+    return [
+        {
+            "component": c,
+            "modules": [p for p, _ in mods],
+            "params": n.part_params[c],
+            "params_pct": _pct(n.part_params[c], n.total),
+            "flops": n.flops(("part", c)),
+            "flops_pct": _pct(n.flops(("part", c)), n.total_flops),
+        }
+        for c, mods in parts.items()
+    ]
+
+
 def anatomy(layout: Layout, flops: bool = True) -> dict[str, Any]:
     """Parameters and FLOPs per block of every stack, per non-block part, and the rest ("other").
 
@@ -37,78 +120,22 @@ def anatomy(layout: Layout, flops: bool = True) -> dict[str, Any]:
     block_params = {n: [unique_params(b, seen) for b in s.blocks] for n, s in layout.stacks.items()}
     parts = _parts(layout)
     part_params = {c: sum(unique_params(m, seen) for _, m in mods) for c, mods in parts.items()}
-    total = unique_params(model)
-    other_params = total - sum(map(sum, block_params.values())) - sum(part_params.values())
-
-    fl: dict[Any, int] | None = None
-    if flops and layout.forward is not None:
-        regions: dict[nn.Module, Any] = {}
-        for c, mods in parts.items():
-            regions.update({m: ("part", c) for _, m in mods})
-        for n, s in layout.stacks.items():
-            regions.update({b: (n, i) for i, b in enumerate(s.blocks)})
-        was_training = model.training
-        model.eval()
-        try:
-            fl = count_flops(model, layout.forward, regions)
-        finally:
-            model.train(was_training)
-    total_flops = sum(fl.values()) if fl else None
-
-    def pct(x: float | None, of: float | None) -> float | None:
-        return None if x is None or not of else round(100.0 * x / of, 3)
-
-    couplings: dict[str, list[str]] = {}
-    for c in layout.couplings:
-        couplings.setdefault(c.a, []).append(f"{c.kind} with {c.b}")
-        couplings.setdefault(c.b, []).append(f"{c.kind} with {c.a}")
-    stacks = []
-    for n, s in layout.stacks.items():
-        bf = [fl.get((n, i), 0) for i in range(len(s))] if fl is not None else None
-        stacks.append(
-            {
-                "name": n,
-                "component": s.component,
-                "path": s.path,
-                "blocks": len(s),
-                "params": sum(block_params[n]),
-                "params_pct": pct(sum(block_params[n]), total),
-                "flops": sum(bf) if bf is not None else None,
-                "flops_pct": pct(sum(bf), total_flops) if bf is not None else None,
-                "block_params": block_params[n],
-                "block_flops": bf,
-                "block_notes": s.notes,
-                "counters": [c.where + "." + c.attr for c in s.counters],
-                "coupling": "; ".join(couplings.get(n, [])),
-            }
-        )
-    part_rows = []
-    for c, mods in parts.items():
-        f = fl.get(("part", c), 0) if fl is not None else None
-        part_rows.append(
-            {
-                "component": c,
-                "modules": [p for p, _ in mods],
-                "params": part_params[c],
-                "params_pct": pct(part_params[c], total),
-                "flops": f,
-                "flops_pct": pct(f, total_flops),
-            }
-        )
-    other_flops = fl.get(None, 0) if fl is not None else None
+    fl = _count_flops(layout, parts) if flops and layout.forward is not None else None
+    n = _Counts(unique_params(model), block_params, part_params, fl)
+    other_params = n.total - sum(map(sum, block_params.values())) - sum(part_params.values())
     return {
         "family": layout.family,
         "model_class": type(model).__name__,
-        "total_params": total,
-        "total_flops": total_flops,
+        "total_params": n.total,
+        "total_flops": n.total_flops,
         "flops_pass": layout.forward_desc if fl is not None else None,
-        "stacks": stacks,
-        "parts": part_rows,
+        "stacks": _stack_rows(layout, n),
+        "parts": _part_rows(parts, n),
         OTHER: {
             "params": other_params,
-            "params_pct": pct(other_params, total),
-            "flops": other_flops,
-            "flops_pct": pct(other_flops, total_flops),
+            "params_pct": _pct(other_params, n.total),
+            "flops": n.flops(None),
+            "flops_pct": _pct(n.flops(None), n.total_flops),
         },
         "couplings": [
             {"kind": c.kind, "a": c.a, "b": c.b, "pairs": c.pairs, "rule": c.rule} for c in layout.couplings

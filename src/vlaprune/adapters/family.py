@@ -110,6 +110,8 @@ class Family:
     vlm_maps: VLA -> base VLM tensor-name prefix rules (`vlaprune diverge --vlm_map`), by preset name.
     plugin_type: the lerobot_policy_vlaprune type its cuts are saved as when its config cannot say them.
     recipe: its own fine-tuning recipe (`Recipe`), or None (lerobot's presets).
+    chunked: its select_action queues the first n_action_steps actions of `predict_action_chunk`, so closed
+        loop may compute whole chunks and run them open loop per env (evaluate/schedule.py).
     """
 
     name: str
@@ -123,3 +125,4 @@ class Family:
     vlm_maps: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     plugin_type: str | None = None
     recipe: Recipe | None = None
+    chunked: bool = False

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-CHUNKED = ("smolvla", "pi0", "pi05")  # lerobot families whose select_action queues predict_action_chunk
+from vlaprune.adapters import family_of
 
 
 @dataclass
@@ -72,10 +72,9 @@ def chunk_actions(policy: nn.Module, pre, post) -> Callable[[dict[str, Any]], np
     own = getattr(policy, "predict_chunk", None)  # a family's own closed-loop pipeline (OFT on LIBERO)
     if callable(own):
         return lambda batch: np.asarray(own(batch), np.float32)
-    cfg = getattr(policy, "config", None)
-    kind = str(getattr(cfg, "type", "")).removeprefix("vlaprune_")
-    rtc = getattr(cfg, "rtc_config", None)
-    if kind not in CHUNKED or not hasattr(policy, "predict_action_chunk") or getattr(rtc, "enabled", False):
+    fam = family_of(policy)  # the family table says whose select_action is a chunk queue
+    queues = fam is not None and fam.chunked and hasattr(policy, "predict_action_chunk")
+    if not queues or getattr(getattr(policy.config, "rtc_config", None), "enabled", False):
         return None
     n = policy.config.n_action_steps
 

@@ -20,8 +20,10 @@ WEIGHTS = "trainee.safetensors"
 
 
 def save(
-    ckpt_root: Path, step: int, total: int, module: nn.Module, optimizer, scheduler, batch_size: int
+    ckpt_root: Path, step: int, total: int, module: nn.Module, optimizer, scheduler, *, batch_size: int
 ) -> Path:
+    """Write checkpoint `step` of `total` (the module's weights + lerobot's training state) and point `last`
+    at it; a crash mid-write leaves the previous checkpoint as `last`."""
     from lerobot.common.train_utils import get_step_identifier, save_training_state
     from safetensors.torch import save_model
 

@@ -328,7 +328,7 @@ def _steps(cfg: RecoverConfig, accelerator, trainee, opt: tuple, pre, loader, *,
                 module,
                 optimizer,
                 scheduler,
-                cfg.batch_size,
+                batch_size=cfg.batch_size,
             )
     bar.close()
     if log is not None:

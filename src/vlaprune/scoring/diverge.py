@@ -138,56 +138,58 @@ def heatmap(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def run(cfg: DivergeConfig) -> dict[str, Any]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def _tensor_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per matched tensor pair: names, module type, layer, relative change, cosine, base norm."""
+    return [
+        {
+            "base": b,
+            "tuned": t,
+            "module_type": ".".join(map(str, module_type(b)[:2])),
+            "layer": module_type(b)[2],
+            "rel_fro": st.rel,
+            "cosine": st.cosine,
+            "base_norm": math.sqrt(st.base_sq),
+        }
+        for b, (t, st) in m["stats"].items()
+    ]
+
+
+def _channel_columns(m: dict[str, Any]) -> dict[str, list]:
+    """Per-channel relative change, long format (base tensor, axis, channel index, rel)."""
+    ch: dict[str, list] = {"base": [], "axis": [], "index": [], "rel": []}
+    for b, (_, st) in m["stats"].items():
+        if st.ch_rel is None:
+            continue
+        r = st.ch_rel
+        ch["base"] += [b] * len(r)
+        ch["axis"] += [st.axis] * len(r)
+        ch["index"] += list(range(len(r)))
+        ch["rel"] += r.tolist()
+    return ch
+
+
+def _report(cfg: DivergeConfig, m: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """summary.json: what was compared, how names matched, and the summary."""
+    return {
+        "base": cfg.base,
+        "tuned": cfg.tuned,
+        "map": m["preset"],
+        "rules": m["rules"],
+        "matched": len(m["pairs"]),
+        "unmatched_tuned": m["unmatched_tuned"],
+        "unmatched_base": m["unmatched_base"],
+        "shape_mismatch": m["shape_mismatch"],
+        "seconds": round(m["seconds"], 3),
+        **summary,
+    }
+
+
+def _print(m: dict[str, Any], summary: dict[str, Any], out: Path) -> None:
+    """The module-type table and the unmatched counts on the console."""
     from rich.console import Console
     from rich.table import Table
 
-    out = Path(cfg.output_dir)
-    m = compare(cfg)
-    summary = summarize(m)
-    with atomic_dir(out, replace=True) as tmp:
-        rows = [
-            {
-                "base": b,
-                "tuned": t,
-                "module_type": ".".join(map(str, module_type(b)[:2])),
-                "layer": module_type(b)[2],
-                "rel_fro": st.rel,
-                "cosine": st.cosine,
-                "base_norm": math.sqrt(st.base_sq),
-            }
-            for b, (t, st) in m["stats"].items()
-        ]
-        pq.write_table(pa.Table.from_pylist(rows), tmp / "tensors.parquet")
-        ch = {"base": [], "axis": [], "index": [], "rel": []}
-        for b, (_, st) in m["stats"].items():
-            if st.ch_rel is None:
-                continue
-            r = st.ch_rel
-            ch["base"] += [b] * len(r)
-            ch["axis"] += [st.axis] * len(r)
-            ch["index"] += list(range(len(r)))
-            ch["rel"] += r.tolist()
-        pq.write_table(pa.table(ch), tmp / "channels.parquet")
-        report = {
-            "base": cfg.base,
-            "tuned": cfg.tuned,
-            "map": m["preset"],
-            "rules": m["rules"],
-            "matched": len(m["pairs"]),
-            "unmatched_tuned": m["unmatched_tuned"],
-            "unmatched_base": m["unmatched_base"],
-            "shape_mismatch": m["shape_mismatch"],
-            "seconds": round(m["seconds"], 3),
-            **summary,
-        }
-        (tmp / "summary.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-        heatmap(summary, tmp / "heatmap.png")
-    t = Table(
-        title=f"dW by module type ({report['matched']} tensors, map {m['preset']})", title_justify="left"
-    )
+    t = Table(title=f"dW by module type ({len(m['pairs'])} tensors, map {m['preset']})", title_justify="left")
     for c in ("module type", "||dW||/||W||", "channel p50", "channel p90"):
         t.add_column(c, justify="left" if c == "module type" else "right")
     for k, v in summary["module_types"].items():
@@ -200,4 +202,21 @@ def run(cfg: DivergeConfig) -> dict[str, Any]:
         f"{len(m['unmatched_base'])} VLM tensors; shape mismatches: {len(m['shape_mismatch'])}"
     )
     console.print(f"wrote {out}")
+
+
+def run(cfg: DivergeConfig) -> dict[str, Any]:
+    """Compare, summarize, then write tensors.parquet, channels.parquet, summary.json and heatmap.png."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(cfg.output_dir)
+    m = compare(cfg)
+    summary = summarize(m)
+    report = _report(cfg, m, summary)
+    with atomic_dir(out, replace=True) as tmp:
+        pq.write_table(pa.Table.from_pylist(_tensor_rows(m)), tmp / "tensors.parquet")
+        pq.write_table(pa.table(_channel_columns(m)), tmp / "channels.parquet")
+        (tmp / "summary.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        heatmap(summary, tmp / "heatmap.png")
+    _print(m, summary, out)
     return report

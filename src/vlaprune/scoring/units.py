@@ -22,6 +22,7 @@ are the older names of dw with direction high / low.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -133,6 +134,44 @@ def _grads(probe: Probe) -> None:
             p.requires_grad_(f)
 
 
+@dataclass
+class _Pass:
+    """What one scoring pass shares between blocks: calibration input stats (wanda / flap), each Linear's
+    unit axis ("row" / "col", flap), the seeded generator (random), parameter names and the base-VLM
+    lookup (dw criteria)."""
+
+    stats: dict | None
+    gen: torch.Generator
+    names: dict[int, str]
+    dw_lookup: Callable[[str], Any] | None
+    axes: dict[int, str] = field(default_factory=dict)
+
+
+def _block_scores(criterion: str, block: nn.Module, ks: set[str], ps: _Pass) -> dict[str, torch.Tensor]:
+    """{kind: criterion value per unit} for one block, before orienting (see `unit_scores`)."""
+    stats = ps.stats
+    ps.axes |= {id(lin): axis for _, lin, _, axis, _ in unit_weights(block, ks)}
+    if criterion == "magnitude":
+        return {
+            k: v.sqrt() for k, v in reduce(block, ks, lambda p, lin: lin.weight.detach().square()).items()
+        }
+    if criterion == "wanda":
+        return reduce(block, ks, lambda p, lin: lin.weight.detach().abs() * _sq(stats, lin).sqrt()[None, :])
+    if criterion == "flap":
+        return reduce(block, ks, lambda p, lin: _flap(stats, lin, ps.axes[id(lin)]))
+    if criterion == "taylor":
+        # a weight the loss does not reach (e.g. the last VLM block's MLP in SmolVLA) has no grad: 0
+        return reduce(block, ks, lambda p, lin: (lin.weight.detach() * _grad(lin.weight)).abs())
+    if criterion == "random":
+        return {
+            k: torch.rand(len(v), generator=ps.gen, dtype=torch.float64)
+            for k, v in reduce(block, ks, lambda p, lin: lin.weight.detach()).items()
+        }
+    if criterion == "dw":
+        return dw_reconstruction(block, ks, _base_of(ps.names, ps.dw_lookup))
+    return movement(block, ks, criterion, _base_of(ps.names, ps.dw_lookup))
+
+
 def unit_scores(
     probe: Probe,
     criterion: str,
@@ -158,41 +197,13 @@ def unit_scores(
         stats = input_stats(probe, kinds)
     if criterion == "taylor":
         _grads(probe)
-    gen = torch.Generator().manual_seed(probe.seed)
-    axes = {}
+    ps = _Pass(stats, torch.Generator().manual_seed(probe.seed), names, dw_lookup)
     out: dict[str, list[dict[str, torch.Tensor]]] = {}
     for s in probe.stacks:
-        per_block = []
+        out[s] = []
         for block in probe.layout.stacks[s].blocks:
-            ks = kinds.get(s, set())
-            axes |= {id(lin): axis for _, lin, _, axis, _ in unit_weights(block, ks)}
-            if criterion == "magnitude":
-                sc = {
-                    k: v.sqrt()
-                    for k, v in reduce(block, ks, lambda p, lin: lin.weight.detach().square()).items()
-                }
-            elif criterion == "wanda":
-                sc = reduce(
-                    block,
-                    ks,
-                    lambda p, lin: lin.weight.detach().abs() * _sq(stats, lin).sqrt()[None, :],
-                )
-            elif criterion == "flap":
-                sc = reduce(block, ks, lambda p, lin: _flap(stats, lin, axes[id(lin)]))
-            elif criterion == "taylor":
-                # a weight the loss does not reach (e.g. the last VLM block's MLP in SmolVLA) has no grad: 0
-                sc = reduce(block, ks, lambda p, lin: (lin.weight.detach() * _grad(lin.weight)).abs())
-            elif criterion == "random":
-                sc = {
-                    k: torch.rand(len(v), generator=gen, dtype=torch.float64)
-                    for k, v in reduce(block, ks, lambda p, lin: lin.weight.detach()).items()
-                }
-            elif criterion == "dw":
-                sc = dw_reconstruction(block, ks, _base_of(names, dw_lookup))
-            else:
-                sc = movement(block, ks, criterion, _base_of(names, dw_lookup))
-            per_block.append({k: v if direction == "low" else -v for k, v in sc.items()})
-        out[s] = per_block
+            sc = _block_scores(criterion, block, kinds.get(s, set()), ps)
+            out[s].append({k: v if direction == "low" else -v for k, v in sc.items()})
     if criterion == "taylor":
         probe.layout.model.zero_grad(set_to_none=True)
     return out

@@ -76,35 +76,13 @@ def save_pruned(
 
     extra_json: more files to write alongside, {file name: JSON-able object} (e.g. the cost report)."""
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise VlapruneError(f"{out} already exists and is not empty; choose a new --output_dir or remove it")
+    _check_can_save(out, record)
     base = record.base
-    if base is None:
-        raise VlapruneError(
-            "this model's base architecture cannot be rebuilt (no config and no source folder); load it "
-            "from a checkpoint folder or a registered builder before pruning it"
-        )
     lay = find_layout(model, record.stacks)
     fmt = FOLDERS.get(base["kind"])
     if fmt is not None and fmt.write is not None:  # the family writes its own layout (OpenVLA-OFT)
         return _save_own_layout(fmt, model, record, out, lay, source=processors_from, extra_json=extra_json)
-    dropped = {n for p in record.plans if isinstance(p, BlockPlan) for n, idx in p.drops.items() if idx}
-    # per-layer widths (or added biases): no family config has them; masked units keep every shape
-    unit_plans = any(
-        p.kind == "width"
-        or (
-            p.kind == "units"
-            and (p.removal == "real" or any(b.get("bias") for bl in p.units.values() for b in bl.values()))
-        )
-        for p in record.plans
-    )
-    # nor kv-only layers or skipped blocks (holes in a stack)
-    kv_only = any(
-        isinstance(p, BlockPlan) and (any(p.kv_only.values()) or any(p.skipped.values()))
-        for p in record.plans
-    )
-    expressible = base["kind"] not in ("source", "builder") and dropped <= lay.config_expresses
-    expressible = expressible and not unit_plans and not kv_only and not base.get("builder")
+    expressible = _config_expresses(record, lay)
     plugin = not expressible and not record.stacks and lay.family in PLUGIN_TYPES
     plan_json = _record_json(
         lay, model, record, OWN_WEIGHTS if expressible or plugin else PRUNED_WEIGHTS, expressible
@@ -125,10 +103,49 @@ def save_pruned(
             for pattern in PROCESSOR_GLOBS:
                 for f in Path(processors_from).glob(pattern):
                     shutil.copy2(f, tmp / f.name)
-        (tmp / "plan.json").write_text(json.dumps(plan_json, indent=2, default=str) + "\n")
-        for name, obj in (extra_json or {}).items():
-            (tmp / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+        _write_json(tmp, plan_json, extra_json)
     return out
+
+
+def _check_can_save(out: Path, record: PruningRecord) -> None:
+    """Refuse a non-empty output folder and a model whose base architecture cannot be rebuilt."""
+    if out.exists() and any(out.iterdir()):
+        raise VlapruneError(f"{out} already exists and is not empty; choose a new --output_dir or remove it")
+    if record.base is None:
+        raise VlapruneError(
+            "this model's base architecture cannot be rebuilt (no config and no source folder); load it "
+            "from a checkpoint folder or a registered builder before pruning it"
+        )
+
+
+def _config_expresses(record: PruningRecord, lay) -> bool:
+    """Can the family's own config describe the pruned shape, so its loader rebuilds it unaided? Only block
+    drops from stacks the config counts do (`Layout.config_expresses`), on a model with a family config."""
+    base = record.base
+    dropped = {n for p in record.plans if isinstance(p, BlockPlan) for n, idx in p.drops.items() if idx}
+    # per-layer widths (or added biases): no family config has them; masked units keep every shape
+    unit_plans = any(
+        p.kind == "width"
+        or (
+            p.kind == "units"
+            and (p.removal == "real" or any(b.get("bias") for bl in p.units.values() for b in bl.values()))
+        )
+        for p in record.plans
+    )
+    # nor kv-only layers or skipped blocks (holes in a stack)
+    kv_only = any(
+        isinstance(p, BlockPlan) and (any(p.kv_only.values()) or any(p.skipped.values()))
+        for p in record.plans
+    )
+    expressible = base["kind"] not in ("source", "builder") and dropped <= lay.config_expresses
+    return expressible and not unit_plans and not kv_only and not base.get("builder")
+
+
+def _write_json(folder: Path, plan_json: dict[str, Any], extra_json: dict[str, Any] | None) -> None:
+    """plan.json and the extra {file name: object} JSON files."""
+    (folder / "plan.json").write_text(json.dumps(plan_json, indent=2, default=str) + "\n")
+    for name, obj in (extra_json or {}).items():
+        (folder / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def _record_json(lay, model: nn.Module, record: PruningRecord, weights: str, own: bool) -> dict[str, Any]:
@@ -174,9 +191,7 @@ def _save_own_layout(fmt, model, record: PruningRecord, out: Path, lay, *, sourc
     plan_json = _record_json(lay, model, record, OWN_WEIGHTS if vla_ok else PRUNED_WEIGHTS, own)
     with atomic_dir(out) as tmp:
         fmt.write(model, tmp, Path(source) if source else None, vla_ok)
-        (tmp / "plan.json").write_text(json.dumps(plan_json, indent=2, default=str) + "\n")
-        for name, obj in (extra_json or {}).items():
-            (tmp / name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+        _write_json(tmp, plan_json, extra_json)
     return out
 
 
@@ -218,6 +233,24 @@ def load_pruned(folder: str | Path, trust_remote_code: bool = False) -> tuple[So
     with where it came from, its PruningRecord). trust_remote_code: run model code the folder ships
     (OpenVLA); refused without it."""
     folder = Path(folder)
+    saved = _read_record(folder)
+    record = PruningRecord(
+        base=saved["base"],
+        stacks=saved.get("stacks"),
+        plans=[plan_from_dict(p) for p in saved["plans"]],
+        trained_on=saved.get("trained_on"),
+    )
+    source = rebuild(record.base, folder, trust_remote_code)
+    model = source.module
+    _replay(model, record)
+    _load_weights(model, FOLDERS.get(record.base["kind"]), folder, saved["weights"])
+    source.module, source.folder = model.eval(), folder
+    source.kind = kind_of(model)
+    return source, record
+
+
+def _read_record(folder: Path) -> dict[str, Any]:
+    """The saved pruning record (plan.json, else the plugin config.json's), checked: format, keys, weights."""
     plan_file = folder / "plan.json"
     saved = record_from_config(folder)  # the plugin format: config.json carries the record
     if plan_file.is_file():
@@ -243,15 +276,11 @@ def load_pruned(folder: str | Path, trust_remote_code: bool = False) -> tuple[So
     weights = folder / saved["weights"]
     if not weights.is_file():
         raise VlapruneError(f"{weights} is missing; the checkpoint is incomplete (re-save it)")
-    record = PruningRecord(
-        base=saved["base"],
-        stacks=saved.get("stacks"),
-        plans=[plan_from_dict(p) for p in saved["plans"]],
-        trained_on=saved.get("trained_on"),
-    )
-    source = rebuild(record.base, folder, trust_remote_code)
-    fmt = FOLDERS.get(record.base["kind"])
-    model = source.module
+    return saved
+
+
+def _replay(model: nn.Module, record: PruningRecord) -> None:
+    """Apply the record's plans, in order, to the freshly rebuilt base model (shapes only, no weights)."""
     for plan in record.plans:
         if plan.kind == "width":
             apply_width(resnet_of(find_layout(model, record.stacks), plan.stack), plan.kept)
@@ -261,11 +290,16 @@ def load_pruned(folder: str | Path, trust_remote_code: bool = False) -> tuple[So
             replay_sublayers(model, plan, record.stacks)
         else:
             replay_blocks(model, plan, record.stacks)
+
+
+def _load_weights(model: nn.Module, fmt, folder: Path, weights_name: str) -> None:
+    """Load the saved weights strictly (missing / unexpected keys or shapes: one-line VlapruneError)."""
     from safetensors.torch import load_model
 
+    weights = folder / weights_name
     try:
         if fmt is not None and fmt.load_weights is not None:  # the family's own files (OFT's head)
-            fmt.load_weights(model, folder, saved["weights"])
+            fmt.load_weights(model, folder, weights_name)
         else:
             load_model(model, str(weights), strict=True)
     except VlapruneError:
@@ -275,6 +309,3 @@ def load_pruned(folder: str | Path, trust_remote_code: bool = False) -> tuple[So
         raise VlapruneError(
             f"refusing {weights}: the weights do not match the pruned architecture ({msg})"
         ) from None
-    source.module, source.folder = model.eval(), folder
-    source.kind = kind_of(model)
-    return source, record

@@ -32,30 +32,13 @@ def write_tiny_smolvlm(
     patch: int = PATCH,
 ) -> Path:
     """Write a SmolVLM2-architecture config, image processor and tokenizer to `out_dir` (no weights)."""
-    from transformers import SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor
+    from transformers import SmolVLMConfig
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     specials = tuple(SMOLVLM_SPECIALS.values())
     tok = build_tokenizer(out, extra_special=SMOLVLM_SPECIALS, specials=specials)
-    image_proc = SmolVLMImageProcessor(
-        size={"longest_edge": IMAGE_SIZE},
-        max_image_size={"longest_edge": IMAGE_SIZE},
-        do_image_splitting=False,
-    )
-    try:
-        from transformers import SmolVLMVideoProcessor
-
-        video_proc = SmolVLMVideoProcessor()
-    except Exception:  # video processing needs torchvision ops that a CPU torchvision may lack
-        video_proc = None
-    proc = SmolVLMProcessor(
-        image_processor=image_proc,
-        tokenizer=tok,
-        video_processor=video_proc,
-        image_seq_len=(IMAGE_SIZE // patch) ** 2 // SCALE**2,
-    )
-    proc.save_pretrained(str(out))
+    _processor(tok, patch).save_pretrained(str(out))
     head_dim = 16
     cfg = SmolVLMConfig(
         text_config=dict(
@@ -86,6 +69,29 @@ def write_tiny_smolvlm(
     )
     cfg.save_pretrained(str(out))
     return out
+
+
+def _processor(tok, patch: int):
+    """A SmolVLMProcessor for IMAGE_SIZE images, one tile each (no splitting), with `tok` as its tokenizer."""
+    from transformers import SmolVLMImageProcessor, SmolVLMProcessor
+
+    image_proc = SmolVLMImageProcessor(
+        size={"longest_edge": IMAGE_SIZE},
+        max_image_size={"longest_edge": IMAGE_SIZE},
+        do_image_splitting=False,
+    )
+    try:
+        from transformers import SmolVLMVideoProcessor
+
+        video_proc = SmolVLMVideoProcessor()
+    except Exception:  # video processing needs torchvision ops that a CPU torchvision may lack
+        video_proc = None
+    return SmolVLMProcessor(
+        image_processor=image_proc,
+        tokenizer=tok,
+        video_processor=video_proc,
+        image_seq_len=(IMAGE_SIZE // patch) ** 2 // SCALE**2,
+    )
 
 
 def tiny_smolvla_config(

@@ -81,10 +81,12 @@ class PatchEmbed(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """timm-shaped ViT. `no_embed_class`-free layout: cls token (optional) + positional embedding."""
+    """timm-shaped ViT. `no_embed_class`-free layout: cls token (optional) + positional embedding.
+    Built from keyword arguments only (as OFT's Prismatic code calls timm's `VisionTransformer(**kwargs)`)."""
 
     def __init__(
         self,
+        *,
         img_size: int = 32,
         patch_size: int = 8,
         embed_dim: int = 32,

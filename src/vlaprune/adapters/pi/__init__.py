@@ -22,6 +22,7 @@ def _family(name: str, maps: dict):
         example_weights=mean_weights,
         vlm_maps=maps,
         plugin_type=f"vlaprune_{name}",
+        chunked=True,
     )
 
 

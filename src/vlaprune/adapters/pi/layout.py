@@ -58,13 +58,14 @@ PARTS = {
 }
 
 
-def layout(policy: nn.Module) -> Layout:
+def _stacks(policy: nn.Module) -> dict:
+    """The vision, language and action stacks with the config counters surgery keeps in step; notes mark
+    keep-K/V language blocks and skipped expert blocks."""
     pwe = policy.model.paligemma_with_expert
     pali_cfg = pwe.paligemma.config
     layers = pwe.paligemma.model.language_model.layers
     expert = pwe.gemma_expert.model.layers
-    n = len(layers)
-    stacks = {
+    return {
         "vision": make_stack(
             policy,
             "vision",
@@ -95,6 +96,14 @@ def layout(policy: nn.Module) -> Layout:
             exit=f"{ROOT}.gemma_expert.model.norm",
         ),
     }
+
+
+def layout(policy: nn.Module) -> Layout:
+    """pi0 / pi0.5's stacks, their lockstep coupling and their passes."""
+    pwe = policy.model.paligemma_with_expert
+    expert = pwe.gemma_expert.model.layers
+    n = len(pwe.paligemma.model.language_model.layers)
+    stacks = _stacks(policy)
     cfg = policy.config
     return Layout(
         family=cfg.type,

@@ -21,6 +21,7 @@ FAMILY = lerobot.family(
     example_weights=valid_step_weights,
     vlm_maps={"smolvla": VLM_MAP},
     plugin_type="vlaprune_smolvla",
+    chunked=True,
 )
 
 __all__ = ["FAMILY", "ROOT", "layout"]

@@ -53,21 +53,12 @@ def attention_kinds(n_blocks: int, every_n: int, mode: str) -> list[str]:
     return ["self-attn" if every_n > 0 and i % every_n == 0 else "cross-attn" for i in range(n_blocks)]
 
 
-def layout(policy: nn.Module) -> Layout:
+def _stacks(policy: nn.Module, lang_notes: list[str], action_notes: list[str]) -> dict:
+    """The vision, language and action stacks with the config counters surgery keeps in step."""
     vwe = policy.model.vlm_with_expert
     vlm = vwe.vlm
     cfg = policy.config
-    n_vlm, n_exp = len(vwe.get_vlm_model().text_model.layers), len(vwe.lm_expert.layers)
-    kinds = attention_kinds(n_vlm, vwe.self_attn_every_n_layers, vwe.attention_mode)
-    m = n_vlm // n_exp
-    period = vwe.self_attn_every_n_layers if "cross" in vwe.attention_mode else 0
-    pairs = [j * m for j in range(n_exp)]
-    layers = vwe.get_vlm_model().text_model.layers
-    # a VLM block is read by the expert when it has a partner that an action-only drop did not remove
-    live = {p for p, b in zip(pairs, vwe.lm_expert.layers, strict=True) if not is_skipped(b)}
-    read = [i in live for i in range(n_vlm)]
-    lang_notes = [k + (" (kv-only)" if is_kv_only(b) else "") for k, b in zip(kinds, layers, strict=True)]
-    stacks = {
+    return {
         "vision": make_stack(
             policy,
             "vision",
@@ -98,13 +89,31 @@ def layout(policy: nn.Module) -> Layout:
                 Counter(vwe.lm_expert.config, "num_hidden_layers", "lm_expert.config"),
             ],
             layer_idx_attr="self_attn.layer_idx",
-            notes=[
-                f"with language {p} ({kinds[p]})" + (", skipped" if is_skipped(b) else "")
-                for p, b in zip(pairs, vwe.lm_expert.layers, strict=True)
-            ],
+            notes=action_notes,
             exit=f"{ROOT}.lm_expert.norm",
         ),
     }
+
+
+def layout(policy: nn.Module) -> Layout:
+    """SmolVLA's stacks, their pairing (expert block j with VLM block j*m) and its passes."""
+    vwe = policy.model.vlm_with_expert
+    cfg = policy.config
+    layers = vwe.get_vlm_model().text_model.layers
+    n_vlm, n_exp = len(layers), len(vwe.lm_expert.layers)
+    kinds = attention_kinds(n_vlm, vwe.self_attn_every_n_layers, vwe.attention_mode)
+    m = n_vlm // n_exp
+    period = vwe.self_attn_every_n_layers if "cross" in vwe.attention_mode else 0
+    pairs = [j * m for j in range(n_exp)]
+    # a VLM block is read by the expert when it has a partner that an action-only drop did not remove
+    live = {p for p, b in zip(pairs, vwe.lm_expert.layers, strict=True) if not is_skipped(b)}
+    read = [i in live for i in range(n_vlm)]
+    lang_notes = [k + (" (kv-only)" if is_kv_only(b) else "") for k, b in zip(kinds, layers, strict=True)]
+    action_notes = [
+        f"with language {p} ({kinds[p]})" + (", skipped" if is_skipped(b) else "")
+        for p, b in zip(pairs, vwe.lm_expert.layers, strict=True)
+    ]
+    stacks = _stacks(policy, lang_notes, action_notes)
     rule = (
         f"action block j runs with language block {m}*j ({n_exp} of {n_vlm} language blocks have a partner); "
         f"language block i is self-attn if i % {vwe.self_attn_every_n_layers} == 0, else cross-attn"
