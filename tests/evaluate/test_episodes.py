@@ -1,6 +1,6 @@
 """Same seed, same episode: a closed-loop episode is a function of (policy, env, task, seed), whatever the
 number of parallel envs and whatever ran before in the process (here: other rollouts, a recovery run and
-a scrambled global RNG), in two separate processes."""
+a scrambled global RNG), in two separate processes (run at the same time)."""
 
 import json
 import subprocess
@@ -36,21 +36,25 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def episodes(n_envs: int, root, work) -> dict:
-    res = subprocess.run(
+def start(n_envs: int, root, work) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, "-c", SCRIPT, str(n_envs), str(root), str(work)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
     )
-    assert res.returncode == 0, res.stderr[-3000:]
-    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("RESULT "))
+
+
+def episodes(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
 
 
 def test_episodes_do_not_depend_on_n_envs_or_history(tiny_dataset, tmp_path):
-    one = episodes(1, tiny_dataset, tmp_path / "a")
-    two = episodes(2, tiny_dataset, tmp_path / "b")
+    procs = [start(1, tiny_dataset, tmp_path / "a"), start(2, tiny_dataset, tmp_path / "b")]  # at once
+    one, two = map(episodes, procs)
     strip = lambda r: {t: [(e["seed"], e["success"], e["steps"]) for e in eps] for t, eps in r.items()}  # noqa: E731
     assert strip(one) == strip(two)
     # returns match to float noise (a batch of 2 rounds matmuls differently from a batch of 1)
