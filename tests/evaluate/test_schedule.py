@@ -1,9 +1,10 @@
 """Episodes scheduled per env (evaluate/schedule.py) are the episodes the grouped schedule gave: the same
-(seed, success, steps) for every seed and n_envs, returns equal to float rounding, as recorded with main's
-rollouts before the change (tests/evaluate/data/episodes_main.json, commit 6a39da0: gymnasium AsyncVectorEnv,
-groups of n_envs, one select_action per step) and as `schedule.grouped` gives them now; and the schedule
-itself: an env starts its next episode as soon as its episode ends, the policy runs only for envs whose
-queue is empty, each episode replans every n_action_steps of its own steps."""
+(seed, success, steps) for every seed and n_envs, returns equal to float rounding (bit-identical to
+`schedule.grouped` with one env on the same machine), as recorded with main's rollouts before the change
+(tests/evaluate/data/episodes_main.json, commit 6a39da0: gymnasium AsyncVectorEnv, groups of n_envs, one
+select_action per step) and as `schedule.grouped` gives them now; and the schedule itself: an env starts its
+next episode as soon as its episode ends, the policy runs only for envs whose queue is empty, each episode
+replans every n_action_steps of its own steps."""
 
 import functools
 import json
@@ -25,13 +26,15 @@ MAIN = json.loads((Path(__file__).parent / "data" / "episodes_main.json").read_t
 SEEDS = list(range(100000, 100005))
 
 
-def same_episodes(got: list[dict], want: list[dict], exact: bool) -> None:
+def same_episodes(got: list[dict], want: list[dict], rel: float) -> None:
+    """Same (seed, success, steps); returns within `rel` (relative): 0 for the same batches on this machine;
+    1e-4 against the recorded file (another CPU's kernels round differently: recorded on a Xeon, 1.3e-5 apart
+    over a 61-step demo episode on an AMD EPYC) and where a batch of 2 rounds matmuls differently from 1."""
     assert [(e["seed"], e["success"], e["steps"]) for e in got] == [
         (e["seed"], e["success"], e["steps"]) for e in want
     ]
-    for a, b in zip(got, want):  # a batch of 2 rounds matmuls differently from a batch of 1
-        tol = 0 if exact else 1e-4 * max(1.0, abs(b["return"]))
-        assert abs(a["return"] - b["return"]) <= tol, (a, b)
+    for a, b in zip(got, want):
+        assert abs(a["return"] - b["return"]) <= rel * max(1.0, abs(b["return"])), (a, b)
 
 
 def grouped(policy, pre, post, task: str, n_envs: int, env_kw: dict) -> list[dict]:
@@ -52,9 +55,9 @@ def test_tiny_policies_give_mains_episodes(name, tiny_dataset):
             for task in ("reach-v3", "drawer-close-v3"):
                 kw = {"max_steps": 12}
                 got = cl.rollouts(policy.module, pre, post, "metaworld", task, SEEDS, n_envs=n, env_kw=kw)
-                same_episodes(got, MAIN[f"{name}|{n}|{task}"], exact=n == 1)  # one env: the same batches
-                if n == 3:
-                    same_episodes(got, grouped(policy.module, pre, post, task, n, kw), exact=False)
+                same_episodes(got, MAIN[f"{name}|{n}|{task}"], rel=1e-4)
+                # one env: the same batches as the grouped schedule, so bit-identical on this machine
+                same_episodes(got, grouped(policy.module, pre, post, task, n, kw), rel=0 if n == 1 else 1e-4)
     finally:
         cl.close_envs()
 
@@ -67,7 +70,7 @@ def test_demo_policy_gives_mains_episodes():
         for n in (1, 2):
             for task in ("drawer-close-v3", "button-press-v3"):
                 got = cl.rollouts(policy.module, pre, post, "metaworld", task, SEEDS, n_envs=n)
-                same_episodes(got, MAIN[f"demo|{n}|{task}"], exact=n == 1)
+                same_episodes(got, MAIN[f"demo|{n}|{task}"], rel=1e-4)
     finally:
         cl.close_envs()
     assert any(e["success"] for e in MAIN["demo|1|drawer-close-v3"])  # the episodes end at different steps
