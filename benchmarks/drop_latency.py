@@ -10,15 +10,19 @@ counter; latency of `select_action` with the action
 queue emptied (one full inference per call), timed in interleaved rounds (every model once per round) and
 summarised by the median, so machine noise hits all variants alike. Reports, per variant, against the
 uncut model as lerobot runs it and against the uncut model on vlaprune's joint forward (the code path the
-cuts run: it projects the cached prefix K/V of cross-attention layers once per chunk, not per step):
+cuts run; its denoising steps skip work lerobot repeats per step and run the expert's linears on weights
+packed once for oneDNN: `vlaprune.adapters.smolvla.denoise`, `vlaprune.adapters.packed`):
   FLOP ratio pruned / original, latency ratio pruned / original,
   efficiency = measured speed-up / FLOP-ideal speed-up = (t_orig / t_pruned) / (F_orig / F_pruned)
+and, per variant, the median time of the prefix pass (vision + language, once per chunk) and of the
+denoising steps (the expert, 10 per chunk), to show where the time beyond the FLOPs goes.
 Writes benchmarks/results/drop_latency.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -83,15 +87,19 @@ def main() -> None:
         calls[name] = call
     flops = {name: sum(count_flops(m, layout(m).forward, {}).values()) for name, (m, _) in variants.items()}
     times = {name: [] for name in variants}
+    phases = {name: {"prefix": [], "denoise": []} for name in variants}
     with torch.no_grad():
         for fn in calls.values():  # warm-up
             fn()
             fn()
         for _ in range(args.rounds):
             for name, fn in calls.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
+                with phase_clock(variants[name][0]) as clock:
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t0)
+                for phase, seconds in clock.items():
+                    phases[name][phase].append(seconds)
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = []
     for name in variants:
@@ -100,6 +108,8 @@ def main() -> None:
             "params": sum(p.numel() for p in variants[name][0].parameters()),
             "flops_per_chunk": flops[name],
             "median_ms": round(1e3 * med[name], 2),
+            "prefix_ms": round(1e3 * statistics.median(phases[name]["prefix"]), 2),
+            "denoise_ms": round(1e3 * statistics.median(phases[name]["denoise"]), 2),
         }
         for ref, tag in (("original", ""), ("original (vlaprune joint forward)", "_same_path")):
             f_ratio, t_ratio = flops[name] / flops[ref], med[name] / med[ref]
@@ -108,8 +118,9 @@ def main() -> None:
             row[f"efficiency{tag}"] = round((1 / t_ratio) / (1 / f_ratio), 4)
         rows.append(row)
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        "machine": f"{cpu_name()}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",
+        "date": time.strftime("%Y-%m-%d"),
         "model": f"SmolVLA random weights, {rows[0]['params'] / 1e6:.1f} M params, "
         f"text {n}x{args.text_hidden}, "
         f"vision {args.vision_layers}x{args.vision_hidden}, 48 text tokens, 10 denoising steps",
@@ -119,6 +130,38 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+@contextlib.contextmanager
+def phase_clock(policy):
+    """Seconds spent in the joint VLM + expert forward during the block, split into the prefix pass
+    (inputs_embeds[0] given) and the denoising steps (prefix None): {"prefix": s, "denoise": s}."""
+    vwe = policy.model.vlm_with_expert
+    own = vars(vwe).get("forward")  # a cut's joint forward on the instance, or None (the class's)
+    forward, clock = vwe.forward, {"prefix": 0.0, "denoise": 0.0}
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = forward(*args, **kwargs)
+        clock["prefix" if kwargs["inputs_embeds"][0] is not None else "denoise"] += time.perf_counter() - t0
+        return out
+
+    vwe.forward = timed
+    try:
+        yield clock
+    finally:
+        if own is None:
+            del vwe.forward
+        else:
+            vwe.forward = own
+
+
+def cpu_name() -> str:
+    """The CPU model as lscpu / /proc/cpuinfo name it (e.g. "AMD EPYC"), or "unknown CPU"."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 if __name__ == "__main__":

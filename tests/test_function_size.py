@@ -17,9 +17,6 @@ KNOWN = {
     # too long
     "tiny/oft.py:write_tiny_oft",
     # too many positional parameters
-    "adapters/smolvla/keep_kv.py:_kv_only_cross",
-    "adapters/smolvla/keep_kv.py:_cross_denoise",  # lerobot's layer-method signature, as _kv_only_cross
-    "adapters/smolvla/keep_kv.py:_kv_only_joint",
     "adapters/pi/keep_kv.py:language_only_layer",
     "adapters/openvla/policy.py:__init__",
 }

@@ -1,4 +1,8 @@
-"""Dead compute (`surgery.dead`): what nothing reads goes, and the actions stay bit-identical."""
+"""Dead compute (`surgery.dead`): what nothing reads goes, and the actions stay bit-identical.
+
+The reference is the uncut model on the joint forward every in-place cut installs (same code path, so the
+same arithmetic: SmolVLA's denoising steps there run a fused attention that equals lerobot's eager one up to
+the last bits, tested in test_keep_kv)."""
 
 import json
 
@@ -13,9 +17,15 @@ from vlaprune.policy import wrap
 from vlaprune.surgery.dead import dead_blocks, dead_request
 
 
+def same_path(policy):
+    """`policy` running the in-place cuts' joint forward, uncut."""
+    layout(policy).skip_in_place["action"].install()
+    return policy
+
+
 @pytest.mark.parametrize("kind", ["smolvla", "pi0", "pi05"])
 def test_the_last_language_update_is_dead_and_goes_for_free(kind, fresh):
-    policy = fresh(kind)
+    policy = same_path(fresh(kind))
     want = actions(policy)
     assert dead_blocks(layout(policy)) == {"language": {"update": [3], "whole": []}}
     handle = wrap(policy)
@@ -29,7 +39,7 @@ def test_unread_blocks_after_the_last_read_one_are_dead(fresh):
     """SmolVLA with 2 expert blocks on 4 VLM blocks: expert 1 reads VLM block 2, so block 2's update and all
     of block 3 are dead; after an action-only drop of expert 1, the last read block is 0."""
     kw = {"num_expert_layers": 2, "self_attn_every_n_layers": 4}
-    policy = fresh("smolvla", **kw)
+    policy = same_path(fresh("smolvla", **kw))
     assert dead_blocks(layout(policy)) == {"language": {"update": [2], "whole": [3]}}
     want = actions(policy)
     plan = wrap(policy).drop_blocks(dead_request(layout(policy)))

@@ -8,7 +8,9 @@ the prefix, only its keys / values, and the language tokens' hidden state passes
     (B, Lp, H_kv, D) joined with the expert's; only the expert's queries attend;
   - cross-attention layers (training): the expert projects the prefix K/V with its own k/v projections, as
     in lerobot's `forward_cross_attn_layer`, without the prefix's own attention;
-  - denoising steps (prefix None) read the cache and never touch the VLM block: lerobot's code runs as is.
+  - denoising steps (prefix None) read the cache and never touch the VLM block: the expert runs alone
+    (`vlaprune.adapters.smolvla.denoise`: RoPE tables once per step, no cache copies, cross-attention
+    prefix K/V projected once per chunk, fused GQA attention; equal to lerobot's up to the last bits).
 Layers with full blocks run lerobot's own `forward_attn_layer` / `forward_cross_attn_layer`. A kv-only layer
 that no expert block reads (fewer expert blocks than VLM blocks, or its partner skipped) is skipped entirely.
 A skipped expert block (action-only drop) counts as "no expert block at this layer", as lerobot's code
@@ -26,6 +28,7 @@ from torch import nn
 
 from vlaprune.adapters.keep_kv import is_kv_only
 from vlaprune.adapters.skipped import is_skipped
+from vlaprune.adapters.smolvla import denoise
 
 
 def install(vwe: nn.Module) -> None:
@@ -55,16 +58,23 @@ def joint_forward(
         past_key_values = DynamicCache()
     head_dim = self.vlm.config.text_config.head_dim
     every = self.self_attn_every_n_layers
+    denoising = inputs_embeds[0] is None and past_key_values is not None and not fill_kv_cache
+    tables = denoise.step_tables(position_ids, attention_mask, head_dim) if denoising else None
     for layer_idx in range(self.num_vlm_layers):
         kv_only = is_kv_only(model_layers[0][layer_idx])
         if model_layers[1][layer_idx] is None and (kv_only or inputs_embeds[0] is None):
             continue  # nothing of this layer is left to run (or, denoising, nothing of it reads the suffix)
         joint = fill_kv_cache or "cross" not in self.attention_mode or (every > 0 and layer_idx % every == 0)
+        if denoising:  # the expert alone on the cached prefix K/V (`denoise`: fused attention, no copies)
+            expert = model_layers[1][layer_idx]
+            hidden = denoise.expert_block(
+                expert, past_key_values, layer_idx, inputs_embeds[1], tables, not joint
+            )
+            inputs_embeds = [None, hidden]
+            continue
         if kv_only and inputs_embeds[0] is not None and (joint or not past_key_values):
             step = _kv_only_joint if joint else _kv_only_cross
             step = types.MethodType(step, self)
-        elif not joint and inputs_embeds[0] is None and past_key_values is not None:
-            step = types.MethodType(_cross_denoise, self)
         else:
             step = self.forward_attn_layer if joint else self.forward_cross_attn_layer
         att_outputs, past_key_values = step(
@@ -73,8 +83,8 @@ def joint_forward(
             layer_idx,
             position_ids,
             attention_mask,
-            batch_size,
-            head_dim,
+            batch_size=batch_size,
+            head_dim=head_dim,
             use_cache=use_cache,
             past_key_values=past_key_values,
         )
@@ -121,7 +131,7 @@ def _expert_qkv(layer: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, .
 
 
 def _kv_only_joint(
-    self, model_layers, inputs_embeds, layer_idx, position_ids, attention_mask, batch_size, head_dim,
+    self, model_layers, inputs_embeds, layer_idx, position_ids, attention_mask, *, batch_size, head_dim,
     use_cache=True, past_key_values=None,
 ):  # fmt: skip
     """A joint self-attention layer whose VLM block is kv-only: keys / values over [prefix; suffix], queries
@@ -153,7 +163,7 @@ def _kv_only_joint(
 
 
 def _kv_only_cross(
-    self, model_layers, inputs_embeds, layer_idx, position_ids, attention_mask, batch_size, head_dim,
+    self, model_layers, inputs_embeds, layer_idx, position_ids, attention_mask, *, batch_size, head_dim,
     use_cache=True, past_key_values=None,
 ):  # fmt: skip
     """A cross-attention layer whose VLM block is kv-only (training): the expert reads the prefix K/V
@@ -174,40 +184,6 @@ def _kv_only_cross(
     v = a.v_proj(v).view(*v.shape[:-1], -1, a.head_dim)
     positions = position_ids[:, n_prefix:]
     positions = positions - torch.min(positions, dim=1, keepdim=True).values  # the expert starts at 0
-    mask = attention_mask[:, -inputs_embeds[1].shape[1] :, : k.shape[1]]
-    att = self.get_attention_interface()(mask, batch_size, head_dim, apply_rope(query, positions), k, v)
-    return [None, att], past_key_values
-
-
-def _cross_denoise(
-    self, model_layers, inputs_embeds, layer_idx, position_ids, attention_mask, batch_size, head_dim,
-    use_cache=True, past_key_values=None,
-):  # fmt: skip
-    """lerobot's `forward_cross_attn_layer` in a denoising step (prefix None, cache filled), with the expert's
-    projection of the cached prefix K/V memoized on the cache object: the prefix K/V of a cross layer are
-    never written during denoising, so the projection is the same at every step. Returns [None, (B, Ls,
-    H*D)] (or [None] when no expert block runs here)."""
-    from lerobot.policies.smolvla.smolvlm_with_expert import apply_rope
-
-    expert = model_layers[1][layer_idx]
-    if expert is None:
-        return [None, None], past_key_values
-    cached = past_key_values.layers[layer_idx]
-    memo = past_key_values.__dict__.setdefault("_vlaprune_cross_kv", {})
-    tag = (cached.keys.data_ptr(), cached.values.data_ptr(), tuple(cached.keys.shape))
-    if layer_idx not in memo or memo[layer_idx][0] != tag:
-        a = expert.self_attn
-        k, v = cached.keys.transpose(1, 2), cached.values.transpose(1, 2)  # (B, Lp, H_kv, D)
-        k = k.to(dtype=a.k_proj.weight.dtype).reshape(*k.shape[:2], -1)
-        v = v.to(dtype=a.v_proj.weight.dtype).reshape(*v.shape[:2], -1)
-        k = a.k_proj(k).view(*k.shape[:-1], -1, a.head_dim)
-        v = a.v_proj(v).view(*v.shape[:-1], -1, a.head_dim)
-        memo[layer_idx] = (tag, k, v)
-    _, k, v = memo[layer_idx]
-    a = expert.self_attn
-    h = expert.input_layernorm(inputs_embeds[1])
-    query = a.q_proj(h.to(dtype=a.q_proj.weight.dtype)).view(*h.shape[:-1], -1, a.head_dim)
-    positions = position_ids - torch.min(position_ids, dim=1, keepdim=True).values  # the expert starts at 0
     mask = attention_mask[:, -inputs_embeds[1].shape[1] :, : k.shape[1]]
     att = self.get_attention_interface()(mask, batch_size, head_dim, apply_rope(query, positions), k, v)
     return [None, att], past_key_values
