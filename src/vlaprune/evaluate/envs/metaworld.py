@@ -4,7 +4,8 @@
   alone (`seeded_rand_vec = True`: drawn from the env's seeded generator, not from the global np.random);
 - the policy sees a (size x size) RGB image from the `topview` camera and `agent_pos` = hand xyz + gripper
   opening only: object and goal positions are never in the state;
-- fast CPU rendering (no multisampling, shadows or reflections: ~10x faster than MetaWorld's defaults);
+- fast CPU rendering (no multisampling, shadows or reflections: ~10x faster than MetaWorld's defaults), each
+  frame drawn in the env's own OpenGL context (several envs can live in one process);
 - episodes end on success or after `max_steps` (lerobot's wrapper ignores episode length and runs 500).
 The full MetaWorld observation (with object / goal poses) stays in `info["full_obs"]` for scripted experts.
 """
@@ -83,6 +84,11 @@ class MetaWorldEnv(gym.Env):
         self._t = 0
 
     def _render(self) -> np.ndarray:
+        # Each env has its own OpenGL context, and gymnasium makes it current only when the viewer is created:
+        # with two envs in one process (the simulator cache keeps one local env per task) the other env's
+        # context would be current and this scene drawn with its uploaded meshes and textures: other pixels,
+        # so another episode than a fresh simulator's for the same seed. Make ours current before every frame.
+        self.env.mujoco_renderer._get_viewer("rgb_array").make_context_current()
         img = self.env.render()
         if not self._fast:
             import mujoco
