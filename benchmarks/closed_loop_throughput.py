@@ -83,7 +83,7 @@ def grouped(policy, pre, post, env_type: str, task: str, seeds: list[int], *, n_
     from vlaprune.evaluate import envs, schedule, workers
 
     env = envs.make(env_type, task, **env_kw)
-    job = schedule.Job(policy, None, env.instruction, env.max_steps)
+    job = schedule.Job(policy, None, env.instruction, env.max_steps, to_batch=cl.to_batch)
     env.close()
     sims = workers.simulators(functools.partial(envs.make, env_type, task, **env_kw), n_envs)
     with cl.noise_rows(policy) as job.noise:
@@ -285,6 +285,11 @@ def main() -> None:
         "torch_threads": cores(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "n_envs": args.n_envs,
+        "measured": (
+            "steps/s of the closed loop (rollouts, scheduled per env) against the same worker processes "
+            "stepped with zero actions, once with the closed loop's messages and renders (simulator) and "
+            "once rendering every observation (simulator_every_frame); simulator start-up excluded"
+        ),
     }
     with tempfile.TemporaryDirectory() as d:
         if "metaworld" in args.only:
