@@ -6,7 +6,10 @@ the same simulators alone, and against `lerobot-eval` on LIBERO.
 One run, nothing else on the machine, the same env processes for every measurement of a task:
   MetaWorld (the shipped demo policy, its 4 tasks, vlaprune's 64 px env, episodes capped at 150 steps):
     simulator alone   the same envs stepped with zero actions on the same seeds, each episode as many steps as
-                      it took in closed loop (same rendering, same worker processes, no policy)
+                      it took in closed loop (same worker processes, no policy), in messages of n_action_steps
+                      actions as the closed loop sends them: the same frames rendered (one per chunk)
+    ... every frame   the same, every observation rendered and sent back (what each step cost until the
+                      workers skipped rendering the observations inside a chunk: the 2026-12-05 figure)
     closed loop       `rollouts` (what `vlaprune eval` runs), scheduled per env (evaluate/schedule.py)
     grouped           the schedule before (main until 2026-12): groups of n_envs, one select_action per step
   LIBERO (a tiny random SmolVLA with LIBERO's features; libero_spatial/0, 128 px, episodes capped at
@@ -49,9 +52,12 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
 
 
-def simulator_alone(sims, plan: list[tuple[int, int]], action_dim: int) -> float:
-    """Seconds to run every (seed, steps) of `plan` on `sims` with zero actions, all of an episode's steps in
-    one message (the simulator's own speed, no policy), each env starting the next episode once free."""
+def simulator_alone(sims, plan: list[tuple[int, int]], action_dim: int, chunk: int = 0) -> float:
+    """Seconds to run every (seed, steps) of `plan` on `sims` with zero actions (the simulator's own speed, no
+    policy), each env starting the next episode once free. `chunk` > 0: messages of `chunk` actions without
+    frames, as the closed loop sends them (the same messages, the same frames rendered: one per chunk);
+    0: all of an episode's steps in one message, every observation rendered and sent back (what every step
+    cost before the workers skipped the frames no one looks at)."""
     todo, left = list(plan), [0] * sims.n  # steps env i still has to run in its current episode
     t0 = time.perf_counter()
     for i in range(sims.n):
@@ -62,8 +68,9 @@ def simulator_alone(sims, plan: list[tuple[int, int]], action_dim: int) -> float
         for i in sims.ready():
             sims.recv(i)
             if left[i]:
-                sims.send(i, "steps", (np.zeros((left[i], action_dim), np.float32), False))
-                left[i] = 0
+                k = min(chunk, left[i]) if chunk else left[i]
+                sims.send(i, "steps", (np.zeros((k, action_dim), np.float32), not chunk))
+                left[i] -= k
             elif todo:
                 seed, left[i] = todo.pop(0)
                 sims.send(i, "reset", seed)
@@ -76,7 +83,7 @@ def grouped(policy, pre, post, env_type: str, task: str, seeds: list[int], *, n_
     from vlaprune.evaluate import envs, schedule, workers
 
     env = envs.make(env_type, task, **env_kw)
-    job = schedule.Job(policy, None, env.instruction, env.max_steps)
+    job = schedule.Job(policy, None, env.instruction, env.max_steps, to_batch=cl.to_batch)
     env.close()
     sims = workers.simulators(functools.partial(envs.make, env_type, task, **env_kw), n_envs)
     with cl.noise_rows(policy) as job.noise:
@@ -107,7 +114,9 @@ def measure_task(
             )
         row["grouped_s"] = time.perf_counter() - t0
     dim = sims.local.action_space.shape[0] if sims.local else factory().action_space.shape[0]
-    row["simulator_s"] = simulator_alone(sims, [(r["seed"], r["steps"]) for r in res], dim)
+    plan = [(r["seed"], r["steps"]) for r in res]
+    row["simulator_s"] = simulator_alone(sims, plan, dim, chunk=policy.config.n_action_steps)
+    row["simulator_every_frame_s"] = simulator_alone(sims, plan, dim)
     return row
 
 
@@ -120,12 +129,13 @@ def summary(rows: dict[str, dict]) -> dict:
         "success_rate": sum(r["success"] for r in eps) / len(eps),
         "simulator_start_s": round(sum(r["start_s"] for r in rows.values()), 2),
     }
-    for key in ("simulator", "closed_loop", "grouped"):
+    for key in ("simulator", "simulator_every_frame", "closed_loop", "grouped"):
         if all(f"{key}_s" in r for r in rows.values()):
             secs = sum(r[f"{key}_s"] for r in rows.values())
             out[f"{key}_s"] = round(secs, 2)
             out[f"{key}_steps_per_s"] = round(steps / secs, 1)
-    out["closed_loop_vs_simulator"] = round(out["closed_loop_steps_per_s"] / out["simulator_steps_per_s"], 3)
+    for key in ("simulator", "simulator_every_frame"):
+        out[f"closed_loop_vs_{key}"] = round(out["closed_loop_steps_per_s"] / out[f"{key}_steps_per_s"], 3)
     if "grouped_s" in out:
         out["grouped_vs_simulator"] = round(out["grouped_steps_per_s"] / out["simulator_steps_per_s"], 3)
         key = lambda r: (r["seed"], r["success"], r["steps"])  # noqa: E731
@@ -275,6 +285,11 @@ def main() -> None:
         "torch_threads": cores(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "n_envs": args.n_envs,
+        "measured": (
+            "steps/s of the closed loop (rollouts, scheduled per env) against the same worker processes "
+            "stepped with zero actions, once with the closed loop's messages and renders (simulator) and "
+            "once rendering every observation (simulator_every_frame); simulator start-up excluded"
+        ),
     }
     with tempfile.TemporaryDirectory() as d:
         if "metaworld" in args.only:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vlaprune.errors import VlapruneError
-from vlaprune.evaluate.threads import cores, single_threaded_children, sized_threads
+from vlaprune.evaluate.threads import cores, rollout_threads, single_threaded_children, sized_threads
 
 
 def _child_threads(_=None) -> tuple[int, str | None]:
@@ -35,6 +35,15 @@ def test_sized_threads_set_and_restore(monkeypatch):
     with sized_threads() as n:
         assert n == 1 and torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_rollout_threads_leave_the_workers_their_cores(monkeypatch):
+    monkeypatch.delenv("VLAPRUNE_THREADS", raising=False)
+    n = cores()
+    assert rollout_threads(0) == n  # the simulator in this process takes turns with the policy
+    assert [rollout_threads(k) for k in (1, n, n + 3)] == [max(1, n - 1), 1, 1]
+    monkeypatch.setenv("VLAPRUNE_THREADS", "3")
+    assert rollout_threads(2) == 3  # an explicit setting is kept
 
 
 def test_spawned_workers_start_single_threaded(monkeypatch):

@@ -32,7 +32,7 @@ from vlaprune.adapters import closed_loop_policy, family
 from vlaprune.adapters import layout as find_layout
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate import envs, schedule, workers
-from vlaprune.evaluate.threads import sized_threads
+from vlaprune.evaluate.threads import rollout_threads, sized_threads
 
 INSTRUCTION_PROBES = ("empty", "other", "shuffled")
 CAMERA_PROBES = ("blank", "other_seed")
@@ -230,7 +230,8 @@ def rollouts(
         to_batch=to_batch,
     )
     sims = workers.simulators(factory, width)  # one set of simulator processes for all episodes of this task
-    with sized_threads(), noise_rows(policy) as job.noise:  # torch threads: evaluate/threads.py
+    threads = rollout_threads(0 if sims.local is not None else sims.n)  # evaluate/threads.py
+    with sized_threads(threads), noise_rows(policy) as job.noise:
         if job.act is not None:
             return schedule.scheduled(job, sims, seeds)
         return schedule.grouped(job, sims, seeds, lambda b: select(policy, pre, post, b))

@@ -9,6 +9,10 @@ the others; an env whose episode ends resets to the next seed at once. An episod
 (policy, env, task, seed): the same chunks at the same steps, its noise drawn from its own generator
 (`Episode.gen`, seeded with its seed), whatever the other envs do; only the batch a row is computed in
 changes, which moves the actions by float rounding (as `--eval.n_envs` always did).
+When another env is expected to answer within the time of one policy call (its last command's duration),
+the policy waits for it, at most that long, and computes both chunks in one batched call (a batch of 2 costs
+little more than a batch of 1): on 2 cores with the demo policy its chunks took ~35 ms and a chunk of steps
+~8 ms, so without the wait the two envs took turns and every call had one row.
 
 Policies whose select_action is not a queue over chunks (`chunk_actions` returns None) run episodes in
 groups of n_envs with one batched select_action per step (`grouped`).
@@ -16,6 +20,7 @@ groups of n_envs with one batched select_action per step (`grouped`).
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -160,12 +165,18 @@ def scheduled(job: Job, sims, seeds: list[int]) -> list[dict[str, Any]]:
     slots: list[Episode | None] = [None] * sims.n
     for i in range(sims.n):
         _start(job, sims, slots, i, todo)
+    call = 0.0  # seconds the last policy call took
     while any(ep is not None for ep in slots):
         for i in sims.ready():
             _arrive(job, sims, slots, i, todo, results)
+        if sims.eta() < call:  # an env is about to need a chunk too: one batched call for both (module doc)
+            for i in sims.ready(timeout=call):
+                _arrive(job, sims, slots, i, todo, results)
         need = [i for i, ep in enumerate(slots) if ep is not None and ep.obs is not None]
         if need:
+            t0 = time.perf_counter()
             _plan(job, slots, need)
+            call = time.perf_counter() - t0
             _dispatch(job, sims, slots)
     return results
 

@@ -4,7 +4,8 @@
   alone (`seeded_rand_vec = True`: drawn from the env's seeded generator, not from the global np.random);
 - the policy sees a (size x size) RGB image from the `topview` camera and `agent_pos` = hand xyz + gripper
   opening only: object and goal positions are never in the state;
-- fast CPU rendering (no multisampling, shadows or reflections: ~10x faster than MetaWorld's defaults);
+- fast CPU rendering (no multisampling, shadows or reflections: ~10x faster than MetaWorld's defaults), each
+  frame drawn in the env's own OpenGL context (several envs can live in one process);
 - episodes end on success or after `max_steps` (lerobot's wrapper ignores episode length and runs 500).
 The full MetaWorld observation (with object / goal poses) stays in `info["full_obs"]` for scripted experts.
 """
@@ -80,9 +81,14 @@ class MetaWorldEnv(gym.Env):
         )
         self.action_space = gym.spaces.Box(-1, 1, (4,), np.float32)
         self._fast = False
-        self._t = 0
+        self._t, self._full = 0, None
 
     def _render(self) -> np.ndarray:
+        # Each env has its own OpenGL context, and gymnasium makes it current only when the viewer is created:
+        # with two envs in one process (the simulator cache keeps one local env per task) the other env's
+        # context would be current and this scene drawn with its uploaded meshes and textures: other pixels,
+        # so another episode than a fresh simulator's for the same seed. Make ours current before every frame.
+        self.env.mujoco_renderer._get_viewer("rgb_array").make_context_current()
         img = self.env.render()
         if not self._fast:
             import mujoco
@@ -101,15 +107,25 @@ class MetaWorldEnv(gym.Env):
         if seed is not None:
             self.env.seed(seed)  # MetaWorld's reset ignores its seed argument; seed() re-creates np_random
         full, info = self.env.reset()
-        self._t = 0
+        self._t, self._full = 0, full
         return self._obs(full), {"full_obs": full, "success": False}
 
     def step(self, action):
+        reward, term, trunc, info = self.step_unobserved(action)
+        return self._obs(info["full_obs"]), reward, term, trunc, info
+
+    def step_unobserved(self, action) -> tuple[float, bool, bool, dict]:
+        """step() without the observation's image (nothing is rendered): (reward, terminated, truncated,
+        info). For the steps inside an open-loop chunk, whose observations no policy sees."""
         full, reward, _, _, info = self.env.step(np.clip(np.asarray(action, np.float32), -1, 1))
         self._t += 1
         success = bool(info.get("success", 0.0))
-        info = {"success": success, "full_obs": full}
-        return self._obs(full), float(reward), success, self._t >= self.max_steps, info
+        self._full = full
+        return float(reward), success, self._t >= self.max_steps, {"success": success, "full_obs": full}
+
+    def observe(self) -> dict:
+        """The observation of the current state (after step_unobserved)."""
+        return self._obs(self._full)
 
     def close(self) -> None:
         self.env.close()
