@@ -17,7 +17,6 @@ KNOWN = {
     # too long
     "tiny/oft.py:write_tiny_oft",
     # too many positional parameters
-    "adapters/pi/keep_kv.py:language_only_layer",
     "adapters/openvla/policy.py:__init__",
 }
 

@@ -14,6 +14,8 @@ pruned checkpoint reloads strictly once the plan is replayed.
 
 from __future__ import annotations
 
+import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -109,6 +111,13 @@ def norm(module: nn.Module, x: torch.Tensor, cond: torch.Tensor | None = None) -
     """A norm's output (pi's PiGemmaRMSNorm returns (out, gate); the gate only scales the dropped branch)."""
     out = module(x) if cond is None else module(x, cond=cond)
     return out[0] if isinstance(out, tuple) else out
+
+
+def install_forward(joint: nn.Module, forward: Callable) -> None:
+    """Make `joint` (a family's joint VLM + expert module) run `forward`, a joint forward that knows kv-only
+    layers and skipped blocks: an instance-level override, lerobot's class is never patched; idempotent."""
+    if getattr(joint.__dict__.get("forward"), "__func__", None) is not forward:
+        joint.forward = types.MethodType(forward, joint)
 
 
 def is_kv_only(block: nn.Module | None) -> bool:

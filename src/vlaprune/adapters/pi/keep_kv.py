@@ -19,20 +19,18 @@ from __future__ import annotations
 
 import functools
 import sys
-import types
 from typing import Any
 
 import torch
 from torch import nn
 
-from vlaprune.adapters.keep_kv import is_kv_only
+from vlaprune.adapters.keep_kv import install_forward, is_kv_only
 from vlaprune.adapters.skipped import is_skipped
 
 
 def install(pwe: nn.Module) -> None:
     """Make `pwe` (a PaliGemmaWithExpertModel of pi0 or pi0.5) run kv-only layers; idempotent."""
-    if getattr(pwe.__dict__.get("forward"), "__func__", None) is not joint_forward:
-        pwe.forward = types.MethodType(joint_forward, pwe)
+    install_forward(pwe, joint_forward)
 
 
 def joint_forward(
@@ -114,8 +112,8 @@ def kv_only_layer(inputs_embeds, attention_mask, position_ids, adarms_cond, laye
 
 
 def language_only_layer(
-    inputs_embeds, attention_mask, position_ids, adarms_cond, layers, rotary_emb, complete
-):  # fmt: skip
+    inputs_embeds, attention_mask, position_ids, adarms_cond, layers, rotary_emb, *, complete
+):
     """A layer whose expert block was removed by an action-only drop: lerobot's `compute_layer_complete`
     (`complete`, of pi0 or pi0.5) on the prefix stream alone (attention over the prefix rows / columns of the
     joint mask, prefix positions); the suffix passes through (h_out = h_in). Returns [prefix out, suffix]."""

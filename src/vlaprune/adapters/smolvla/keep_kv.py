@@ -26,15 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlaprune.adapters.keep_kv import is_kv_only
+from vlaprune.adapters.keep_kv import install_forward, is_kv_only
 from vlaprune.adapters.skipped import is_skipped
 from vlaprune.adapters.smolvla import denoise
 
 
 def install(vwe: nn.Module) -> None:
     """Make `vwe` (a SmolVLMWithExpertModel) run kv-only layers; idempotent."""
-    if getattr(vwe.__dict__.get("forward"), "__func__", None) is not joint_forward:
-        vwe.forward = types.MethodType(joint_forward, vwe)
+    install_forward(vwe, joint_forward)
 
 
 def joint_forward(
