@@ -74,15 +74,24 @@ def write_tiny_oft(
     head_hidden: int | None = None,
 ) -> Path:
     """Write the folder (see the module docstring). head: "l1", "diffusion" or "" (no head file)."""
-    from transformers.dynamic_module_utils import get_class_from_dynamic_module
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("configuration_prismatic.py", "modeling_prismatic.py"):
         shutil.copy2(REMOTE / name, folder / name)
     tok = build_tokenizer(folder, bos="<s>", eos="</s>", pad="<PAD>", unk="<unk>", vocab_size=512)
     stats = norm_stats(seed)
-    text = {
+    config = _write_vla(folder, _text_config(tok, layers, hidden), stats, seed)
+    (folder / "dataset_statistics.json").write_text(json.dumps(stats, indent=2))
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(image_processor(config.image_sizes), indent=2)
+    )
+    _write_heads(folder, seed, hidden, head, proprio, head_hidden or hidden)
+    return folder
+
+
+def _text_config(tok: Any, layers: int, hidden: int) -> dict[str, Any]:
+    """The Llama-2 text config of the tiny VLA: `layers` blocks of width `hidden`, the tokenizer's ids."""
+    return {
         "vocab_size": 384,  # the tokenizer's 355 ids padded to a multiple of 64, as OpenVLA pads Llama-2's
         "hidden_size": hidden,
         "intermediate_size": 2 * hidden,
@@ -94,23 +103,30 @@ def write_tiny_oft(
         "bos_token_id": tok.bos_token_id,
         "eos_token_id": tok.eos_token_id,
     }
+
+
+def _write_vla(folder: Path, text: dict[str, Any], stats: dict, seed: int) -> Any:
+    """Build the VLA from the remote code copied into `folder` (seeded, non-trivial weights), save it with
+    OFT's exact auto_map, and return its config."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
     cfg = {"model_type": "openvla", "auto_map": AUTO_MAP, "text_config": text, "norm_stats": stats}
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     cls = get_class_from_dynamic_module(AUTO_MAP["AutoModelForVision2Seq"], str(folder))
     torch.manual_seed(seed)
-    config = cls.config_class(text_config=text, norm_stats=stats, pad_token_id=tok.pad_token_id)
+    config = cls.config_class(text_config=text, norm_stats=stats, pad_token_id=text["pad_token_id"])
     config.auto_map = AUTO_MAP
     config.architectures = ["OpenVLAForActionPrediction"]
-    vla = make_nontrivial(cls(config), seed).eval()
-    vla.save_pretrained(str(folder))
+    make_nontrivial(cls(config), seed).eval().save_pretrained(str(folder))
     written = json.loads((folder / "config.json").read_text())
     written["auto_map"] = AUTO_MAP  # exactly OFT's: no AutoModel entry
     (folder / "config.json").write_text(json.dumps(written, indent=2))
-    (folder / "dataset_statistics.json").write_text(json.dumps(stats, indent=2))
-    (folder / "preprocessor_config.json").write_text(
-        json.dumps(image_processor(config.image_sizes), indent=2)
-    )
-    width = head_hidden or hidden
+    return config
+
+
+def _write_heads(folder: Path, seed: int, hidden: int, head: str, proprio: bool, width: int) -> None:
+    """The OFT component files: the action head ("l1" / "diffusion" with its noisy-action projector, or
+    none) of MLP width `width`, and the proprio projector."""
     if head == "l1":
         _save(
             make_nontrivial(L1RegressionActionHead(hidden, width, ACTION_DIM), seed + 1),
@@ -124,7 +140,6 @@ def write_tiny_oft(
         _save(make_nontrivial(NoisyActionProjector(hidden), seed + 3), folder, "noisy_action_projector")
     if proprio:
         _save(make_nontrivial(ProprioProjector(hidden, PROPRIO_DIM), seed + 2), folder, "proprio_projector")
-    return folder
 
 
 def image_processor(sizes: list[int]) -> dict[str, Any]:
