@@ -72,6 +72,26 @@ def test_sweep_rows(finished_run):
         assert m["recovery"]["steps"] == 2
 
 
+def test_rows_and_report_carry_inference_memory(finished_run):
+    """Each row holds what one inference holds in all (weights + activations) beside the growth; a cut
+    variant's weights and total are below the baseline's, and the report shows the total and how."""
+    out, _ = finished_run
+    rows = Store(out).rows("measure")
+    for m in rows:
+        mem = m["cost"]["inference_memory"]
+        assert mem["total_bytes"] >= mem["weights_bytes"] > 0 and mem["how"].startswith("CPU")
+        assert mem["growth_bytes"] == m["cost"]["peak_memory_bytes"]
+    base = next(m["cost"]["inference_memory"] for m in rows if not m["spec"]["drops"])
+    cut = [m["cost"]["inference_memory"] for m in rows if m["spec"]["drops"]]
+    assert cut and all(c["weights_bytes"] < base["weights_bytes"] for c in cut)
+    assert min(c["total_bytes"] for c in cut) < base["total_bytes"]
+    md = report.build(out)[1].read_text()
+    assert "inference memory MB (weights + activations)" in md and f"Inference memory: {base['how']}." in md
+    cells = next(line for line in md.splitlines() if line.startswith("| none (baseline)")).split("|")[1:-1]
+    column = report.MEASUREMENT_COLUMNS.index("inference memory MB (weights + activations)")
+    assert cells[column].strip() == f"{base['total_bytes'] / 2**20:.0f}"
+
+
 def test_killed_sweep_reruns_to_the_same_rows(tiny_dataset, tmp_path, finished_run):
     out = tmp_path / "run"
     calls = {"n": 0}

@@ -96,7 +96,9 @@ def measure_one(
             "latency_ms": c["latency"]["median_ms"] if c["latency"] else None,
             # cut / unpruned, timed in interleaved rounds in this measurement (not across rows)
             "latency_ratio_vs_unpruned": ratio,
-            "peak_memory_bytes": c.get("peak_memory_bytes"),
+            "peak_memory_bytes": c.get("peak_memory_bytes"),  # growth of one inference call
+            # what one inference holds in all (weights + activations, the DTR paper's 14.4 -> 8.36 GB)
+            "inference_memory": c.get("inference_memory"),
         },
         "before": before,
         "after": after,
