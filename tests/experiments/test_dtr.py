@@ -11,6 +11,7 @@ from vlaprune.errors import VlapruneError
 from vlaprune.experiments import dtr, report
 from vlaprune.experiments.measure import measure_one
 from vlaprune.experiments.store import Store
+from vlaprune.policy import load_policy
 from vlaprune.surgery.select import select_blocks
 
 
@@ -90,6 +91,28 @@ def test_rows_and_report_carry_inference_memory(finished_run):
     cells = next(line for line in md.splitlines() if line.startswith("| none (baseline)")).split("|")[1:-1]
     column = report.MEASUREMENT_COLUMNS.index("inference memory MB (weights + activations)")
     assert cells[column].strip() == f"{base['total_bytes'] / 2**20:.0f}"
+
+
+def test_distill_recovery_uses_the_unpruned_policy_as_teacher(tiny_dataset, tmp_path):
+    """--recover.mode=distill on a lerobot policy: every row (the baseline too, from its own copy) is
+    distilled from the unpruned policy, saved once under work/teacher with the uncut block count."""
+    cfg = config(
+        tmp_path / "run",
+        tiny_dataset,
+        env=EnvConfig(),
+        sweep=dtr.SweepConfig(components=["language"], levels=["0.5"], methods=["position_last"]),
+        recover=dtr.BudgetConfig(steps=1, batch_size=2, trainable="all", mode="distill"),
+    )
+    dtr.run(cfg)
+    rows = Store(tmp_path / "run").rows("measure")
+    teacher = tmp_path / "run" / "work" / "teacher"
+    assert len(rows) == 2 and {r["recovery"]["teacher"] for r in rows} == {str(teacher)}
+    assert all(r["recovery"]["mode"] == "distill" and r["recovery"]["last_loss"] > 0 for r in rows)
+    base = next(r for r in rows if not r["spec"]["drops"])
+    assert (
+        sum(p.numel() for p in load_policy(PolicyConfig(path=str(teacher))).module.parameters())
+        == (base["cost"]["params"])
+    )
 
 
 def test_killed_sweep_reruns_to_the_same_rows(tiny_dataset, tmp_path, finished_run):
