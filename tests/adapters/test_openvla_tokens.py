@@ -50,6 +50,7 @@ def _batches(handle, root, n=1, size=3):
 def test_folder_loads_as_a_token_policy(ov):
     policy, lay = ov.module, ov.layout()
     assert tokens.is_token_policy(policy) and policy.action_head is None
+    assert policy.chunk == 1  # one action per step (OFT's chunk of 8 needs its head)
     assert set(lay.stacks) == {"language", "vision.dino", "vision.siglip"}
     assert lay.action_out == "vla.language_model.lm_head" and lay.training_forward is not None
     assert tokens.decode_vocab(policy.vla.config) == 320  # 384 - 64, the tokenizer's size

@@ -11,6 +11,7 @@ from vlaprune.errors import VlapruneError
 from vlaprune.experiments import dtr, report
 from vlaprune.experiments.measure import measure_one
 from vlaprune.experiments.store import Store
+from vlaprune.policy import load_policy
 from vlaprune.surgery.select import select_blocks
 
 
@@ -70,6 +71,48 @@ def test_sweep_rows(finished_run):
             assert m[phase]["offline"]["episodes"] == [2]  # held-out episode, never trained on
         assert m["config_hash"] and m["vlaprune_version"] and m["seed"] == 0
         assert m["recovery"]["steps"] == 2
+
+
+def test_rows_and_report_carry_inference_memory(finished_run):
+    """Each row holds what one inference holds in all (weights + activations) beside the growth; a cut
+    variant's weights and total are below the baseline's, and the report shows the total and how."""
+    out, _ = finished_run
+    rows = Store(out).rows("measure")
+    for m in rows:
+        mem = m["cost"]["inference_memory"]
+        assert mem["total_bytes"] >= mem["weights_bytes"] > 0 and mem["how"].startswith("CPU")
+        assert mem["growth_bytes"] == m["cost"]["peak_memory_bytes"]
+    base = next(m["cost"]["inference_memory"] for m in rows if not m["spec"]["drops"])
+    cut = [m["cost"]["inference_memory"] for m in rows if m["spec"]["drops"]]
+    assert cut and all(c["weights_bytes"] < base["weights_bytes"] for c in cut)
+    assert min(c["total_bytes"] for c in cut) < base["total_bytes"]
+    md = report.build(out)[1].read_text()
+    assert "inference memory MB (weights + activations)" in md and f"Inference memory: {base['how']}." in md
+    cells = next(line for line in md.splitlines() if line.startswith("| none (baseline)")).split("|")[1:-1]
+    column = report.MEASUREMENT_COLUMNS.index("inference memory MB (weights + activations)")
+    assert cells[column].strip() == f"{base['total_bytes'] / 2**20:.0f}"
+
+
+def test_distill_recovery_uses_the_unpruned_policy_as_teacher(tiny_dataset, tmp_path):
+    """--recover.mode=distill on a lerobot policy: every row (the baseline too, from its own copy) is
+    distilled from the unpruned policy, saved once under work/teacher with the uncut block count."""
+    cfg = config(
+        tmp_path / "run",
+        tiny_dataset,
+        env=EnvConfig(),
+        sweep=dtr.SweepConfig(components=["language"], levels=["0.5"], methods=["position_last"]),
+        recover=dtr.BudgetConfig(steps=1, batch_size=2, trainable="all", mode="distill"),
+    )
+    dtr.run(cfg)
+    rows = Store(tmp_path / "run").rows("measure")
+    teacher = tmp_path / "run" / "work" / "teacher"
+    assert len(rows) == 2 and {r["recovery"]["teacher"] for r in rows} == {str(teacher)}
+    assert all(r["recovery"]["mode"] == "distill" and r["recovery"]["last_loss"] > 0 for r in rows)
+    base = next(r for r in rows if not r["spec"]["drops"])
+    assert (
+        sum(p.numel() for p in load_policy(PolicyConfig(path=str(teacher))).module.parameters())
+        == (base["cost"]["params"])
+    )
 
 
 def test_killed_sweep_reruns_to_the_same_rows(tiny_dataset, tmp_path, finished_run):

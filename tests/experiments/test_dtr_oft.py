@@ -46,6 +46,25 @@ def test_dtr_on_oft_scores_cuts_recovers_and_measures(oft_dir, oft_frames, tmp_p
     assert all(r["after"]["offline"]["loss"] > 0 and r["recovery"] for r in rows)
 
 
+def test_dtr_distills_every_row_from_the_unpruned_oft_policy(oft_dir, oft_frames, tmp_path):
+    """--recover.mode=distill: the teacher is the unpruned policy the sweep starts from, saved once; the
+    baseline is distilled from its own copy (the same recipe and budget as the cut variant)."""
+    import torch
+
+    from vlaprune.configs import PolicyConfig
+    from vlaprune.policy import load_policy
+
+    assert main([*dtr_args(oft_dir, oft_frames, tmp_path / "run"), "--recover.mode=distill"]) == 0
+    rows = Store(tmp_path / "run").rows("measure")
+    teacher = tmp_path / "run" / "work" / "teacher"
+    assert len(rows) == 2 and all(r["recovery"]["mode"] == "distill" for r in rows)
+    assert {r["recovery"]["teacher"] for r in rows} == {str(teacher)}
+    trusted = dict(trust_remote_code=True)
+    saved = load_policy(PolicyConfig(path=str(teacher), **trusted)).module.state_dict()
+    original = load_policy(PolicyConfig(path=str(oft_dir), **trusted)).module.state_dict()
+    assert saved.keys() == original.keys() and all(torch.equal(saved[k], original[k]) for k in saved)
+
+
 @pytest.mark.slow  # ~80 s on 2 cores: LIBERO env creation + resets (~20 s each) dominate, not the model
 def test_dtr_on_oft_in_libero_with_lora_recovery(oft_dir, oft_frames, tmp_path):
     """The issue's done-when: score, cut, LoRA recovery (OFT's recipe), closed loop, report."""

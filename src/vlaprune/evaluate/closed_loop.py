@@ -149,7 +149,9 @@ def noise_rows(policy: nn.Module):
     episode's noise is a function of its seed and of how many chunks it has asked for, whatever the batch,
     the device or what ran before."""
     gens: list[torch.Generator] = []
-    where = find_layout(policy).noise if family(policy) else None  # unknown policies: their own RNG
+    # a family's closed-loop pipeline (e.g. OFT's LIBERO loop) names its sampler as `noise_module`;
+    # unknown policies: their own RNG
+    where = find_layout(policy).noise if family(policy) else getattr(policy, "noise_module", None)
     if where is None:
         yield gens
         return

@@ -37,6 +37,7 @@ from vlaprune.experiments.select import export, none_selected
 from vlaprune.experiments.store import Store, row_id
 from vlaprune.policy import Loaded, load_policy
 from vlaprune.recover.budget import BUDGETS
+from vlaprune.recover.modes import MODES as RECOVER_MODES
 from vlaprune.scoring import METHODS, SUBLAYER_METHODS, Probe
 from vlaprune.surgery.levels import PROTOCOL_LEVELS, level_count
 from vlaprune.surgery.plan import MODES
@@ -81,12 +82,13 @@ class BudgetConfig:
     # total training FLOPs (a smaller model gets more steps; recover/budget.py).
     kind: str = "same_steps"
     # What recovery trains: full (the policy), or lora (peft adapters, merged at the end: OpenVLA-OFT's own
-    # recipe with its head and projectors trained fully, as the DTR paper fine-tunes OFT; else lerobot's).
+    # recipe with its head and projectors trained fully, as the DTR paper fine-tunes OFT; else lerobot's), or
+    # distill (from the unpruned policy the sweep starts from; the baseline from its own copy).
     mode: str = "full"
 
     def __post_init__(self) -> None:
-        if self.mode not in ("full", "lora"):
-            raise VlapruneError(f"--recover.mode={self.mode!r}; choose full or lora")
+        if self.mode not in RECOVER_MODES:
+            raise VlapruneError(f"--recover.mode={self.mode!r}; choose one of {', '.join(RECOVER_MODES)}")
 
 
 @dataclass

@@ -71,6 +71,7 @@ def measure_one(
     policy = load_policy(cfg.policy)
     batch = data.batches(1, b.batch_size, mspec["seed"], train)[0]  # the same batch for both counts
     base_flops = _step_flops(policy, batch, b.trainable)
+    teacher = _teacher(policy, work.parent / "teacher") if b.mode == "distill" else None
     part = mspec.get("part", "block")
     original = policy.copy() if mspec["drops"] else None  # timed beside the cut (per-action speed-up)
     plan = policy.drop_blocks(mspec["drops"], mspec.get("mode", "pair"), part) if mspec["drops"] else None
@@ -84,7 +85,8 @@ def measure_one(
     del original
     before = evaluate_policy(str(cut), cfg, data, held, probes=baseline)
     rec_dir = work / "recover"
-    summary = _recover(cfg, cut, rec_dir, steps=steps, seed=mspec["seed"], data=data, episodes=train)
+    episodes = (train, teacher)
+    summary = _recover(cfg, cut, rec_dir, steps=steps, seed=mspec["seed"], data=data, episodes=episodes)
     after = evaluate_policy(str(rec_dir / "final"), cfg, data, held)
     removed = {s if part == "block" else f"{s}.{part}": len(v) for s, v in mspec["drops"].items()}
     return {
@@ -96,7 +98,9 @@ def measure_one(
             "latency_ms": c["latency"]["median_ms"] if c["latency"] else None,
             # cut / unpruned, timed in interleaved rounds in this measurement (not across rows)
             "latency_ratio_vs_unpruned": ratio,
-            "peak_memory_bytes": c.get("peak_memory_bytes"),
+            "peak_memory_bytes": c.get("peak_memory_bytes"),  # growth of one inference call
+            # what one inference holds in all (weights + activations, the DTR paper's 14.4 -> 8.36 GB)
+            "inference_memory": c.get("inference_memory"),
         },
         "before": before,
         "after": after,
@@ -105,9 +109,23 @@ def measure_one(
     }
 
 
-def _recover(cfg: Any, cut: Path, rec_dir: Path, *, steps: int, seed: int, data: Data, episodes: list[int]):
+def _teacher(policy: Loaded, folder: Path) -> Path:
+    """The unpruned policy the sweep starts from, saved once as the distillation teacher of every row
+    (`--recover.mode=distill`; a fresh OFT head is saved with it, so the teacher is the very model cut)."""
+    if not folder.exists():
+        tmp = folder.with_name(f"{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        policy.save(tmp)
+        tmp.rename(folder)
+    return folder
+
+
+def _recover(cfg: Any, cut: Path, rec_dir: Path, *, steps: int, seed: int, data: Data, episodes: tuple):
     """Fine-tune the cut checkpoint with the sweep's budget (`--recover.*`) on the training episodes into
-    `rec_dir` (resumed when a killed run left it; redone when it finished unrecorded)."""
+    `rec_dir` (resumed when a killed run left it; redone when it finished unrecorded). episodes: (training
+    episodes, the teacher's folder or None); distillation's teacher is the unpruned policy (the baseline is
+    distilled from its own copy: fine-tuning anchored to its starting outputs, the same recipe)."""
+    episodes, teacher = episodes
     if (rec_dir / "final").exists():
         shutil.rmtree(rec_dir)  # a finished-but-unrecorded recovery: redo it cleanly
     b = cfg.recover
@@ -119,6 +137,7 @@ def _recover(cfg: Any, cut: Path, rec_dir: Path, *, steps: int, seed: int, data:
         dataset=cfg.dataset,
         output_dir=str(rec_dir),
         mode=b.mode,
+        teacher=str(teacher or ""),
         steps=steps,
         batch_size=b.batch_size,
         lr=b.lr,

@@ -222,7 +222,8 @@ MEASUREMENT_COLUMNS = [
     "FLOPs / chunk",
     "per-action speed-up",
     "task speed-up before / after recovery",
-    "peak inference memory MB",
+    "inference memory MB (weights + activations)",
+    "memory growth of one call MB",
 ]
 FIGURES = {
     "gateprobe": "GateProbe scores per block",
@@ -254,7 +255,11 @@ def _measurements(data: dict[str, Any]) -> tuple[str, str]:
         _measurement(base, m)
         for m in sorted(data["measures"].values(), key=lambda m: sum(m["blocks_removed"].values()))
     ]
-    return _table(MEASUREMENT_COLUMNS, rows)
+    h, md = _table(MEASUREMENT_COLUMNS, rows)
+    how = (base["cost"].get("inference_memory") or {}).get("how")
+    if how:  # how the inference memory was measured (CUDA allocator peak, or weights + RSS growth on CPU)
+        h, md = h + f"<p>Inference memory: {html.escape(how)}.</p>", md + f"\n\nInference memory: {how}."
+    return h, md
 
 
 def _measurement(base: dict[str, Any], m: dict[str, Any]) -> list[Any]:
@@ -262,6 +267,7 @@ def _measurement(base: dict[str, Any], m: dict[str, Any]) -> list[Any]:
     action, task_before = speedups(base, m, "before")
     task_after = speedups(base, m, "after")[1]
     mem = m["cost"].get("peak_memory_bytes")
+    total = (m["cost"].get("inference_memory") or {}).get("total_bytes")
     took = (
         _took(r) + (f"; {_more(r)}" if r.get("sequential") and r["verdict"] == UNDECIDED else "")
         if r
@@ -281,6 +287,7 @@ def _measurement(base: dict[str, Any], m: dict[str, Any]) -> list[Any]:
         f"{m['cost']['flops_chunk'] / 1e6:.1f} M",
         _x(action),
         f"{_x(task_before)} / {_x(task_after)}",
+        "-" if total is None else f"{total / 2**20:.0f}",
         "-" if mem is None else f"{mem / 2**20:.0f}",
     ]
 

@@ -350,6 +350,7 @@ def _summary(cfg, steps_run: int, elapsed: float, losses: list[float], processes
         "batch_size": cfg.batch_size,
         "processes": processes,
         "mode": cfg.mode,
+        **({"teacher": cfg.teacher} if cfg.mode == "distill" else {}),
         "seconds_this_run": round(elapsed, 3),
         "samples_per_s": round(steps_run * cfg.batch_size / elapsed, 3) if elapsed and steps_run else None,
         "first_loss": losses[0] if losses else None,

@@ -233,6 +233,8 @@ class OFTLibero(nn.Module):
             features[STATE] = PolicyFeature(FeatureType.STATE, (policy.proprio_projector.proprio_dim,))
         self.config = SimpleNamespace(input_features=features)
         self.env_defaults = {"max_steps": OFT_MAX_STEPS[suite]} if suite in OFT_MAX_STEPS else {}
+        # the diffusion head's sampling noise, seeded per episode by closed loop (evaluate.closed_loop)
+        self.noise_module = "policy.action_head" if hasattr(policy.action_head, "sample_noise") else None
         self.queue: list[np.ndarray] = []  # the rest of the current chunk: (B, 7) per step
 
     def reset(self) -> None:

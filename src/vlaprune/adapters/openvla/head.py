@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from torch import nn
 from vlaprune.errors import VlapruneError
 
 DDP_PREFIX = "module."
+INFERENCE_STEPS = 50  # OFT's num_diffusion_steps_inference (run_libero_eval.py default)
 IGNORE_INDEX = -100  # label of positions that are not action tokens (prompt, patches, padding)
 
 
@@ -125,6 +127,23 @@ class DiffusionActionHead(nn.Module):
 
     def predict_noise(self, hidden: torch.Tensor, chunk: int) -> torch.Tensor:
         return self.noise_predictor.mlp_resnet(hidden.reshape(hidden.shape[0], chunk, -1))
+
+    def sample_noise(self, shape: tuple, device: torch.device) -> torch.Tensor:
+        """The reverse diffusion's starting noise (B, chunk, A), standard normal from torch's RNG as OFT's
+        predict_action draws it; closed loop replaces it with one generator per episode seed."""
+        return torch.randn(tuple(shape)).to(device)
+
+    def scheduler(self, steps: int = INFERENCE_STEPS) -> Any:
+        """diffusers' DDIMScheduler as OFT builds it (num_train_timesteps = the training steps,
+        "squaredcos_cap_v2", diffusers' defaults otherwise), set to `steps` inference steps (OFT's
+        run_libero_eval default: 50)."""
+        from diffusers import DDIMScheduler
+
+        sched = DDIMScheduler(
+            num_train_timesteps=self.num_diffusion_steps_train, beta_schedule="squaredcos_cap_v2"
+        )
+        sched.set_timesteps(steps)
+        return sched
 
 
 class ProprioProjector(nn.Module):

@@ -184,7 +184,8 @@ def attach(vla: nn.Module, folder: Path) -> OpenVLAPolicy:
         mods["action_head"],
         mods["proprio_projector"],
         mods["noisy_action_projector"],
-        chunk_for(stats),
+        # OFT's chunk with its head; plain OpenVLA (action tokens) predicts one action per step
+        chunk_for(stats) if mods["action_head"] is not None else 1,
         step,
     )
     policy.folder = folder  # its tokenizer, processor and statistics (closed loop)

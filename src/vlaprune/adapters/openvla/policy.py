@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from vlaprune.adapters.hf.layout import config_counter, stacks_from_paths
-from vlaprune.adapters.openvla.head import IGNORE_INDEX, DiffusionActionHead
+from vlaprune.adapters.openvla.head import IGNORE_INDEX, INFERENCE_STEPS, DiffusionActionHead, sinusoidal
 from vlaprune.adapters.stack import Counter, Layout, ReadOut
 from vlaprune.errors import VlapruneError
 
@@ -221,10 +221,30 @@ def predict_actions(policy: OpenVLAPolicy, batch: dict[str, torch.Tensor]) -> to
     """Normalized actions (B, chunk, A) of the L1 head for an OFT batch (its labels mark the action slots)."""
     head = _require_head(policy)
     if isinstance(head, DiffusionActionHead):
-        raise VlapruneError("action prediction with the diffusion head (DDIM sampling) is not supported yet")
+        return sample_actions(policy, batch)
     return head.predict_action(
         action_hidden(policy, vla_forward(policy, batch), batch["labels"]), policy.chunk
     )
+
+
+@torch.no_grad()
+def sample_actions(policy: OpenVLAPolicy, batch: dict[str, torch.Tensor], steps: int = 0) -> torch.Tensor:
+    """Normalized actions (B, chunk, A) of the diffusion head, sampled as OFT's predict_action does: noise
+    from `head.sample_noise`, then for each of diffusers' DDIM timesteps (`head.scheduler`, 50 by default)
+    the timestep embedding and the noisy actions enter the VLA, the head predicts the noise and the
+    scheduler steps x_t -> x_{t-1} (deterministic DDIM, eta 0)."""
+    head = policy.action_head
+    sched = head.scheduler(steps or INFERENCE_STEPS)
+    n = batch["input_ids"].shape[0]
+    dtype = next(policy.vla.parameters()).dtype
+    x = head.sample_noise((n, policy.chunk, head.action_dim), batch["input_ids"].device).to(dtype)
+    for t in sched.timesteps:
+        emb = sinusoidal(t.reshape(1).repeat(n), head.time_dim).to(x.device, dtype).unsqueeze(1)
+        noisy = {"noisy_actions": x, "diffusion_timestep_embeddings": emb}
+        hidden = action_hidden(policy, vla_forward(policy, batch, noisy), batch["labels"])
+        noise = head.predict_noise(hidden, policy.chunk).reshape(x.shape)
+        x = sched.step(noise, t, x).prev_sample
+    return x
 
 
 def example_batch(policy: OpenVLAPolicy, batch_size: int = 1, prompt: int = 8) -> dict[str, torch.Tensor]:
@@ -326,6 +346,7 @@ def layout(policy: OpenVLAPolicy) -> Layout:
         training_forward=forward if kind else None,
         config_expresses={"language"},
         action_out=f"action_head.{HEAD_RESNET[kind]}" if kind else None,  # the MLP-ResNet's output
+        noise="action_head" if kind == "diffusion" else None,  # the DDIM sampler's starting noise
         example_weights=lambda batch: torch.full(
             (batch["input_ids"].shape[0],), 1.0 / batch["input_ids"].shape[0]
         ),

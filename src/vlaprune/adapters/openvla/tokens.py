@@ -177,7 +177,7 @@ def predict_actions(policy: OpenVLAPolicy, batch: dict[str, torch.Tensor]) -> to
 
 def example_pass(policy: OpenVLAPolicy, training: bool) -> Callable[[], Any]:
     """One inference (prompt + 7 greedy tokens) or one training loss on the adapter's example batch."""
-    full = example_batch(policy)  # <s> + 8 prompt tokens + chunk * 7 tokens + </s>
+    full = example_batch(policy)  # <s> + 8 prompt tokens + 7 action tokens (chunk 1) + </s>
     n = 1 + 8 + 7
     eos = torch.full_like(full["input_ids"][:, :1], policy.vla.config.text_config.eos_token_id or 2)
     ids = torch.cat([full["input_ids"][:, :n], eos], 1)
