@@ -179,7 +179,12 @@ def test_a_policy_built_in_python_saves_and_reloads(oft, tmp_path):
     from vlaprune.adapters.openvla.policy import OpenVLAPolicy
     from vlaprune.policy import wrap
 
-    built = OpenVLAPolicy(oft.module.vla, oft.module.action_head, oft.module.proprio_projector, chunk=8)
+    built = OpenVLAPolicy(
+        oft.module.vla,
+        action_head=oft.module.action_head,
+        proprio_projector=oft.module.proprio_projector,
+        chunk=8,
+    )
     handle = wrap(built)
     handle.drop_blocks({"language": [2]})
     batch = example_batch(built, batch_size=2)

@@ -166,7 +166,8 @@ def preprocessor(policy: OpenVLAPolicy, folder: Path | None, meta: Any) -> Calla
         rows, labels = [], []
         for task, act in zip(tasks, acts.tolist(), strict=True):
             prompt = [tok.bos_token_id] + tok(
-                PROMPT.format(task.lower()), add_special_tokens=False  # OFT and OpenVLA: lowercased only
+                PROMPT.format(task.lower()),
+                add_special_tokens=False,  # OFT and OpenVLA: lowercased only
             ).input_ids
             rows.append(prompt + act + [tok.eos_token_id])
             labels.append([IGNORE_INDEX] * len(prompt) + act + [tok.eos_token_id])

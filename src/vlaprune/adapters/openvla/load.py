@@ -181,12 +181,10 @@ def attach(vla: nn.Module, folder: Path) -> OpenVLAPolicy:
     stats = getattr(vla.config, "norm_stats", None) or _read_stats(folder)
     policy = OpenVLAPolicy(
         vla,
-        mods["action_head"],
-        mods["proprio_projector"],
-        mods["noisy_action_projector"],
+        **mods,  # action_head, proprio_projector, noisy_action_projector
         # OFT's chunk with its head; plain OpenVLA (action tokens) predicts one action per step
-        chunk_for(stats) if mods["action_head"] is not None else 1,
-        step,
+        chunk=chunk_for(stats) if mods["action_head"] is not None else 1,
+        step=step,
     )
     policy.folder = folder  # its tokenizer, processor and statistics (closed loop)
     return policy.to(next(vla.parameters()).dtype).eval()
@@ -237,7 +235,12 @@ def rebuild(base: dict[str, Any], folder: Path, trust_remote_code: bool) -> Open
         mods["proprio_projector"] = ProprioProjector(d, comps["proprio_projector"]["proprio_dim"])
     noisy = NoisyActionProjector(d) if "noisy_action_projector" in comps else None
     policy = OpenVLAPolicy(
-        vla, mods["action_head"], mods["proprio_projector"], noisy, base["chunk"], base["step"]
+        vla,
+        action_head=mods["action_head"],
+        proprio_projector=mods["proprio_projector"],
+        noisy_action_projector=noisy,
+        chunk=base["chunk"],
+        step=base["step"],
     )
     policy.folder = folder
     return policy.to(next(vla.parameters()).dtype).eval()

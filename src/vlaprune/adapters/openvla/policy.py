@@ -124,6 +124,7 @@ class OpenVLAPolicy(nn.Module):
     def __init__(
         self,
         vla: nn.Module,
+        *,
         action_head: nn.Module | None = None,
         proprio_projector: nn.Module | None = None,
         noisy_action_projector: nn.Module | None = None,

@@ -131,6 +131,8 @@ def fresh_policy(vla: nn.Module, folder: Path | None, kind: str, stats: dict | N
             head = DiffusionActionHead(d, d, dims["action"], steps=DIFFUSION_TRAIN_STEPS)
             noisy = NoisyActionProjector(d)
         proprio = ProprioProjector(d, dims["proprio"])
-    policy = OpenVLAPolicy(vla, head, proprio, noisy, chunk_for(stats), "0")
+    policy = OpenVLAPolicy(
+        vla, action_head=head, proprio_projector=proprio, noisy_action_projector=noisy, chunk=chunk_for(stats)
+    )
     policy.folder = folder
     return policy.to(next(vla.parameters()).dtype).eval()
