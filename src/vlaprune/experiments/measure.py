@@ -81,7 +81,7 @@ def measure_one(
     if not cut.exists():
         policy.save(cut)
     c = cost(policy.layout(), n_calls=15, warmup=3)
-    ratio = _latency_ratio(original, policy)
+    ratio = _latency_ratio(_same_path(original, plan), policy)
     del original
     before = evaluate_policy(str(cut), cfg, data, held, probes=baseline)
     rec_dir = work / "recover"
@@ -149,6 +149,19 @@ def _recover(cfg: Any, cut: Path, rec_dir: Path, *, steps: int, seed: int, data:
         log_every=max(1, steps // 10),
     )
     return recover(rcfg, data=data, episodes=episodes)
+
+
+def _same_path(original: Loaded | None, plan: Any) -> Loaded | None:
+    """`original`, on the code path the cut runs: an in-place cut (keep-K/V, action-only) runs the family's
+    joint forward (for SmolVLA with faster denoising steps than lerobot's own code), so the unpruned model
+    it is timed against runs it too (installing it on an uncut model changes nothing but the code path),
+    and the per-action speed-up is the cut's alone."""
+    in_place = plan is not None and bool(getattr(plan, "kv_only", None) or getattr(plan, "skipped", None))
+    if original is not None and in_place:
+        installs = original.layout().skip_in_place
+        for spec in installs.values():
+            spec.install()
+    return original
 
 
 def _latency_ratio(original: Loaded | None, cut: Loaded) -> float | None:
