@@ -249,3 +249,18 @@ def test_an_error_after_loading_is_one_line(tiny_dataset, tmp_path, cli_error):
         [*args, "--calibration.batch_size=2", "--ratios=vision.attn=0.1", f"--output_dir={tmp_path}/o"]
     )
     assert "removes no query heads" in err
+
+
+@pytest.mark.parametrize("command", sorted(__import__("vlaprune.cli").cli.commands()))
+def test_every_flag_has_a_help_text(command):
+    """draccus gives a field the comment right above it only: a field without its own comment has an empty
+    --help line."""
+    from vlaprune import cli
+
+    cmd = cli.commands()[command]
+    if cmd.config is None:
+        return
+    actions = cli.parser(command, cmd).parser._actions
+    flags = [a for a in actions if a.option_strings and a.option_strings[0].startswith("--")]
+    assert len(flags) > 3
+    assert [a.option_strings[0] for a in flags if not (a.help or "").strip()] == []

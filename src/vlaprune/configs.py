@@ -81,8 +81,9 @@ class CalibrationConfig:
     """The calibration batches a command scores on (`--calibration.*`: score, prune-units, dtr), drawn from
     the training episodes with the command's seed."""
 
-    # Number of batches, and frames per batch.
+    # Number of calibration batches.
     batches: int = 4
+    # Frames per calibration batch.
     batch_size: int = 8
 
     def __post_init__(self) -> None:
@@ -98,8 +99,10 @@ class CalibrationConfig:
 class EpisodesConfig:
     """Closed-loop episodes (`--eval.*`), the same options for eval, dtr, prune-units and the demo."""
 
-    # Episodes per task; episode seeds are seed, seed + 1, ... (from 100000: seeds demo recording never uses).
+    # Episodes per task.
     n_episodes: int = 10
+    # The first episode's seed: episodes use seed, seed + 1, ... (from 100000: seeds demo recording never
+    # uses).
     seed: int = 100_000
     # Simulators stepped in parallel (processes), with one batched policy call per step.
     n_envs: int = 1
@@ -107,7 +110,9 @@ class EpisodesConfig:
     # baseline runs n_episodes per task, then rounds of round_episodes more until the comparison is decided,
     # at most max_episodes per task (the baseline runs the seeds the longest comparison needs).
     sequential: bool = False
+    # Episodes per task added in each sequential round.
     round_episodes: int = 5
+    # At most this many episodes per task with --eval.sequential.
     max_episodes: int = 50
 
     def __post_init__(self) -> None:

@@ -39,18 +39,23 @@ class EvalConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     # Closed loop: episodes per task, first episode seed, parallel simulators (--eval.n_episodes, ...).
     eval: EpisodesConfig = field(default_factory=EpisodesConfig)
-    # Offline loss / action error on held-out episodes: the last `holdout` fraction of each task's episodes
-    # (default 0.2, as recover / prune-units / dtr; with --dataset.episodes and no --holdout: exactly the
-    # episodes named); batches of `batch_size`, at most `max_batches` (0: every frame). Episodes a vlaprune
-    # recovery trained the checkpoint on are refused (plan.json trained_on).
+    # Offline loss / action error on held-out episodes (episodes a vlaprune recovery trained the checkpoint
+    # on are refused: plan.json trained_on).
     offline: bool = False
+    # Offline: the held-out fraction, the last of each task's episodes (default 0.2, as recover / prune-units
+    # / dtr; with --dataset.episodes and no --holdout: exactly the episodes named).
     holdout: float | None = None
+    # Offline: frames per batch.
     batch_size: int = 8
+    # Offline: at most this many batches (0: every held-out frame).
     max_batches: int = 0
-    # Probes: rerun with the instruction empty / another task's / shuffled; with black or frozen frames.
+    # Probe: rerun the closed loop with the instruction empty / another task's / shuffled.
     language_probe: bool = False
+    # Probe: rerun the closed loop with black frames / one frozen frame of another seed.
     vision_probe: bool = False
+    # Save episode videos (the env's first camera) to this folder (empty: none).
     video_dir: str = ""
+    # Where the results go (JSON).
     output: str = "eval.json"
 
     def __post_init__(self) -> None:

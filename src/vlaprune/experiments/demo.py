@@ -32,14 +32,17 @@ from vlaprune.experiments.store import Store
 class DemoConfig:
     # Where the demo writes its results store and report.
     output_dir: str = "vlaprune-demo"
-    # Closed-loop episodes per task per measurement, and for each probe condition.
+    # Closed-loop episodes per task per measurement.
     eval_episodes: int = 3
+    # Closed-loop episodes per task for each probe condition (language and vision sensitivity).
     probe_episodes: int = 2
     # Sequential paired verdicts (--eval.sequential): after recovery each cut runs rounds of round_episodes
     # more per task until its comparison with the recovered baseline is decided, at most max_episodes per
     # task (each round costs ~15 s per cut on 2 cores; an undecided cut says how many more it would need).
     sequential: bool = True
+    # Episodes per task added in each sequential round.
     round_episodes: int = 2
+    # At most this many episodes per task per cut.
     max_episodes: int = 5
     # Recovery budget (optimizer steps at batch 16), the same for every variant and the baseline.
     recover_steps: int = 60
@@ -49,6 +52,7 @@ class DemoConfig:
     # blocks, the lowest-scoring; N: a count; all-but-N: every block but N; drop_half: the odd-indexed
     # blocks; keep_2: all but the first and the last.
     levels: list[str] = field(default_factory=lambda: ["drop_half", "0.5"])
+    # Simulators stepped in parallel (processes).
     n_envs: int = 2
     # Offline loss on this many held-out batches of 16 (a seeded subset; 0 = every frame: 9 s more per
     # evaluation on the shipped data, 2 evaluations per measurement).

@@ -36,7 +36,9 @@ class DropSpec:
     # INDICES: 0-based block indices, comma-separated, e.g. --drop.language=3,7; drop_half: the odd-indexed
     # blocks (the paper's metric-free level); keep_2: all but the first and the last (likewise).
     language: str = ""
+    # Vision-encoder blocks to drop (the same values as --drop.language).
     vision: str = ""
+    # Action-expert blocks to drop (the same values; --drop.mode=auto keeps every language block).
     action: str = ""
     # Any stacks by name: "vision.dino=1,2;language=3".
     blocks: str = ""
@@ -44,6 +46,7 @@ class DropSpec:
     # partners' scores included, as the DTR sweep chooses (`vlaprune.surgery.select`); the k lowest-scoring
     # blocks whenever they need no partners.
     scores: str = ""
+    # How many blocks the scores choose (with --drop.from).
     k: int = 0
     # The components (or stack names) they come from, a list: --drop.components=vision,language (empty:
     # every stack the file scores).
@@ -94,10 +97,13 @@ class DropSpec:
 class DropConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     drop: DropSpec = field(default_factory=DropSpec)
+    # Name the stacks yourself (see `vlaprune inspect --help`).
     stacks: str = ""
+    # Required: the folder the pruned checkpoint (weights, config, plan.json) and drop.json go to.
     output_dir: str = ""
     # select_action calls timed per model (after warm-up calls).
     latency_calls: int = 20
+    # Untimed select_action calls per model before the timed ones.
     warmup_calls: int = 3
 
     def __post_init__(self) -> None:

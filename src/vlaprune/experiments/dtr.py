@@ -56,6 +56,7 @@ class SweepConfig:
     levels: list[str] = field(default_factory=lambda: ["0.25", "0.5", "0.75", "all-but-2"])
     # Ranking methods (vlaprune.scoring.METHODS keys).
     methods: list[str] = field(default_factory=lambda: ["gateprobe", "block_influence"])
+    # Seeds (a list): scoring, the baseline and every variant's recovery run once per seed.
     seeds: list[int] = field(default_factory=lambda: [0])
     # Drop mode, as `vlaprune drop --drop.mode`. auto: each component cut alone, as the paper does (language
     # blocks of SmolVLA / pi0 / pi0.5 keep their keys / values for the action expert, action-expert blocks go
@@ -72,11 +73,16 @@ class SweepConfig:
 class BudgetConfig:
     """The recovery budget every variant (and the baseline) gets."""
 
+    # Optimizer steps (every variant and the baseline alike;
+    # with --recover.kind=flops_matched, the baseline's).
     steps: int = 1000
+    # Frames per optimizer step.
     batch_size: int = 16
+    # Peak learning rate (default: the policy's lerobot preset), as `vlaprune recover --lr`.
     lr: float | None = None
     # preset: the policy's own trainable flags (e.g. SmolVLA trains the expert only); all: everything.
     trainable: str = "preset"
+    # Data augmentation: random image shifts of up to this many pixels (0 = none).
     image_shift: int = 0
     # same_steps: every variant trains `steps`; flops_matched: every variant trains for the baseline's
     # total training FLOPs (a smaller model gets more steps; recover/budget.py).
@@ -109,6 +115,7 @@ class DTRConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     # Offline loss on at most this many held-out batches (a seeded random subset; 0 = every frame).
     offline_batches: int = 0
+    # Where the results store (one row per measurement, resumable), checkpoints and report go.
     output_dir: str = "runs/dtr"
     # "i/n": run only every n-th measurement (fan-out over processes / Slurm array jobs).
     shard: str = ""

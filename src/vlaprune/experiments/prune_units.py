@@ -69,6 +69,7 @@ class PruneUnitsConfig:
     # Optional closed-loop success of the original and every pruned model (see `vlaprune eval`).
     env: EnvConfig = field(default_factory=EnvConfig)
     eval: EpisodesConfig = field(default_factory=EpisodesConfig)
+    # Name the stacks yourself (see `vlaprune inspect --help`).
     stacks: str = ""
     # Unit criterion (direction low: the units with the lowest value go). magnitude: the unit's weight norm;
     # wanda: sum |W| * ||X_j|| over calibration activations (Wanda); taylor: sum |W * dL/dW| on the action
@@ -108,11 +109,14 @@ class PruneUnitsConfig:
     # on the calibration batches. With --budget the search picks ratios by the loss on the `validation`
     # fraction before the test episodes (0: on the calibration batches), never on the test episodes.
     holdout: float = HOLDOUT
+    # Fraction of each task's episodes before the test ones that --budget's search judges ratios on.
     validation: float = 0.2
     # Calibration batches (--calibration.batches, --calibration.batch_size), drawn from the training
     # episodes; the held-out and validation batches are as many, as large.
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    # Seed of the calibration batches, the random criterion and the policy's noise / time samples.
     seed: int = 0
+    # Required: the folder the pruned checkpoints and prune_units.json go to.
     output_dir: str = ""
 
     def __post_init__(self) -> None:

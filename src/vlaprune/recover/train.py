@@ -38,6 +38,7 @@ from vlaprune.surgery.checkpoint import save_pruned
 class RecoverConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # Required: the folder the recovered checkpoint goes to (with checkpoints/ to resume from).
     output_dir: str = ""
     # What is trained. full: the policy itself; lora: LoRA adapters (peft: OpenVLA-OFT's own recipe, with
     # its head and projectors trained fully; lerobot's wrap_with_peft for lerobot policies), merged into the
@@ -45,35 +46,48 @@ class RecoverConfig:
     mode: str = "full"
     # Unpruned teacher for --mode=distill (a policy path).
     teacher: str = ""
-    # The budget: optimizer steps and frames per step (per process).
+    # The budget: optimizer steps.
     steps: int = 1000
+    # Frames per optimizer step (per process).
     batch_size: int = 8
     # Optimizer / schedule: the policy's lerobot preset; lr overrides its peak learning rate, for the
     # optimizer and the scheduler alike (the decay floor keeps its ratio to the peak: lr * decay_lr / peak).
     lr: float | None = None
     # preset: the policy's own trainable flags (e.g. SmolVLA trains the expert only); all: everything.
     trainable: str = "preset"
+    # Seed of the data order, augmentation and the policy's noise / time samples.
     seed: int = 0
+    # Save a resumable checkpoint (weights, optimizer, scheduler, RNG states) every this many steps.
     save_every: int = 500
+    # Log loss and learning rate every this many steps.
     log_every: int = 50
+    # Continue from the latest checkpoint in output_dir (refused when it was written for another model or
+    # mode).
     resume: bool = False
     # auto: as lerobot-train, from the policy's config (`dtype` bfloat16 -> bf16, float16 -> fp16, float32 ->
     # no; policies without `dtype`, `use_amp` -> the device's autocast dtype); no: full precision;
     # bf16: bfloat16 autocast; fp16: float16 autocast with loss scaling.
     mixed_precision: str = "auto"
+    # DataLoader worker processes (0: load in the training process).
     num_workers: int = 0
+    # Log to Weights & Biases (needs wandb installed and logged in).
     wandb: bool = False
     # Data augmentation: random image shifts of up to this many pixels (0 = none).
     image_shift: int = 0
     # LoRA rank (--mode=lora); default: the family's recipe (OpenVLA-OFT's finetune.py: 32), lerobot: 16.
     lora_r: int | None = None
+    # --mode=distill: weight of the task loss on the dataset's actions (1 - alpha: matching the teacher's
+    # action output on the same noise and time samples).
     distill_alpha: float = 0.5
+    # --mode=distill: weight of a term matching the action stack's last hidden states to the teacher's
+    # (0: none).
     distill_hidden: float = 0.0
     # Episodes kept out of training, per task (the split `eval --holdout` and the sweeps use): the last
     # `holdout` fraction is test, the `validation` fraction before it validation. The checkpoint records
     # which episodes it trained on (plan.json `trained_on`) and `eval` refuses to call those held out.
     # 0.2, as eval, prune-units and dtr, so recover -> prune-units -> eval works with defaults; 0: all.
     holdout: float = HOLDOUT
+    # Fraction of each task's episodes before the held-out ones kept for validation (0: none).
     validation: float = 0.0
 
     def __post_init__(self) -> None:

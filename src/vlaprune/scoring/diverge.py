@@ -21,14 +21,16 @@ from vlaprune.scoring.tensors import TensorSource
 class DivergeConfig:
     # The base VLM and the VLA fine-tuned from it: checkpoint folders, .safetensors files or shard indexes.
     base: str = ""
+    # The VLA fine-tuned from --base (the same kinds of path).
     tuned: str = ""
-    # Name mapping VLA -> VLM: a preset, or your prefix rules "vla.prefix.=>vlm.prefix.;...".
-    # auto: the preset that matches the most tensors; identity: the same names; smolvla: lerobot SmolVLA
-    # against its SmolVLM2; pi0: lerobot pi0 / pi0.5 against google/paligemma-3b-pt-224 as on the hub;
-    # pi05: the same; pi0-transformers5: against a PaliGemma saved by transformers 5; openvla: OpenVLA
-    # against its Llama-2; oft: an OpenVLA-OFT folder (loaded with its head) against the Prismatic VLM it
-    # started from; oft-llama: the same against its bare Llama-2.
+    # Name mapping VLA -> VLM: a preset, or your prefix rules "vla.prefix.=>vlm.prefix.;...". auto: the preset
+    # that matches the most tensors; identity: the same names; smolvla: lerobot SmolVLA against its SmolVLM2;
+    # pi0: lerobot pi0 / pi0.5 against google/paligemma-3b-pt-224 as on the hub; pi05: as pi0 (lerobot pi0.5
+    # against the same PaliGemma); pi0-transformers5: against a PaliGemma saved by transformers 5; openvla:
+    # OpenVLA against its Llama-2; oft: an OpenVLA-OFT folder (loaded with its head) against the Prismatic VLM
+    # it started from; oft-llama: the same against its bare Llama-2.
     map: str = "auto"
+    # Where the per-module / per-layer / per-channel divergence files and the report go.
     output_dir: str = "divergence"
     # Largest float32 chunk per tensor (MB): bounds peak memory; small chunks also stay in the CPU caches.
     chunk_mb: int = 4

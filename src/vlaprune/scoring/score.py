@@ -45,11 +45,13 @@ class ScoreConfig:
     # Gates: block: one per block; sublayer: one per residual branch (attention, MLP), for
     # gateprobe_branch(_abs) only.
     granularity: str = "block"
-    # Method settings: Hutchinson probes per batch (hessian_trace), integration steps (integrated_gradients),
-    # blocks per contiguous span (contiguous_cossim).
+    # Hutchinson probes per batch (hessian_trace).
     probes: int = 8
+    # Integration steps from gate 0 to gate 1 (integrated_gradients).
     ig_steps: int = 8
+    # Blocks per contiguous span (contiguous_cossim).
     span: int = 2
+    # Where the scores go (JSON: per method, stack and block; higher = more important).
     output: str = "scores.json"
 
     def __post_init__(self) -> None:
