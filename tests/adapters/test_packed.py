@@ -12,6 +12,12 @@ from vlaprune.adapters.smolvla import denoise
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 
 
+@pytest.fixture(autouse=True)
+def pack_small_weights(monkeypatch):
+    """The tests' layers are far below the size where packing pays: pack them anyway."""
+    monkeypatch.setattr(packed, "MIN_PACKED", 0)
+
+
 def layers(*outs, k=24, bias=False):
     torch.manual_seed(0)
     return tuple(nn.Linear(k, n, bias=bias) for n in outs)
@@ -30,6 +36,20 @@ def test_grouped_packed_linears_equal_each_layer(bias):
     with torch.no_grad():
         packed.linears(group, x)
     assert packed._PACKED[group[0]] is entry  # and packs once, not per call
+
+
+def test_small_weights_get_the_plain_call(monkeypatch):
+    monkeypatch.setattr(packed, "MIN_PACKED", 16 * 24 + 1)  # one element more than the group below
+    group, x = layers(8, 8), torch.randn(3, 24)
+    with torch.no_grad():
+        got = packed.linears(group, x)
+    assert group[0] not in packed._PACKED
+    for g, m in zip(got, group):
+        assert torch.equal(g, m(x))
+    monkeypatch.setattr(packed, "MIN_PACKED", 16 * 24)
+    with torch.no_grad():
+        packed.linears(group, x)
+    assert group[0] in packed._PACKED
 
 
 def test_a_weight_updated_in_place_is_packed_again():

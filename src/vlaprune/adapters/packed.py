@@ -8,11 +8,11 @@ packing PyTorch's inductor uses for frozen CPU inference) and reused until it ch
 (measured, 10 x 384 by 384 x 1024). Layers that read the same input (q / k / v, gate / up) share one
 packed weight, so one call does all of them.
 
-Only where it is safe, else `layer(x)`: plain float32 CPU `nn.Linear`s, no autograd (the packed op has no
-backward), no forward hooks of their own or global (a hook must see the call: FLOP counting, activation
-statistics), oneDNN in this torch build. The packed weight is re-made when a weight is another tensor or
-was updated in place (its version counter: an optimizer step). Results equal `nn.Linear`'s up to the last
-bits (another summation order).
+Only where it pays (a group's weights of at least `MIN_PACKED` elements) and where it is safe, else
+`layer(x)`: plain float32 CPU `nn.Linear`s, no autograd (the packed op has no backward), no forward hooks of
+their own or global (a hook must see the call: FLOP counting, activation statistics), oneDNN in this torch
+build. The packed weight is re-made when a weight is another tensor or was updated in place (its version
+counter: an optimizer step). Results equal `nn.Linear`'s up to the last bits (another summation order).
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ from torch.nn.modules import module as _hooks
 # first layer of a group -> (tag of the group's weights, oneDNN-packed concatenated weight, bias or None);
 # weak keys: a deleted model leaves nothing behind, a deep copy starts empty
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Smaller weights (a group's, in elements) run `layer(x)`: oneDNN's call costs ~20 us more than MKL's, which
+# small weights do not win back (benchmarks/packed_linear.py, 2-core AMD EPYC, 10-50 rows, 1-2 threads:
+# 96 x 256 and 128 x 384 packed 0.4-0.9x as fast, 256 x 768 0.9-1.3x, 384 x 1024 and larger 1.0-2.5x).
+MIN_PACKED = 1 << 18
 
 
 def packable(layer: nn.Module) -> bool:
@@ -45,7 +49,7 @@ def packable(layer: nn.Module) -> bool:
 def linears(layers: tuple[nn.Module, ...], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(layer(x) for layer in layers) for x (..., K), each (..., N_i): one oneDNN call on the layers'
     concatenated packed weight when every layer is packable, else each layer's own forward."""
-    if not all(packable(layer) for layer in layers):
+    if sum(m.weight.numel() for m in layers) < MIN_PACKED or not all(packable(layer) for layer in layers):
         return tuple(layer(x) for layer in layers)
     rows = x.numel() // x.shape[-1]
     tag = tuple((id(m), m.weight.data_ptr(), m.weight._version, tuple(m.weight.shape)) for m in layers)
