@@ -28,8 +28,9 @@ from torch.nn.modules import module as _hooks
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # Smaller weights (a group's, in elements) run `layer(x)`: oneDNN's call costs ~20 us more than MKL's, which
 # small weights do not win back (benchmarks/packed_linear.py, 2-core AMD EPYC, 10-50 rows, 1-2 threads:
-# 96 x 256 and 128 x 384 packed 0.4-0.9x as fast, 256 x 768 0.9-1.3x, 384 x 1024 and larger 1.0-2.5x).
-MIN_PACKED = 1 << 18
+# 96 x 256 and 128 x 384 packed 0.4-0.9x as fast, 256 x 768 0.9-1.3x, 384 x 1024 and larger 1.0-2.5x);
+# 2^17 keeps benchmarks/drop_latency.py's 384 x 512 projections packed (1.1-1.3x at its 10 rows, 2 threads).
+MIN_PACKED = 1 << 17
 
 
 def packable(layer: nn.Module) -> bool:
