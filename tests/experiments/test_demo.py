@@ -23,11 +23,13 @@ def test_demo_minimal_run(tmp_path):
         "demo",
         f"--output_dir={out}",
         "--eval_episodes=1",
-        "--probe_episodes=1",
+        "--probe_episodes=0",  # no probes (they run in tests/experiments/test_dtr.py)
         "--recover_steps=2",
         "--methods=position_last",
         "--levels=drop_half",
         "--n_envs=1",
+        "--max_episodes=1",  # sequential rounds end to end: tests/experiments/test_rounds.py
+        "--offline_batches=2",
     ]
     assert main(args) == 0
     page = (out / "report.html").read_text()
@@ -35,6 +37,8 @@ def test_demo_minimal_run(tmp_path):
     measures = [json.loads(f.read_text()) for f in (out / "rows").glob("*.json")]
     # baseline, vision [1], language [1, 3] (keep-K/V), action [1, 3] (action-only: each component alone)
     assert sum(m["kind"] == "measure" for m in measures) == 4
+    base = next(m for m in measures if m["kind"] == "measure" and m["spec"]["drops"] == {})
+    assert "probes" not in base["before"] and base["before"]["success"] >= 0
     plans = {m["spec"]["component"]: m["drops"] for m in measures if m["kind"] == "plan"}
     assert plans == {
         "vision": {"vision": [1]},

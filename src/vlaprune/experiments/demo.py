@@ -34,7 +34,7 @@ class DemoConfig:
     output_dir: str = "vlaprune-demo"
     # Closed-loop episodes per task per measurement.
     eval_episodes: int = 3
-    # Closed-loop episodes per task for each probe condition (language and vision sensitivity).
+    # Closed-loop episodes per task for each probe condition (language and vision sensitivity; 0: no probes).
     probe_episodes: int = 2
     # Sequential paired verdicts (--eval.sequential): after recovery each cut runs rounds of round_episodes
     # more per task until its comparison with the recovered baseline is decided, at most max_episodes per

@@ -106,7 +106,7 @@ class DTRConfig:
     recover: BudgetConfig = field(default_factory=BudgetConfig)
     # Closed-loop episodes per task per measurement, first seed, parallel simulators (--eval.n_episodes, ...).
     eval: EpisodesConfig = field(default_factory=EpisodesConfig)
-    # Probes (language and vision sensitivity) on the baseline, with this many episodes per task.
+    # Probes (language and vision sensitivity) on the baseline, with this many episodes per task (0: none).
     probe_episodes: int = 5
     # Held-out fraction of the dataset's episodes for the offline loss.
     holdout: float = 0.2
@@ -131,6 +131,10 @@ class DTRConfig:
                 raise VlapruneError(f"--sweep.parts: unknown part {part!r}; choose from {', '.join(PARTS)}")
         if self.recover.kind not in BUDGETS:
             raise VlapruneError(f"--recover.kind={self.recover.kind!r}; choose one of {', '.join(BUDGETS)}")
+        if self.probe_episodes < 0:
+            raise VlapruneError(
+                f"--probe_episodes={self.probe_episodes}: episodes per probe condition, or 0 for none"
+            )
         if self.recover.steps < 1:
             raise VlapruneError("--recover.steps must be >= 1 (the same budget for every variant)")
         for level in self.sweep.levels:

@@ -83,7 +83,7 @@ def measure_one(
     c = cost(policy.layout(), n_calls=15, warmup=3)
     ratio = _latency_ratio(_same_path(original, plan), policy)
     del original
-    before = evaluate_policy(str(cut), cfg, data, held, probes=baseline)
+    before = evaluate_policy(str(cut), cfg, data, held, probes=baseline and cfg.probe_episodes > 0)
     rec_dir = work / "recover"
     episodes = (train, teacher)
     summary = _recover(cfg, cut, rec_dir, steps=steps, seed=mspec["seed"], data=data, episodes=episodes)
