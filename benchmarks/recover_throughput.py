@@ -1,12 +1,15 @@
 """Recovery training throughput against lerobot's own training script, same policy, data and batch size.
 
-    .venv/bin/python benchmarks/recover_throughput.py [--steps 20,120 --batch-size 8]
+    .venv/bin/python benchmarks/recover_throughput.py [--steps 20,120 --batch-size 8 --repeats 3]
 
 Both trainers run as separate processes on a random-weight lerobot SmolVLA (text 8x256, vision 4x128,
 64x64 images) and a LeRobotDataset written by the script. Each runs twice, for S1 and S2 steps;
 the steady-state throughput is (S2 - S1) * batch / (T(S2) - T(S1)) with T the wall time of the whole
 process, so start-up (imports, dataset, model build) and the final save cancel out. Reports samples/s of
-each and the ratio vlaprune / lerobot (target >= 0.95). Writes benchmarks/results/recover_throughput.json.
+each and the ratio vlaprune / lerobot (target >= 0.95), per repeat (the four runs of a repeat one after the
+other, lerobot and vlaprune alternating) and of the medians over the repeats. Both run under their own
+defaults (nothing exported: vlaprune chooses its thread policy per command, evaluate/threads.py).
+Writes benchmarks/results/recover_throughput.json.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
@@ -78,6 +83,13 @@ def vlaprune_cmd(vlm: Path, data: Path, out: Path, steps: int, bs: int, src: Pat
     ]
 
 
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if "model name" in line:
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
 def timed(cmd: list[str]) -> float:
     t0 = time.perf_counter()
     res = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
@@ -90,6 +102,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", default="20,120")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/recover_throughput.json")
     args = ap.parse_args()
     s1, s2 = (int(x) for x in args.steps.split(","))
@@ -101,27 +114,41 @@ def main() -> None:
         [*lerobot_cmd(vlm, data, src, 1, args.batch_size)], env=ENV, check=True, capture_output=True
     )
     src_ckpt = src / "checkpoints" / "last" / "pretrained_model"
-    times = {}
-    for name in ("lerobot", "vlaprune"):
-        for steps in (s1, s2):
-            out = tmp / f"{name}-{steps}"
-            cmd = (
-                lerobot_cmd(vlm, data, out, steps, args.batch_size)
-                if name == "lerobot"
-                else vlaprune_cmd(vlm, data, out, steps, args.batch_size, src_ckpt)
-            )
-            times[(name, steps)] = timed(cmd)
-            shutil.rmtree(out, ignore_errors=True)
-    thr = {
-        n: (s2 - s1) * args.batch_size / (times[(n, s2)] - times[(n, s1)]) for n in ("lerobot", "vlaprune")
-    }
+    runs = []
+    for _ in range(args.repeats):
+        times = {}
+        for name in ("lerobot", "vlaprune"):
+            for steps in (s1, s2):
+                out = tmp / f"{name}-{steps}"
+                cmd = (
+                    lerobot_cmd(vlm, data, out, steps, args.batch_size)
+                    if name == "lerobot"
+                    else vlaprune_cmd(vlm, data, out, steps, args.batch_size, src_ckpt)
+                )
+                times[(name, steps)] = timed(cmd)
+                shutil.rmtree(out, ignore_errors=True)
+        thr = {
+            n: (s2 - s1) * args.batch_size / (times[(n, s2)] - times[(n, s1)])
+            for n in ("lerobot", "vlaprune")
+        }
+        runs.append(
+            {
+                "wall_s": {f"{n}_{s}": round(t, 2) for (n, s), t in times.items()},
+                "samples_per_s": {n: round(v, 2) for n, v in thr.items()},
+                "ratio_vlaprune_over_lerobot": round(thr["vlaprune"] / thr["lerobot"], 3),
+            }
+        )
+        print(json.dumps(runs[-1]), flush=True)
+    median = {n: statistics.median(r["samples_per_s"][n] for r in runs) for n in ("lerobot", "vlaprune")}
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "date": date.today().isoformat(),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.machine()}",
         "setup": f"SmolVLA random weights (text 8x256, vision 4x128), batch {args.batch_size}, "
-        f"steps {s1} vs {s2}",
-        "wall_s": {f"{n}_{s}": round(t, 2) for (n, s), t in times.items()},
-        "samples_per_s": {n: round(v, 2) for n, v in thr.items()},
-        "ratio_vlaprune_over_lerobot": round(thr["vlaprune"] / thr["lerobot"], 3),
+        f"steps {s1} vs {s2}, {args.repeats} repeats, each trainer under its own defaults",
+        "samples_per_s_median": {n: round(v, 2) for n, v in median.items()},
+        "ratio_of_medians": round(median["vlaprune"] / median["lerobot"], 3),
+        "ratio_per_repeat": [r["ratio_vlaprune_over_lerobot"] for r in runs],
+        "repeats": runs,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
