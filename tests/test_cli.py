@@ -260,7 +260,10 @@ def test_every_flag_has_a_help_text(command):
     cmd = cli.commands()[command]
     if cmd.config is None:
         return
-    actions = cli.parser(command, cmd).parser._actions
+    parser = cli.parser(command, cmd)
+    actions = parser.parser._actions
     flags = [a for a in actions if a.option_strings and a.option_strings[0].startswith("--")]
     assert len(flags) > 3
     assert [a.option_strings[0] for a in flags if not (a.help or "").strip()] == []
+    listed = [a.option_strings[0] for g in parser.parser._action_groups for a in g._group_actions]
+    assert len(listed) == len(set(listed))  # each flag once (draccus adds a group's config-file flag twice)

@@ -200,6 +200,14 @@ def parser(name: str, cmd: Command):
         intro = intro.rstrip(".")
         head = f"{intro} (default: %(default)s); one of:" if intro else "One of (default: %(default)s):"
         action.help = "\n".join([head, *(f"{v}\t{d}".replace("%", "%%") for v, d in rows)])
+    listed: set[str] = set()  # draccus adds a nested group's config-file flag twice: list it once
+    for group in p.parser._action_groups:
+        keep = []
+        for a in group._group_actions:
+            if not set(a.option_strings) & listed:
+                keep.append(a)
+                listed.update(a.option_strings)
+        group._group_actions[:] = keep
     return p
 
 
