@@ -15,6 +15,11 @@ One run, nothing else on the machine, the same env processes for every measureme
   LIBERO (a tiny random SmolVLA with LIBERO's features; libero_spatial/0, 128 px, episodes capped at
   `--libero-steps`): simulator alone and closed loop as above, and `lerobot-eval` (console script,
   --eval.batch_size = n_envs, async envs) with the same policy folder, task, cap, image size and episodes.
+CPU (MetaWorld and LIBERO): CPU seconds of this process (the policy and the schedule) during the closed loop
+and of the worker processes during the simulator-alone run with the closed loop's messages; their sum over the
+cores is the closed loop's ceiling on this machine (`ceiling_steps_per_s`: the steps/s a perfect overlap of
+policy and simulators would reach when both only compete for the cores), and `closed_loop_vs_ceiling` says
+how much of it the schedule gets.
 Steps/s = simulator steps / wall seconds once the simulators are started (lerobot-eval: its own `eval_s`,
 which also starts after its envs are made). Success rates are reported side by side; the closed loop and the
 grouped schedule must give the same episodes (seed, success, steps).
@@ -77,6 +82,13 @@ def simulator_alone(sims, plan: list[tuple[int, int]], action_dim: int, chunk: i
     return time.perf_counter() - t0
 
 
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds so far of the processes `pids` (their own, not their children's)."""
+    import psutil
+
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+
+
 def grouped(policy, pre, post, env_type: str, task: str, seeds: list[int], *, n_envs: int, env_kw: dict):
     """The schedule before this change: groups of n_envs, one batched select_action per step."""
     from vlaprune.evaluate import closed_loop as cl
@@ -102,10 +114,11 @@ def measure_task(
     t0 = time.perf_counter()
     sims = workers.simulators(factory, args.n_envs)
     start = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_s([os.getpid()])
     res = rollouts(policy, pre, post, env_type, task, seeds, n_envs=args.n_envs, env_kw=env_kw)
     loop = time.perf_counter() - t0
     row = {"start_s": start, "closed_loop_s": loop, "episodes": res}
+    row["policy_cpu_s"] = cpu_s([os.getpid()]) - c0
     if args.grouped:
         t0 = time.perf_counter()
         with sized_threads():
@@ -115,7 +128,10 @@ def measure_task(
         row["grouped_s"] = time.perf_counter() - t0
     dim = sims.local.action_space.shape[0] if sims.local else factory().action_space.shape[0]
     plan = [(r["seed"], r["steps"]) for r in res]
+    workers = [proc.pid for proc in sims.procs] or [os.getpid()]
+    c0 = cpu_s(workers)
     row["simulator_s"] = simulator_alone(sims, plan, dim, chunk=policy.config.n_action_steps)
+    row["simulator_cpu_s"] = cpu_s(workers) - c0
     row["simulator_every_frame_s"] = simulator_alone(sims, plan, dim)
     return row
 
@@ -136,6 +152,12 @@ def summary(rows: dict[str, dict]) -> dict:
             out[f"{key}_steps_per_s"] = round(steps / secs, 1)
     for key in ("simulator", "simulator_every_frame"):
         out[f"closed_loop_vs_{key}"] = round(out["closed_loop_steps_per_s"] / out[f"{key}_steps_per_s"], 3)
+    for key in ("policy_cpu", "simulator_cpu"):
+        out[f"{key}_s"] = round(sum(r[f"{key}_s"] for r in rows.values()), 2)
+    cpu = out["policy_cpu_s"] + out["simulator_cpu_s"]
+    ceiling = min(steps * (os.cpu_count() or 1) / cpu, out["simulator_steps_per_s"])
+    out["ceiling_steps_per_s"] = round(ceiling, 1)
+    out["closed_loop_vs_ceiling"] = round(out["closed_loop_steps_per_s"] / ceiling, 3)
     if "grouped_s" in out:
         out["grouped_vs_simulator"] = round(out["grouped_steps_per_s"] / out["simulator_steps_per_s"], 3)
         key = lambda r: (r["seed"], r["success"], r["steps"])  # noqa: E731
