@@ -251,15 +251,15 @@ def test_an_error_after_loading_is_one_line(tiny_dataset, tmp_path, cli_error):
     assert "removes no query heads" in err
 
 
-@pytest.mark.parametrize("command", sorted(__import__("vlaprune.cli").cli.commands()))
+@pytest.mark.parametrize(
+    "command", sorted(n for n, c in __import__("vlaprune.cli").cli.commands().items() if c.config is not None)
+)
 def test_every_flag_has_a_help_text(command):
     """draccus gives a field the comment right above it only: a field without its own comment has an empty
     --help line."""
     from vlaprune import cli
 
     cmd = cli.commands()[command]
-    if cmd.config is None:
-        return
     parser = cli.parser(command, cmd)
     actions = parser.parser._actions
     flags = [a for a in actions if a.option_strings and a.option_strings[0].startswith("--")]
