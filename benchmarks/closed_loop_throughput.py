@@ -111,11 +111,14 @@ def measure_task(
     from vlaprune.evaluate.threads import sized_threads
 
     factory = functools.partial(envs.make, env_type, task, **env_kw)
+    # the width `rollouts` uses (no more envs than episodes), so that it reuses these simulator processes:
+    # another width is another cache entry, which may close these (their CPU times then cannot be read)
+    width = max(1, min(args.n_envs, len(seeds)))
     t0 = time.perf_counter()
-    sims = workers.simulators(factory, args.n_envs)
+    sims = workers.simulators(factory, width)
     start = time.perf_counter() - t0
     t0, c0 = time.perf_counter(), cpu_s([os.getpid()])
-    res = rollouts(policy, pre, post, env_type, task, seeds, n_envs=args.n_envs, env_kw=env_kw)
+    res = rollouts(policy, pre, post, env_type, task, seeds, n_envs=width, env_kw=env_kw)
     loop = time.perf_counter() - t0
     row = {"start_s": start, "closed_loop_s": loop, "episodes": res}
     row["policy_cpu_s"] = cpu_s([os.getpid()]) - c0
@@ -123,7 +126,7 @@ def measure_task(
         t0 = time.perf_counter()
         with sized_threads():
             row["grouped_episodes"] = grouped(
-                policy, pre, post, env_type, task, seeds, n_envs=args.n_envs, env_kw=env_kw
+                policy, pre, post, env_type, task, seeds, n_envs=width, env_kw=env_kw
             )
         row["grouped_s"] = time.perf_counter() - t0
     dim = sims.local.action_space.shape[0] if sims.local else factory().action_space.shape[0]

@@ -5,7 +5,9 @@ blocks (`vlaprune.adapters.skipped`).
 untouched). It is lerobot 0.6.1's `forward` with one change: a layer whose VLM block is kv-only computes, for
 the prefix, only its keys / values, and the language tokens' hidden state passes through (h_out = h_in):
   - joint self-attention layers (training, and the prefix prefill that fills the KV cache): prefix K/V
-    (B, Lp, H_kv, D) joined with the expert's; only the expert's queries attend;
+    (B, Lp, H_kv, D) joined with the expert's; only the expert's queries attend; in the prefill of
+    inference a run of consecutive kv-only layers (they all see the same hidden state) is written to the
+    cache in one pass (`vlaprune.adapters.smolvla.prefill`: one norm statistic, one batched matmul, one RoPE);
   - cross-attention layers (training): the expert projects the prefix K/V with its own k/v projections, as
     in lerobot's `forward_cross_attn_layer`, without the prefix's own attention;
   - denoising steps (prefix None) read the cache and never touch the VLM block: the expert runs alone
@@ -28,7 +30,7 @@ from torch import nn
 
 from vlaprune.adapters.keep_kv import install_forward, is_kv_only
 from vlaprune.adapters.skipped import is_skipped
-from vlaprune.adapters.smolvla import denoise
+from vlaprune.adapters.smolvla import denoise, prefill
 
 
 def install(vwe: nn.Module) -> None:
@@ -59,8 +61,14 @@ def joint_forward(
     every = self.self_attn_every_n_layers
     denoising = inputs_embeds[0] is None and past_key_values is not None and not fill_kv_cache
     tables = denoise.step_tables(position_ids, attention_mask, head_dim) if denoising else None
+    filled: set[int] = set()  # kv-only layers the prefill already wrote in one pass (`prefill`)
     for layer_idx in range(self.num_vlm_layers):
         kv_only = is_kv_only(model_layers[0][layer_idx])
+        if kv_only and fill_kv_cache and inputs_embeds[-1] is None and layer_idx not in filled:
+            run = _prefill_run(model_layers, inputs_embeds[0], layer_idx, position_ids, past_key_values)
+            filled.update(run)
+        if layer_idx in filled:
+            continue
         if model_layers[1][layer_idx] is None and (kv_only or inputs_embeds[0] is None):
             continue  # nothing of this layer is left to run (or, denoising, nothing of it reads the suffix)
         joint = fill_kv_cache or "cross" not in self.attention_mode or (every > 0 and layer_idx % every == 0)
@@ -90,6 +98,17 @@ def joint_forward(
         inputs_embeds = _residuals(model_layers, inputs_embeds, layer_idx, att_outputs)
     outputs = [None if h is None else models[i].norm(h) for i, h in enumerate(inputs_embeds)]
     return outputs, past_key_values
+
+
+def _prefill_run(model_layers: list, prefix: torch.Tensor, start: int, position_ids, cache) -> list[int]:
+    """The kv-only run from layer `start` written to the cache in one pass (`prefill`), when it can be;
+    returns the layer indices written ([]: run them layer by layer)."""
+    run = prefill.run_from(model_layers, start)
+    blocks = [model_layers[0][j] for j in run]
+    if not prefill.fusable(blocks, prefix):
+        return []
+    prefill.fill(blocks, run, prefix, position_ids[:, : prefix.shape[1]], cache)
+    return run
 
 
 def _residuals(model_layers: list, inputs_embeds: list, layer_idx: int, att_outputs: list) -> list:
