@@ -1,9 +1,10 @@
-"""Closed-loop rollouts run an uncut SmolVLA on vlaprune's joint forward (`closed_loop.joint_forward`): the
-same actions, the override only while the episodes run, other families and models that already run it left
-as they are."""
+"""Closed-loop rollouts run an uncut SmolVLA on vlaprune's joint forward (`adapters.inference`, SmolVLA's
+`Family.inference`): the same actions, the override only while the episodes run, other families and models
+that already run it left as they are."""
 
 import torch
 
+from vlaprune.adapters import inference
 from vlaprune.adapters.lerobot.batch import example_batch
 from vlaprune.adapters.smolvla import keep_kv
 from vlaprune.evaluate import closed_loop as cl
@@ -25,7 +26,7 @@ def overridden(policy) -> bool:
 def test_smolvla_runs_the_joint_forward_only_inside(smolvlm_dir):
     policy = tiny_smolvla(smolvlm_dir)
     want = chunk(policy)
-    with cl.joint_forward(policy):
+    with inference(policy):
         assert overridden(policy)
         got = chunk(policy)
     assert not overridden(policy)  # lerobot's own forward again
@@ -36,14 +37,14 @@ def test_a_model_that_runs_it_already_keeps_it(smolvlm_dir):
     policy = tiny_smolvla(smolvlm_dir)
     keep_kv.install(policy.model.vlm_with_expert)
     forward = policy.model.vlm_with_expert.forward
-    with cl.joint_forward(policy):
+    with inference(policy):
         pass
     assert policy.model.vlm_with_expert.forward == forward
 
 
 def test_other_families_are_left_alone(pi0):
     before = dict(vars(pi0.model.paligemma_with_expert))
-    with cl.joint_forward(pi0):
+    with inference(pi0):
         assert dict(vars(pi0.model.paligemma_with_expert)) == before
 
 

@@ -11,6 +11,8 @@ themselves.
 
 from __future__ import annotations
 
+import contextlib
+
 from torch import nn
 
 from vlaprune.adapters import paths
@@ -39,6 +41,7 @@ __all__ = [
     "closed_loop_policy",
     "family",
     "family_of",
+    "inference",
     "is_lerobot",
     "kind_of",
     "layout",
@@ -65,6 +68,13 @@ def layout(model: nn.Module, stacks: str | None = None) -> Layout:
             f"OpenVLA-OFT folders and transformers models with layer lists); {paths.HOW}"
         )
     return fam.layout(model)
+
+
+def inference(model: nn.Module) -> contextlib.AbstractContextManager:
+    """A context in which `model` runs its family's faster inference code (`Family.inference`: SmolVLA's
+    joint forward), undone on exit; a no-op for other families."""
+    fam = family_of(model)
+    return fam.inference(model) if fam is not None and fam.inference is not None else contextlib.nullcontext()
 
 
 def closed_loop_policy(model: nn.Module, env_type: str, task: str) -> nn.Module | None:

@@ -14,6 +14,7 @@ Nothing outside adapters/ tests a family: it asks this table (tests/test_familie
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,8 @@ class Family:
     recipe: its own fine-tuning recipe (`Recipe`), or None (lerobot's presets).
     chunked: its select_action queues the first n_action_steps actions of `predict_action_chunk`, so closed
         loop may compute whole chunks and run them open loop per env (evaluate/schedule.py).
+    inference: module -> a context manager in which the module runs vlaprune's faster inference code (the
+        code its in-place cuts run; same actions up to the last bits), undone on exit; None: as loaded.
     """
 
     name: str
@@ -126,3 +129,4 @@ class Family:
     plugin_type: str | None = None
     recipe: Recipe | None = None
     chunked: bool = False
+    inference: Callable[[nn.Module], contextlib.AbstractContextManager] | None = None

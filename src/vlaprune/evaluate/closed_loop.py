@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vlaprune.adapters import closed_loop_policy, family
+from vlaprune.adapters import closed_loop_policy, family, inference
 from vlaprune.adapters import layout as find_layout
 from vlaprune.errors import VlapruneError
 from vlaprune.evaluate import envs, schedule, workers
@@ -233,31 +233,10 @@ def rollouts(
     )
     sims = workers.simulators(factory, width)  # one set of simulator processes for all episodes of this task
     threads = rollout_threads(0 if sims.local is not None else sims.n)  # evaluate/threads.py
-    with sized_threads(threads), noise_rows(policy) as job.noise, joint_forward(policy):
+    with sized_threads(threads), noise_rows(policy) as job.noise, inference(policy):
         if job.act is not None:
             return schedule.scheduled(job, sims, seeds)
         return schedule.grouped(job, sims, seeds, lambda b: select(policy, pre, post, b))
-
-
-@contextlib.contextmanager
-def joint_forward(policy: nn.Module):
-    """While active, an uncut SmolVLA runs vlaprune's joint forward (`adapters.smolvla.keep_kv`), the code
-    every in-place cut runs: its denoising steps skip work lerobot repeats per step
-    (`adapters.smolvla.denoise`), so the closed loop's policy calls are faster (the shipped demo policy:
-    40.5 vs 49.1 ms per chunk, 1 thread, actions equal bit for bit), and a DTR baseline and its cuts run
-    the same arithmetic. Other families, and a model that already runs it, are left as they are; the
-    override is removed afterwards."""
-    vwe = getattr(getattr(policy, "model", None), "vlm_with_expert", None)
-    if family(policy) != "smolvla" or vwe is None or "forward" in vars(vwe):
-        yield
-        return
-    from vlaprune.adapters.smolvla import keep_kv
-
-    keep_kv.install(vwe)
-    try:
-        yield
-    finally:
-        vars(vwe).pop("forward", None)
 
 
 def select(policy: nn.Module, pre, post, batch: dict[str, Any]) -> np.ndarray:

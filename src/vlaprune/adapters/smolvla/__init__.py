@@ -6,6 +6,7 @@ from __future__ import annotations
 from vlaprune.adapters import lerobot
 from vlaprune.adapters.lerobot.batch import TOKENS
 from vlaprune.adapters.lerobot.data import valid_step_weights
+from vlaprune.adapters.smolvla.keep_kv import inference
 from vlaprune.adapters.smolvla.layout import ROOT, VLM_MAP, layout
 
 
@@ -22,6 +23,7 @@ FAMILY = lerobot.family(
     vlm_maps={"smolvla": VLM_MAP},
     plugin_type="vlaprune_smolvla",
     chunked=True,
+    inference=inference,
 )
 
 __all__ = ["FAMILY", "ROOT", "layout"]
