@@ -23,22 +23,19 @@ def chunk(policy):
 @contextlib.contextmanager
 def layer_by_layer():
     """The one-pass prefill turned off: every kv-only layer runs on its own (`keep_kv._kv_only_joint`)."""
-    fusable = prefill.fusable
-    prefill.fusable = lambda blocks, hidden: False
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(prefill, "fusable", lambda blocks, hidden: False)
         yield
-    finally:
-        prefill.fusable = fusable
 
 
 @contextlib.contextmanager
 def counted_fills():
     calls, fill = [], prefill.fill
-    prefill.fill = lambda blocks, idxs, *a: (calls.append(list(idxs)), fill(blocks, idxs, *a))[1]
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            prefill, "fill", lambda blocks, idxs, *a: (calls.append(list(idxs)), fill(blocks, idxs, *a))[1]
+        )
         yield calls
-    finally:
-        prefill.fill = fill
 
 
 def cut(smolvlm_dir, blocks, **kw):
@@ -63,6 +60,25 @@ def test_one_pass_equals_layer_by_layer(smolvlm_dir, kw, blocks, runs):
         got = chunk(policy)
     fused = [r for r in runs if len(r) > 1]
     assert calls == fused  # taken for every run of two or more layers, once per chunk
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_fused_run_equals_the_gated_blocks(smolvlm_dir):
+    """Independent of either prefill: the uncut policy with language blocks 1-3's residual updates gated to
+    0 (their o_proj and MLP outputs x 0) gives the cut's actions (DTR's keep-K/V drop)."""
+    ref = tiny_smolvla(smolvlm_dir)
+    layers = ref.model.vlm_with_expert.get_vlm_model().text_model.layers
+    zero = lambda module, args, out: out * 0  # noqa: E731
+    hooks = [
+        m.register_forward_hook(zero) for i in (1, 2, 3) for m in (layers[i].self_attn.o_proj, layers[i].mlp)
+    ]
+    want = chunk(ref)
+    for h in hooks:
+        h.remove()
+    assert not torch.allclose(want, chunk(ref), atol=1e-4)  # the gates matter
+    with counted_fills() as calls:
+        got = chunk(cut(smolvlm_dir, [1, 2, 3]))
+    assert calls == [[1, 2, 3]]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 

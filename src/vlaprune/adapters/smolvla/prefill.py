@@ -51,15 +51,22 @@ def fusable(blocks: list[nn.Module], hidden: torch.Tensor) -> bool:
     if len(blocks) < 2 or torch.is_grad_enabled() or hidden.dtype != torch.float32:
         return False
 
-    def signature(block: nn.Module) -> tuple:
+    def simple(block: nn.Module) -> bool:
         norm, projections = block.input_layernorm, (block.self_attn.k_proj, block.self_attn.v_proj)
-        simple = all(type(p) is nn.Linear and p.bias is None for p in projections)
-        dtypes = {norm.weight.dtype, *(p.weight.dtype for p in projections)}
-        shapes = tuple(p.weight.shape for p in projections)
-        return type(norm) is LlamaRMSNorm, norm.variance_epsilon, simple, dtypes == {torch.float32}, shapes
+        return (
+            type(norm) is LlamaRMSNorm
+            and norm.weight.dtype == torch.float32
+            and all(
+                type(p) is nn.Linear and p.bias is None and p.weight.dtype == torch.float32
+                for p in projections
+            )
+        )
 
-    first = signature(blocks[0])
-    return first[0] and first[2] and first[3] and all(signature(b) == first for b in blocks[1:])
+    def shape(block: nn.Module) -> tuple:
+        attn = block.self_attn
+        return block.input_layernorm.variance_epsilon, attn.k_proj.weight.shape, attn.v_proj.weight.shape
+
+    return all(simple(b) for b in blocks) and len({shape(b) for b in blocks}) == 1
 
 
 def fill(blocks: list[nn.Module], idxs: list[int], hidden: torch.Tensor, positions: torch.Tensor, cache: Any):
